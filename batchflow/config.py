@@ -1,0 +1,117 @@
+"""Deployment settings: the ``BATCHFLOW_*`` keys, read from Flask config or the environment.
+
+Each key is documented once, in the README's configuration table; :data:`DEFAULTS` is the source of
+truth for names and default values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from typing import Any
+
+from .exceptions import ConfigurationError
+
+DEFAULTS: dict[str, Any] = {
+    "BATCHFLOW_REDIS_URL": "redis://127.0.0.1:6379/0",
+    "BATCHFLOW_BROKER_URL": None,  # None: the same Redis as BATCHFLOW_REDIS_URL
+    "BATCHFLOW_KEY_PREFIX": "batchflow",
+    "BATCHFLOW_QUEUE": "batchflow",
+    "BATCHFLOW_JOB_TTL": 24 * 3600,
+    "BATCHFLOW_FILES_DIR": os.path.join(tempfile.gettempdir(), "batchflow-files"),
+    "BATCHFLOW_STEP_TARGET": 1.0,
+    "BATCHFLOW_BATCH_MIN": 1,
+    "BATCHFLOW_BATCH_MAX": 5000,
+    "BATCHFLOW_BATCH_INITIAL": 10,
+    "BATCHFLOW_LEASE_SECONDS": 30.0,
+    "BATCHFLOW_QUEUE_TIMEOUT": 300.0,
+    "BATCHFLOW_MAINTENANCE_INTERVAL": 5.0,
+    "BATCHFLOW_MAX_ATTEMPTS": 3,
+    "BATCHFLOW_MAX_IDS": 100_000,
+    "BATCHFLOW_PROGRESS_INTERVAL": 0.25,
+}
+
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Validated deployment settings. Build one with :meth:`from_mapping`."""
+
+    redis_url: str
+    broker_url: str
+    key_prefix: str
+    queue: str
+    job_ttl: int
+    files_dir: str
+    step_target: float
+    batch_min: int
+    batch_max: int
+    batch_initial: int
+    lease_seconds: float
+    queue_timeout: float
+    maintenance_interval: float
+    max_attempts: int
+    max_ids: int
+    progress_interval: float
+
+    @classmethod
+    def from_mapping(cls, config: Mapping[str, Any] | None = None) -> Settings:
+        """Read settings from ``config`` (Flask's ``app.config``), then the environment, then
+        :data:`DEFAULTS`.
+
+        :raises ConfigurationError: a value has the wrong type or is out of range.
+        """
+        config = config or {}
+
+        def get(key: str) -> Any:
+            if key in config and config[key] is not None:
+                return config[key]
+            if key in os.environ:
+                return os.environ[key]
+            return DEFAULTS[key]
+
+        def number(key: str, kind: type, minimum: float) -> Any:
+            raw = get(key)
+            try:
+                value = kind(raw)
+            except (TypeError, ValueError):
+                raise ConfigurationError(f"{key} must be a number, not {raw!r}.") from None
+            if value < minimum:
+                raise ConfigurationError(f"{key} must be at least {minimum}, not {value}.")
+            return value
+
+        redis_url = str(get("BATCHFLOW_REDIS_URL"))
+        prefix = str(get("BATCHFLOW_KEY_PREFIX"))
+        if not _PREFIX_RE.match(prefix):
+            raise ConfigurationError(
+                f"BATCHFLOW_KEY_PREFIX must be 1-64 letters, digits, '_', '.' or '-', not {prefix!r}."
+            )
+        settings = cls(
+            redis_url=redis_url,
+            broker_url=str(get("BATCHFLOW_BROKER_URL") or redis_url),
+            key_prefix=prefix,
+            queue=str(get("BATCHFLOW_QUEUE")),
+            job_ttl=number("BATCHFLOW_JOB_TTL", int, 1),
+            files_dir=str(get("BATCHFLOW_FILES_DIR")),
+            step_target=number("BATCHFLOW_STEP_TARGET", float, 0.001),
+            batch_min=number("BATCHFLOW_BATCH_MIN", int, 1),
+            batch_max=number("BATCHFLOW_BATCH_MAX", int, 1),
+            batch_initial=number("BATCHFLOW_BATCH_INITIAL", int, 1),
+            lease_seconds=number("BATCHFLOW_LEASE_SECONDS", float, 0.1),
+            queue_timeout=number("BATCHFLOW_QUEUE_TIMEOUT", float, 0.1),
+            maintenance_interval=number("BATCHFLOW_MAINTENANCE_INTERVAL", float, 0.05),
+            max_attempts=number("BATCHFLOW_MAX_ATTEMPTS", int, 1),
+            max_ids=number("BATCHFLOW_MAX_IDS", int, 1),
+            progress_interval=number("BATCHFLOW_PROGRESS_INTERVAL", float, 0.01),
+        )
+        if settings.batch_min > settings.batch_max:
+            raise ConfigurationError("BATCHFLOW_BATCH_MIN must not exceed BATCHFLOW_BATCH_MAX.")
+        return settings
+
+    def clamp_batch(self, size: int) -> int:
+        """``size`` bounded by ``batch_min`` and ``batch_max``."""
+        return max(self.batch_min, min(self.batch_max, size))

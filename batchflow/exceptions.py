@@ -1,0 +1,88 @@
+"""The errors batchflow raises. Every one says what to do about it.
+
+Control-flow signals that a handler raises on purpose are not errors and do not live here.
+"""
+
+from __future__ import annotations
+
+from werkzeug.exceptions import NotFound
+
+
+class BatchflowError(Exception):
+    """Base class of every error batchflow raises."""
+
+    #: The HTTP status the web layer answers with when this error reaches a request.
+    http_status = 500
+
+
+class ConfigurationError(BatchflowError):
+    """The app or worker is set up wrongly (a bad config value, a second ``init_app``)."""
+
+
+class UnknownHandler(BatchflowError):
+    """No handler is registered under the requested name."""
+
+    http_status = 404
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"No job handler is registered as {name!r}. Register one with "
+            f"@registry.register({name!r}) in a module your app and worker both import."
+        )
+        self.name = name
+
+
+class InvalidParams(BatchflowError):
+    """The parameters or ids a job was started with are not acceptable.
+
+    :param message: what is wrong, for the person who sent them.
+    :param errors: per-field messages, when the parameters came from a form.
+    """
+
+    http_status = 400
+
+    def __init__(self, message: str, errors: dict[str, list[str]] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or {}
+
+
+class TooManyItems(InvalidParams):
+    """More ids were sent than ``BATCHFLOW_MAX_IDS`` allows."""
+
+    http_status = 413
+
+
+class PermissionDenied(BatchflowError):
+    """The handler's permission hook refused the current user."""
+
+    http_status = 403
+
+
+class JobNotFound(BatchflowError, NotFound):
+    """No such job, or not one the current user may see: the two are one answer on purpose."""
+
+    http_status = 404
+
+    def __init__(self, job_id: str = "") -> None:
+        BatchflowError.__init__(self, "No such job. It may have expired, or the link is wrong.")
+        NotFound.__init__(self, "No such job. It may have expired, or the link is wrong.")
+        self.job_id = job_id
+
+
+class InvalidTransition(BatchflowError):
+    """The job cannot do that now (stop a finished job, resume a running one).
+
+    :param reason: a sentence for the user saying why.
+    """
+
+    http_status = 409
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Unavailable(BatchflowError):
+    """Redis or the Celery broker does not answer; nothing was created."""
+
+    http_status = 503

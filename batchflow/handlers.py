@@ -1,0 +1,275 @@
+"""The handler base classes users extend.
+
+- :class:`Handler`: Event Espresso's protocol. ``create_job`` runs once, ``continue_job`` step after
+  step until it calls ``job.complete()``, ``cleanup_job`` once when the output is no longer needed.
+- :class:`FileJob`: writes a file (CSV by default) that the user downloads, exactly once per row
+  even when a step is cut off and run again; the file is deleted by ``cleanup_job``.
+- :class:`ItemsJob`: Apostrophe's ``run(ids, change)``: one ``change`` per id, good and bad counts,
+  per-id results and errors, and ``undo`` for Cancel.
+- :class:`TaskJob`: Apostrophe's ``runNonBatch``: one ``run(job)`` call that reports as it goes.
+
+Handlers are instantiated afresh for every step: keep state on the job (``job.data``), not on
+``self``. Every step runs in a worker and may run again if its worker dies before the step's
+commit; counters never double-count, but a step's own side effects (a database write, an email)
+may repeat for the step that was cut off.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+import shutil
+from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar
+
+from .job import Job, StepResponse
+
+StepResult = StepResponse | str | None
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._ -]+")
+
+
+class Handler:
+    """Base class of every job handler; subclass it (or a kind below) and register it by name.
+
+    Class attributes configure the job:
+
+    :cvar labels: texts for the progress page (``title``, ``running``, ``completed``, ``good``...);
+        anything left out gets a default.
+    :cvar can_stop: offer Stop (halt after the current step, keep the work).
+    :cvar can_cancel: offer Cancel (halt, then undo the work: needs ``undo_job``).
+    :cvar can_pause: offer Pause and Resume between steps.
+    :cvar batch_size: a fixed step size; None (the default) adapts it so that a step takes about
+        ``BATCHFLOW_STEP_TARGET`` seconds.
+    :cvar params_form: a Flask-WTF form class describing the job's parameters; the web layer
+        renders it as the job's start page and validates it.
+    :cvar sensitive_params: parameter names masked wherever the job is shown.
+    """
+
+    kind: ClassVar[str] = "steps"
+    labels: ClassVar[dict[str, str]] = {}
+    can_stop: ClassVar[bool] = True
+    can_cancel: ClassVar[bool] = False
+    can_pause: ClassVar[bool] = True
+    can_retry: ClassVar[bool] = False
+    batch_size: ClassVar[int | None] = None
+    params_form: ClassVar[type | None] = None
+    sensitive_params: ClassVar[tuple[str, ...]] = ()
+
+    def validate_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Check and normalise the parameters a job is started with, in the starting request.
+
+        :raises InvalidParams: with a message for the person who sent them.
+        """
+        return params
+
+    def create_job(self, job: Job) -> StepResult:
+        """Set the job up, once, in a worker: count the units (``job.set_total``), open files."""
+        return None
+
+    def continue_job(self, job: Job, batch_size: int) -> StepResult:
+        """Do about ``batch_size`` units of work and report them (``job.mark_processed``).
+
+        Called step after step until it calls ``job.complete()`` (or ``job.fail()``).
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} must define continue_job(job, batch_size)"
+        )
+
+    def undo_job(self, job: Job, batch_size: int) -> StepResult:
+        """Undo about ``batch_size`` units of the work done, newest first, for Cancel.
+
+        Called step after step until it calls ``job.complete()``; the job then ends canceled.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not support cancel")
+
+    def cleanup_job(self, job: Job) -> None:
+        """Release what the job left behind. Runs once, after download or when the job expires."""
+
+    def before_step(self, job: Job) -> None:
+        """Runs before ``create_job`` and every ``continue_job``; FileJob truncates here."""
+
+    def on_complete(self, job: Job) -> None:
+        """Runs in the worker when the job completes (part of its last step)."""
+
+    def on_failure(self, job: Job) -> None:
+        """Runs in the worker when the job fails (part of its last step)."""
+
+    def on_finish(self, job: Job) -> None:
+        """Runs in the worker when the job ends in any way, after ``on_complete``/``on_failure``."""
+
+    @classmethod
+    def capabilities(cls) -> list[str]:
+        caps = [
+            name for name in ("stop", "cancel", "pause", "retry") if getattr(cls, f"can_{name}")
+        ]
+        return caps
+
+
+class FileJob(Handler):
+    """A job that writes a file for the user to download (Event Espresso's JobHandlerFile).
+
+    Write with :meth:`write_rows` (CSV) or :meth:`write` from ``create_job`` and ``continue_job``.
+    Each commit records the file's length; a step that runs again after its worker died first
+    truncates the file back to the committed length, so every row lands exactly once.
+
+    :cvar filename: the name the user downloads; see :meth:`file_name` to compute it.
+    :cvar content_type: the download's MIME type.
+    :cvar neutralize_formulas: prefix CSV cells that a spreadsheet would run as a formula
+        (``=``, ``+``, ``-``, ``@``) with ``'``.
+    """
+
+    kind: ClassVar[str] = "file"
+    filename: ClassVar[str] = "export.csv"
+    content_type: ClassVar[str] = "text/csv"
+    neutralize_formulas: ClassVar[bool] = True
+
+    def file_name(self, job: Job) -> str:
+        """The download name; override to depend on the job's parameters."""
+        return self.filename
+
+    def file_path(self, job: Job) -> str:
+        """Where the job's file lives: its own folder under ``BATCHFLOW_FILES_DIR``."""
+        name = _SAFE_NAME.sub("_", os.path.basename(self.file_name(job))).strip(" .") or "download"
+        return os.path.join(job.files_dir, job.id, name)
+
+    def before_step(self, job: Job) -> None:
+        path = self.file_path(job)
+        committed = int(job._fields.get("file_size") or 0)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "ab") as handle:
+            if handle.tell() != committed:
+                handle.truncate(committed)
+        job._set.update(
+            file_path=path,
+            file_name=os.path.basename(path),
+            file_type=self.content_type,
+            file_size=str(committed),
+        )
+
+    def write(self, job: Job, data: str | bytes) -> None:
+        """Append ``data`` to the job's file (text is written as UTF-8)."""
+        raw = data.encode() if isinstance(data, str) else data
+        path = job._set.get("file_path") or self.file_path(job)
+        with open(path, "ab") as handle:
+            handle.write(raw)
+            size = handle.tell()
+        job._set["file_size"] = str(size)
+
+    def write_rows(self, job: Job, rows: Iterable[Sequence[Any]]) -> None:
+        """Append CSV rows to the job's file."""
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        for row in rows:
+            writer.writerow([self._cell(value) for value in row])
+        self.write(job, buffer.getvalue())
+
+    def _cell(self, value: Any) -> Any:
+        if self.neutralize_formulas and isinstance(value, str) and value.startswith(_FORMULA_START):
+            return "'" + value
+        return value
+
+    def cleanup_job(self, job: Job) -> None:
+        """Delete the job's file and its folder."""
+        path = job._fields.get("file_path") or self.file_path(job)
+        folder = os.path.dirname(path)
+        if os.path.basename(folder) == job.id:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+class ItemsJob(Handler):
+    """The same change applied to many ids (Apostrophe's ``run``), counted good or bad.
+
+    Ids come with the start request (a form list or a JSON array), or from :meth:`items` for sets
+    too large to post. Each step works on the next slice of ids.
+
+    ``change`` returning a value records it as that id's result; raising records the id as bad with
+    the error's message, and the job goes on. ``undo`` (optional) reverses one change: defining it
+    offers Cancel, which undoes every id that was changed, newest first.
+    """
+
+    kind: ClassVar[str] = "items"
+    can_retry: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "can_cancel" not in cls.__dict__ and cls.undo is not ItemsJob.undo:
+            cls.can_cancel = True
+
+    def items(self, job: Job) -> Iterable[Any] | None:
+        """Ids produced server-side, for sets too large to post; None means "from the request"."""
+        return None
+
+    def change(self, item_id: str, job: Job) -> Any:
+        """Change one id. Raise to count it bad; the return value (if not None) is its result."""
+        raise NotImplementedError(f"{type(self).__name__} must define change(item_id, job)")
+
+    def undo(self, item_id: str, job: Job) -> None:
+        """Reverse ``change(item_id)``; raise if it cannot be undone (reported, not hidden)."""
+        raise NotImplementedError(f"{type(self).__name__} does not support cancel")
+
+    def continue_job(self, job: Job, batch_size: int) -> StepResult:
+        for item_id in job.items:
+            try:
+                result = self.change(item_id, job)
+            except Exception as exc:  # noqa: BLE001 - the item is bad, the job goes on
+                job.record_error(item_id, error_message(exc))
+                job.bad()
+            else:
+                if result is not None:
+                    job.record_result(item_id, result)
+                job.good()
+        total = job.total or 0
+        if not job.items or job.units_processed >= total:
+            job.complete()
+        return None
+
+    def undo_job(self, job: Job, batch_size: int) -> StepResult:
+        undone, failed = 0, []
+        for index, item_id in enumerate(job.items):
+            if job.item_was_bad(index):
+                continue
+            try:
+                self.undo(item_id, job)
+            except Exception as exc:  # noqa: BLE001 - reported in the job's undo errors
+                failed.append([item_id, error_message(exc)])
+            else:
+                undone += 1
+        job._undid(len(job.items), undone, failed)
+        if not job.items or job.undo_position <= 0:
+            job.complete()
+        return None
+
+
+class TaskJob(Handler):
+    """One call that does the whole job and reports as it goes (Apostrophe's ``runNonBatch``).
+
+    ``run(job)`` may call ``job.set_total``, ``job.good``/``job.bad``, ``job.add_message`` and
+    ``job.set_results``; the page sees it live (throttled to ``BATCHFLOW_PROGRESS_INTERVAL``). A
+    heartbeat keeps the job's lease while ``run`` works. To honour Stop, check
+    ``job.stop_requested()`` now and then and return early. If the worker dies, ``run`` starts
+    again from the beginning with its counters reset, and the page says so.
+    """
+
+    kind: ClassVar[str] = "task"
+    can_pause: ClassVar[bool] = False
+    batch_size: ClassVar[int | None] = 1
+
+    def run(self, job: Job) -> StepResult:
+        """Do the whole job."""
+        raise NotImplementedError(f"{type(self).__name__} must define run(job)")
+
+    def continue_job(self, job: Job, batch_size: int) -> StepResult:
+        response = self.run(job)
+        if not job.ended:
+            job.complete()
+        return response
+
+
+def error_message(exc: BaseException) -> str:
+    """The text a user sees for an exception: its message, or its class name if it has none."""
+    text = str(exc).strip()
+    return text if text else type(exc).__name__

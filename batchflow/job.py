@@ -1,0 +1,478 @@
+"""The job as handlers see it during a step, and as pages and scripts see it from outside.
+
+:class:`Job` plays the part of Event Espresso's JobParameters and of Apostrophe's reporting object:
+it carries the job's identity and parameters, and buffers everything a step reports (units
+processed, good and bad counts, per-id results and errors, messages, extra data, the job's end).
+The engine commits the buffer atomically when the step returns, so a step that is cut off and run
+again never counts twice. :class:`JobState` is the read-only view built from stored state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import math
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+
+class Status(str, enum.Enum):
+    """Where a job is in its life.
+
+    Allowed transitions::
+
+        pending   -> running                      (a worker claimed the first step)
+        running   -> completed | failed           (the handler said so, or raised)
+        pending   -> stopping | canceling         (asked before the first step ran)
+        running   -> stopping  -> stopped         (Stop: the work done is kept)
+        running   -> canceling -> canceled        (Cancel: the work done is undone, newest first)
+        running   -> paused    -> running         (Pause / Resume, between steps)
+        paused    -> stopping | canceling
+
+    ``completed``, ``failed``, ``stopped`` and ``canceled`` are terminal.
+    """
+
+    PENDING = "pending"
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPING = "stopping"
+    CANCELING = "canceling"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    CANCELED = "canceled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (Status.COMPLETED, Status.FAILED, Status.STOPPED, Status.CANCELED)
+
+
+DEFAULT_LABELS: dict[str, str] = {
+    "title": "Working",
+    "pending": "Waiting for a worker…",
+    "running": "In progress",
+    "paused": "Paused",
+    "stopping": "Stopping after the current step…",
+    "canceling": "Canceling: undoing the work done so far…",
+    "completed": "Done",
+    "completed_with_failures": "Done, with some failures",
+    "failed": "Failed",
+    "stalled": "Stopped: the job kept losing its worker",
+    "stopped": "Stopped. The work done so far was kept.",
+    "canceled": "Canceled. The work done was undone.",
+    "good": "done",
+    "bad": "failed",
+    "skipped": "not reached",
+    "stop": "Stop",
+    "cancel": "Cancel",
+    "pause": "Pause",
+    "resume": "Resume",
+    "retry": "Retry failed",
+}
+
+
+@dataclasses.dataclass
+class StepResponse:
+    """What a step may return besides reporting on the job (Event Espresso's JobStepResponse).
+
+    :param message: a line for the progress page; same as ``job.add_message(message)``.
+    :param data: extra data for the page, shown as ``response`` in the status JSON (for example a
+        URL the step produced). It replaces the previous step's response data.
+    """
+
+    message: str | None = None
+    data: dict[str, Any] | None = None
+
+
+def _int(value: str | None, default: int = 0) -> int:
+    try:
+        return int(float(value)) if value not in (None, "") else default
+    except ValueError:
+        return default
+
+
+def _float(value: str | None) -> float | None:
+    try:
+        return float(value) if value not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def _json(value: str | None, default: Any) -> Any:
+    if not value:
+        return default
+    try:
+        return json.loads(value)
+    except ValueError:
+        return default
+
+
+class Job:
+    """One job, as its handler sees it during one step.
+
+    Nothing here does I/O except :meth:`stop_requested` on a one-shot job, which reads what the
+    step's heartbeat last saw. Everything reported is buffered and committed when the step
+    returns; a step that is cut off before its commit leaves no trace in the counters.
+    """
+
+    def __init__(
+        self,
+        fields: Mapping[str, str],
+        *,
+        items: list[str] | None = None,
+        bad_flags: list[bool] | None = None,
+        files_dir: str = "",
+        live: bool = False,
+    ) -> None:
+        self._fields = dict(fields)
+        #: The job's id: unguessable, URL-safe.
+        self.id: str = fields["id"]
+        #: The registered name of the job's handler.
+        self.handler: str = fields["handler"]
+        #: Who started the job (the identity hook's answer when it was started).
+        self.owner: str = fields.get("owner", "")
+        #: The parameters the job was started with, as validated by the handler.
+        self.params: dict[str, Any] = _json(fields.get("params"), {})
+        #: Extra data that persists between steps (Event Espresso's extra data). Change it freely.
+        self.data: dict[str, Any] = _json(fields.get("data"), {})
+        #: This step's position in the job's chain; each commit moves it on by one.
+        self.seq: int = _int(fields.get("seq"))
+        #: How many times this step has been claimed: more than 1 after a worker was lost.
+        self.attempt: int = _int(fields.get("attempts"), 1)
+        #: The folder (``BATCHFLOW_FILES_DIR``) where a FileJob keeps its output.
+        self.files_dir = files_dir
+        #: The ids this step works on (item jobs; newest first while undoing).
+        self.items: list[str] = items or []
+        self._bad_flags = bad_flags or []
+        self._data_before = fields.get("data") or "{}"
+        self._incr: dict[str, int] = {}
+        self._set: dict[str, Any] = {}
+        self._messages: list[str] = []
+        self._results: list[list[str]] = []
+        self._errors: list[list[str]] = []
+        self._undo_errors: list[list[str]] = []
+        self._end: Status | None = None
+        self._error: str | None = None
+        self._defer = 0.0
+        # One-shot jobs report live: a heartbeat thread drains these while the handler runs.
+        self._live = live
+        self._lock = threading.Lock()
+        self._seen_status = fields.get("status", "")
+        self._lost = False
+        self._stop_seen = False
+
+    # -- what the job knows ----------------------------------------------------------------
+
+    @property
+    def status(self) -> Status:
+        """The status when this step was claimed (or, while a one-shot job runs, last seen)."""
+        return Status(self._seen_status or self._fields.get("status", "pending"))
+
+    @property
+    def total(self) -> int | None:
+        """The number of units the job expects, or None while it is unknown."""
+        if "total" in self._set:
+            return int(self._set["total"]) if self._set["total"] != "" else None
+        raw = self._fields.get("total", "")
+        return _int(raw) if raw != "" else None
+
+    def _count(self, name: str) -> int:
+        return _int(self._fields.get(name)) + self._incr.get(name, 0)
+
+    @property
+    def units_processed(self) -> int:
+        """Units processed so far, this step's included."""
+        return self._count("processed")
+
+    @property
+    def good_count(self) -> int:
+        return self._count("good")
+
+    @property
+    def bad_count(self) -> int:
+        return self._count("bad")
+
+    @property
+    def undo_position(self) -> int:
+        """While undoing: how many of the processed items are still to be undone."""
+        return self._count("undo_cursor")
+
+    def _undid(self, positions: int, undone: int, failed: list[list[str]]) -> None:
+        """Record an undo slice: ``positions`` ids passed, ``undone`` reversed, ``failed`` not."""
+        with self._lock:
+            self._incr["undo_cursor"] = self._incr.get("undo_cursor", 0) - positions
+            self._incr["undone"] = self._incr.get("undone", 0) + undone
+            self._incr["undo_failed"] = self._incr.get("undo_failed", 0) + len(failed)
+            self._undo_errors.extend(failed)
+
+    def item_was_bad(self, index: int) -> bool:
+        """While undoing: whether ``self.items[index]`` ended bad (so there is nothing to undo)."""
+        return index < len(self._bad_flags) and self._bad_flags[index]
+
+    # -- what a handler reports ------------------------------------------------------------
+
+    def _add(self, name: str, n: int) -> None:
+        if n < 0:
+            raise ValueError(f"{name} counts only go up; got {n}.")
+        with self._lock:
+            self._incr[name] = self._incr.get(name, 0) + n
+
+    def set_total(self, total: int | None) -> None:
+        """Say how many units the job will process; None makes the bar indeterminate."""
+        if total is not None and total < 0:
+            raise ValueError("A job's total cannot be negative.")
+        with self._lock:
+            self._set["total"] = "" if total is None else str(int(total))
+
+    def mark_processed(self, n: int = 1) -> None:
+        """Count ``n`` more units as processed."""
+        self._add("processed", n)
+
+    def good(self, n: int = 1) -> None:
+        """Count ``n`` units as done well (Apostrophe's ``good``); also counts them processed."""
+        self._add("good", n)
+        self._add("processed", n)
+
+    def bad(self, n: int = 1) -> None:
+        """Count ``n`` units as failed (Apostrophe's ``bad``); also counts them processed."""
+        self._add("bad", n)
+        self._add("processed", n)
+
+    def add_message(self, text: str) -> None:
+        """Show a line of text on the progress page (it is always shown as text, never HTML)."""
+        with self._lock:
+            self._messages.append(str(text))
+
+    def record_result(self, item_id: str, result: Any) -> None:
+        """Keep ``result`` (JSON-serialisable) as the outcome of ``item_id``."""
+        self._results.append([str(item_id), json.dumps(result, default=str)])
+
+    def record_error(self, item_id: str, message: str) -> None:
+        """Record why ``item_id`` failed; it is listed in the job's error report."""
+        self._errors.append([str(item_id), str(message)])
+
+    def set_results(self, results: Any) -> None:
+        """The results of the whole job (Apostrophe's ``setResults``), shown when it ends."""
+        with self._lock:
+            self._set["results"] = json.dumps(results, default=str)
+
+    def complete(self, message: str | None = None) -> None:
+        """End the job successfully after this step (while undoing: the undo is finished)."""
+        if message:
+            self.add_message(message)
+        self._end = Status.COMPLETED
+
+    def fail(self, message: str) -> None:
+        """End the job as failed after this step, with ``message`` shown to the user."""
+        self._error = str(message) or "The job failed."
+        self._end = Status.FAILED
+
+    def defer(self, seconds: float) -> None:
+        """Wait ``seconds`` before the next step runs, without holding a worker (throttling)."""
+        if seconds < 0 or not math.isfinite(seconds):
+            raise ValueError("defer() takes a finite number of seconds >= 0.")
+        self._defer = max(self._defer, float(seconds))
+
+    def stop_requested(self) -> bool:
+        """Whether a user asked to stop or cancel. One-shot jobs check it while they run; a
+        one-shot job that saw True ends stopped (or canceled) when ``run`` returns."""
+        if self._seen_status in (Status.STOPPING.value, Status.CANCELING.value):
+            self._stop_seen = True
+        return self._stop_seen
+
+    def cancel_requested(self) -> bool:
+        """Whether a user asked to cancel: a one-shot job that allows it must undo its work."""
+        return self._seen_status == Status.CANCELING.value
+
+    @property
+    def ended(self) -> bool:
+        """Whether this step has said the job (or its undo) is finished."""
+        return self._end is not None
+
+    # -- for the engine ----------------------------------------------------------------------
+
+    def _drain_live(self) -> dict[str, Any] | None:
+        """Take what a one-shot job reported since the last heartbeat."""
+        with self._lock:
+            if not (self._incr or self._messages or self._set):
+                return None
+            payload: dict[str, Any] = {}
+            if self._incr:
+                payload["incr"] = self._incr
+                for name, n in self._incr.items():
+                    self._fields[name] = str(_int(self._fields.get(name)) + n)
+            if self._set:
+                payload["set"] = self._set
+                self._fields.update(self._set)
+            if self._messages:
+                payload["messages"] = self._messages
+            self._incr, self._set, self._messages = {}, {}, []
+            return payload
+
+    def _payload(self, extra_set: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The buffer to commit: counters, fields, results, errors and messages of this step."""
+        with self._lock:
+            fields: dict[str, str] = {k: str(v) for k, v in self._set.items()}
+            data = json.dumps(self.data, default=str)
+            if data != self._data_before:
+                fields["data"] = data
+            if self._error is not None:
+                fields["error"] = self._error
+            for key, value in (extra_set or {}).items():
+                fields[key] = "" if value is None else str(value)
+            payload: dict[str, Any] = {}
+            if self._incr:
+                payload["incr"] = dict(self._incr)
+            if fields:
+                payload["set"] = fields
+            for key, value in (
+                ("messages", self._messages),
+                ("results", self._results),
+                ("errors", self._errors),
+                ("undo_errors", self._undo_errors),
+            ):
+                if value:
+                    payload[key] = value
+            return payload
+
+
+@dataclasses.dataclass(frozen=True)
+class JobState:
+    """A job as stored, for pages, the JSON API and the CLI. Build it with :meth:`from_stored`."""
+
+    fields: dict[str, str]
+    messages: list[dict[str, Any]]
+
+    @classmethod
+    def from_stored(cls, fields: Mapping[str, str], messages: list[str] | Any) -> JobState:
+        parsed = []
+        for raw in messages if isinstance(messages, list) else []:
+            entry = raw if isinstance(raw, dict) else _json(raw, None)
+            if isinstance(entry, dict):
+                parsed.append({"at": entry.get("at"), "text": str(entry.get("text", ""))})
+        return cls(dict(fields), parsed)
+
+    @property
+    def id(self) -> str:
+        return self.fields["id"]
+
+    @property
+    def owner(self) -> str:
+        return self.fields.get("owner", "")
+
+    @property
+    def status(self) -> Status:
+        return Status(self.fields.get("status", "pending"))
+
+    @property
+    def kind(self) -> str:
+        return self.fields.get("kind", "steps")
+
+    def count(self, name: str) -> int:
+        return _int(self.fields.get(name))
+
+    @property
+    def total(self) -> int | None:
+        raw = self.fields.get("total", "")
+        return _int(raw) if raw != "" else None
+
+    @property
+    def capabilities(self) -> set[str]:
+        return {c for c in self.fields.get("caps", "").split(",") if c}
+
+    @property
+    def outcome(self) -> str | None:
+        status = self.status
+        if not status.terminal:
+            return None
+        if status is Status.COMPLETED and self.count("bad"):
+            return "completed_with_failures"
+        if status is Status.FAILED and self.fields.get("stalled") == "1":
+            return "stalled"
+        return status.value
+
+    @property
+    def file_ready(self) -> bool:
+        return (
+            self.status is Status.COMPLETED
+            and bool(self.fields.get("file_path"))
+            and self.fields.get("cleaned") != "1"
+        )
+
+    def actions(self) -> list[str]:
+        """What a user may ask of the job now."""
+        status, caps = self.status, self.capabilities
+        if status.terminal:
+            retry = self.kind == "items" and self.count("bad") > 0 and "retry" in caps
+            return ["retry"] if retry else []
+        allowed: list[str] = []
+        if status in (Status.PENDING, Status.RUNNING, Status.PAUSED):
+            allowed += [a for a in ("stop", "cancel") if a in caps]
+        if "pause" in caps:
+            pausing = self.fields.get("signal") == "pause"
+            if status in (Status.PENDING, Status.RUNNING) and not pausing:
+                allowed.append("pause")
+            if status is Status.PAUSED or pausing:
+                allowed.append("resume")
+        return allowed
+
+    def to_dict(self, now: float | None = None) -> dict[str, Any]:
+        """The status JSON of the HTTP API, without URLs (the web layer adds those)."""
+        f = self.fields
+        now = time.time() if now is None else now
+        total, processed = self.total, self.count("processed")
+        started, finished = _float(f.get("started_at")), _float(f.get("finished_at"))
+        percent = rate = eta = None
+        if total:
+            percent = round(min(100.0, 100.0 * processed / total), 1)
+        elif total == 0 and self.status.terminal:
+            percent = 100.0
+        if started and processed:
+            elapsed = max((finished or now) - started, 1e-6)
+            rate = round(processed / elapsed, 2)
+            if total is not None and not self.status.terminal and rate > 0:
+                eta = round(max(0, total - processed) / rate, 1)
+        labels = dict(DEFAULT_LABELS)
+        labels.update(_json(f.get("labels"), {}))
+        params = _json(f.get("params"), {})
+        for name in _json(f.get("sensitive"), []):
+            if name in params:
+                params[name] = "••••••"
+        return {
+            "id": f["id"],
+            "handler": f.get("handler", ""),
+            "kind": self.kind,
+            "owner": self.owner,
+            "status": self.status.value,
+            "terminal": self.status.terminal,
+            "outcome": self.outcome,
+            "total": total,
+            "processed": processed,
+            "good": self.count("good"),
+            "bad": self.count("bad"),
+            "skipped": self.count("skipped"),
+            "undone": self.count("undone"),
+            "undo_failed": self.count("undo_failed"),
+            "percent": percent,
+            "rate": rate,
+            "eta_s": eta,
+            "message": f.get("message") or None,
+            "messages": self.messages,
+            "labels": labels,
+            "actions": self.actions(),
+            "error": f.get("error") or None,
+            "results": _json(f.get("results"), None),
+            "response": _json(f.get("response"), None),
+            "params": params,
+            "restarted": f.get("restarted") == "1",
+            "file_name": f.get("file_name") or None,
+            "file_ready": self.file_ready,
+            "redirect_url": f.get("redirect_url") or None,
+            "created_at": _float(f.get("created_at")),
+            "started_at": started,
+            "finished_at": finished,
+            "updated_at": _float(f.get("updated_at")),
+        }

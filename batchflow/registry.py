@@ -1,0 +1,123 @@
+"""Handlers by name. A request names a registered handler; nothing is ever imported from a name."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+from .exceptions import ConfigurationError, UnknownHandler
+from .handlers import Handler, ItemsJob, TaskJob
+
+H = TypeVar("H", bound=type[Handler])
+Permission = Callable[[Any], bool]
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+@dataclasses.dataclass(frozen=True)
+class HandlerSpec:
+    """A registered handler: its name, class and optional permission hook."""
+
+    name: str
+    handler_class: type[Handler]
+    permission: Permission | None = None
+
+    @property
+    def kind(self) -> str:
+        return self.handler_class.kind
+
+    def allows(self, user: Any) -> bool:
+        """Whether ``user`` may start this job (True when there is no permission hook)."""
+        return self.permission is None or bool(self.permission(user))
+
+    def create(self) -> Handler:
+        return self.handler_class()
+
+
+class Registry:
+    """Maps handler names to handler classes.
+
+    Use the module-level :data:`registry`, or your own instance passed to ``BatchFlow``.
+    """
+
+    def __init__(self) -> None:
+        self._specs: dict[str, HandlerSpec] = {}
+
+    def register(self, name: str, *, permission: Permission | None = None) -> Callable[[H], H]:
+        """Class decorator: register a handler class under ``name``.
+
+        :param name: lowercase letters, digits, ``-`` and ``_``; it appears in URLs.
+        :param permission: ``permission(user) -> bool``, checked in the request that starts a job.
+        :raises ConfigurationError: a bad name, a name taken by another class, or a class that
+            lacks a method its settings need.
+        """
+
+        def decorator(cls: H) -> H:
+            self.add(name, cls, permission=permission)
+            return cls
+
+        return decorator
+
+    def add(self, name: str, cls: type[Handler], *, permission: Permission | None = None) -> None:
+        """Register ``cls`` under ``name`` (the non-decorator form of :meth:`register`)."""
+        if not NAME_RE.match(name):
+            raise ConfigurationError(
+                f"Handler name {name!r} is not allowed: use 1-64 lowercase letters, digits, "
+                "'-' or '_', starting with a letter or digit."
+            )
+        if not (isinstance(cls, type) and issubclass(cls, Handler)):
+            raise ConfigurationError(f"{cls!r} is not a batchflow Handler subclass.")
+        _check_complete(cls)
+        existing = self._specs.get(name)
+        if existing and existing.handler_class.__qualname__ != cls.__qualname__:
+            raise ConfigurationError(
+                f"Handler name {name!r} is already registered to "
+                f"{existing.handler_class.__qualname__}; pick another name."
+            )
+        self._specs[name] = HandlerSpec(name, cls, permission)
+
+    def get(self, name: str) -> HandlerSpec:
+        """The handler registered as ``name``.
+
+        :raises UnknownHandler: nothing is registered under that name.
+        """
+        spec = self._specs.get(name) if isinstance(name, str) else None
+        if spec is None:
+            raise UnknownHandler(str(name)[:80])
+        return spec
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._specs
+
+    def __iter__(self) -> Iterator[HandlerSpec]:
+        return iter(self._specs.values())
+
+    def names(self) -> list[str]:
+        return sorted(self._specs)
+
+
+def _overrides(cls: type, base: type, method: str) -> bool:
+    return getattr(cls, method) is not getattr(base, method)
+
+
+def _check_complete(cls: type[Handler]) -> None:
+    name = cls.__qualname__
+    if issubclass(cls, ItemsJob):
+        if not _overrides(cls, ItemsJob, "change"):
+            raise ConfigurationError(f"{name} must define change(item_id, job).")
+        if cls.can_cancel and not _overrides(cls, ItemsJob, "undo"):
+            raise ConfigurationError(f"{name} sets can_cancel but defines no undo(item_id, job).")
+    elif issubclass(cls, TaskJob):
+        if not _overrides(cls, TaskJob, "run"):
+            raise ConfigurationError(f"{name} must define run(job).")
+    else:
+        if not _overrides(cls, Handler, "continue_job"):
+            raise ConfigurationError(f"{name} must define continue_job(job, batch_size).")
+        if cls.can_cancel and not _overrides(cls, Handler, "undo_job"):
+            raise ConfigurationError(f"{name} sets can_cancel but defines no undo_job().")
+
+
+#: The default registry that ``@registry.register(...)`` adds to.
+registry = Registry()

@@ -1,0 +1,661 @@
+"""All Redis access: key names, Lua scripts, atomic transitions, events.
+
+Nothing else in batchflow talks to Redis. Every key of one job carries the job id as a hash tag
+(``prefix:{job_id}:job``), so every multi-key script below touches one Cluster slot. Global
+indexes are sorted sets outside any job's slot and are only ever written by plain commands.
+
+The scripts implement the step protocol's fence: a step carries ``(job_id, seq)``; CLAIM takes a
+lease only if ``seq`` matches and no live lease is held; COMMIT applies a step's whole buffer only
+if ``seq`` and the lease still match, then bumps ``seq``. A duplicate or stale delivery changes
+nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import re
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar, cast
+
+import redis
+import redis.exceptions
+
+from .exceptions import JobNotFound, Unavailable
+
+JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+TERMINAL = ("completed", "failed", "stopped", "canceled")
+MESSAGES_KEPT = 100
+MESSAGES_SHOWN = 20
+ITEM_CHUNK = 5000
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def valid_job_id(job_id: str) -> bool:
+    """Whether ``job_id`` has the shape of an id batchflow issues; anything else is unknown."""
+    return bool(JOB_ID_RE.match(job_id))
+
+
+class Keys:
+    """Builds every Redis key batchflow uses; no other code formats a key.
+
+    :param prefix: the configured ``BATCHFLOW_KEY_PREFIX``.
+    """
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def _job_key(self, job_id: str, part: str) -> str:
+        if not valid_job_id(job_id):
+            raise JobNotFound(job_id)
+        return f"{self.prefix}:{{{job_id}}}:{part}"
+
+    def job(self, job_id: str) -> str:
+        return self._job_key(job_id, "job")
+
+    def items(self, job_id: str) -> str:
+        return self._job_key(job_id, "items")
+
+    def results(self, job_id: str) -> str:
+        return self._job_key(job_id, "results")
+
+    def errors(self, job_id: str) -> str:
+        return self._job_key(job_id, "errors")
+
+    def undo_errors(self, job_id: str) -> str:
+        return self._job_key(job_id, "undo_errors")
+
+    def messages(self, job_id: str) -> str:
+        return self._job_key(job_id, "messages")
+
+    def channel(self, job_id: str) -> str:
+        return self._job_key(job_id, "events")
+
+    def all_of(self, job_id: str) -> list[str]:
+        """Every key one job may own (the channel is not a key)."""
+        return [
+            self.job(job_id),
+            self.items(job_id),
+            self.results(job_id),
+            self.errors(job_id),
+            self.undo_errors(job_id),
+            self.messages(job_id),
+        ]
+
+    @property
+    def active(self) -> str:
+        """Jobs not yet terminal, scored by creation time: what maintenance watches."""
+        return f"{self.prefix}:index:active"
+
+    @property
+    def expiring(self) -> str:
+        """Terminal jobs, scored by the time their state and output should be cleaned."""
+        return f"{self.prefix}:index:expiring"
+
+    @property
+    def all_jobs(self) -> str:
+        return f"{self.prefix}:index:all"
+
+    def owner(self, owner: str) -> str:
+        # Owners are arbitrary strings (emails, ids); a digest keeps the key's alphabet fixed.
+        digest = hashlib.sha256(owner.encode()).hexdigest()[:32]
+        return f"{self.prefix}:index:owner:{digest}"
+
+    def lock(self, name: str) -> str:
+        return f"{self.prefix}:lock:{name}"
+
+
+# The status update shared by COMMIT and REPORT. `p` is the decoded payload:
+#   incr: {field: delta}, set: {field: value}, messages: [text], results: [[id, json]],
+#   errors: [[id, message]], undo_errors: [[id, message]].
+_APPLY = """
+local function apply(job, msgs, p, now, cap)
+  if p.incr then for k, v in pairs(p.incr) do redis.call('HINCRBY', job, k, v) end end
+  if p.set then for k, v in pairs(p.set) do redis.call('HSET', job, k, v) end end
+  if p.messages then
+    for _, text in ipairs(p.messages) do
+      redis.call('RPUSH', msgs, cjson.encode({at = tonumber(now), text = text}))
+      redis.call('HSET', job, 'message', text)
+    end
+    redis.call('LTRIM', msgs, -tonumber(cap), -1)
+  end
+  redis.call('HSET', job, 'updated_at', now)
+end
+
+local function publish(job, msgs, channel, shown)
+  local event = {job = redis.call('HGETALL', job), messages = redis.call('LRANGE', msgs, -shown, -1)}
+  redis.call('PUBLISH', channel, cjson.encode(event))
+end
+"""
+
+CLAIM = """
+-- KEYS[1] = job hash, KEYS[2] = items list, KEYS[3] = errors hash
+-- ARGV[1] = seq the step carries, ARGV[2] = worker id, ARGV[3] = now (ms), ARGV[4] = lease (ms)
+-- Returns {code, job hash (flat), slice of ids, flags (1 = that id ended bad)}; code is one of
+-- ok, missing, terminal, stale (seq moved on), busy (a live lease is held), paused.
+local job = KEYS[1]
+local f = redis.call('HMGET', job, 'status', 'seq', 'lease_owner', 'lease_until', 'kind', 'phase')
+local status, seq, owner, lease_until, kind, phase = f[1], f[2], f[3], f[4], f[5], f[6]
+if not status then return {'missing'} end
+if status == 'completed' or status == 'failed' or status == 'stopped' or status == 'canceled' then
+  return {'terminal'}
+end
+if tonumber(seq) ~= tonumber(ARGV[1]) then return {'stale'} end
+local now = tonumber(ARGV[3])
+if owner ~= '' and tonumber(lease_until) > now then return {'busy'} end
+if status == 'paused' then return {'paused'} end
+local attempts = redis.call('HINCRBY', job, 'attempts', 1)
+redis.call('HSET', job, 'lease_owner', ARGV[2], 'lease_until', now + tonumber(ARGV[4]))
+if status == 'pending' then
+  redis.call('HSET', job, 'status', 'running', 'started_at', now / 1000)
+end
+if kind == 'task' and phase == 'run' and attempts > 1 then
+  -- A one-shot job cut off mid-run starts again from the beginning: its live counters go back.
+  redis.call('HSET', job, 'processed', 0, 'good', 0, 'bad', 0, 'restarted', 1)
+end
+if status == 'canceling' and phase ~= 'undo' then
+  redis.call('HSET', job, 'phase', 'undo', 'undo_cursor', redis.call('HGET', job, 'processed'))
+  phase = 'undo'
+end
+local ids, flags = {}, {}
+if kind == 'items' and phase ~= 'create' then
+  local size = tonumber(redis.call('HGET', job, 'batch_size'))
+  if attempts > 1 then size = 1 end
+  if phase == 'undo' then
+    local stop = tonumber(redis.call('HGET', job, 'undo_cursor'))
+    local first = math.max(0, stop - size)
+    if stop > 0 then
+      local slice = redis.call('LRANGE', KEYS[2], first, stop - 1)
+      for i = #slice, 1, -1 do
+        ids[#ids + 1] = slice[i]
+        flags[#flags + 1] = redis.call('HEXISTS', KEYS[3], slice[i])
+      end
+    end
+  elseif status ~= 'stopping' then
+    local start = tonumber(redis.call('HGET', job, 'processed'))
+    ids = redis.call('LRANGE', KEYS[2], start, start + size - 1)
+  end
+end
+return {'ok', redis.call('HGETALL', job), ids, flags}
+"""
+
+COMMIT = (
+    _APPLY
+    + """
+-- KEYS[1] = job hash, KEYS[2] = items list, KEYS[3] = results hash, KEYS[4] = errors hash,
+-- KEYS[5] = undo errors hash, KEYS[6] = messages list
+-- ARGV[1] = seq, ARGV[2] = worker id, ARGV[3] = now (s), ARGV[4] = payload (JSON),
+-- ARGV[5] = deadline for the next step to be claimed (ms),
+-- ARGV[6] = TTL of a terminal job's keys (s), ARGV[7] = event channel, ARGV[8] = messages kept,
+-- ARGV[9] = messages shown in an event
+-- Returns {'ok', new seq, status} or {'lost'} when the step's fence no longer holds.
+local job = KEYS[1]
+local f = redis.call('HMGET', job, 'seq', 'lease_owner', 'status')
+if not f[1] or tonumber(f[1]) ~= tonumber(ARGV[1]) or f[2] ~= ARGV[2] then return {'lost'} end
+local p = cjson.decode(ARGV[4])
+local new_status = p.set and p.set.status
+if new_status and f[3] == 'canceling' and new_status ~= 'failed' and new_status ~= 'canceled' then
+  -- A cancel that arrived mid-step wins over the step's own ending: its work is undone too.
+  p.set.status = nil
+  p.set.phase = nil
+end
+if new_status == 'paused' and f[3] == 'stopping' then
+  -- A stop that arrived mid-step wins over a pause; the next step stops the job.
+  p.set.status = nil
+end
+apply(job, KEYS[6], p, ARGV[3], ARGV[8])
+if p.results then for _, r in ipairs(p.results) do redis.call('HSET', KEYS[3], r[1], r[2]) end end
+if p.errors then for _, e in ipairs(p.errors) do redis.call('HSET', KEYS[4], e[1], e[2]) end end
+if p.undo_errors then
+  for _, e in ipairs(p.undo_errors) do redis.call('HSET', KEYS[5], e[1], e[2]) end
+end
+local seq = redis.call('HINCRBY', job, 'seq', 1)
+redis.call('HSET', job, 'attempts', 0, 'lease_owner', '', 'lease_until', ARGV[5])
+local status = redis.call('HGET', job, 'status')
+if status == 'completed' or status == 'failed' or status == 'stopped' or status == 'canceled' then
+  redis.call('HSET', job, 'finished_at', ARGV[3], 'signal', '')
+  redis.call('DEL', KEYS[2])
+  for i = 1, 6 do
+    if i ~= 2 then redis.call('EXPIRE', KEYS[i], ARGV[6]) end
+  end
+end
+publish(job, KEYS[6], ARGV[7], tonumber(ARGV[9]))
+return {'ok', seq, status}
+"""
+)
+
+REPORT = (
+    _APPLY
+    + """
+-- KEYS[1] = job hash, KEYS[2] = messages list
+-- ARGV[1] = seq, ARGV[2] = worker id, ARGV[3] = now (s), ARGV[4] = payload (JSON, '' = none),
+-- ARGV[5] = new lease expiry (ms), ARGV[6] = channel, ARGV[7] = messages kept,
+-- ARGV[8] = messages shown in an event
+-- Renews a running step's lease and applies its live progress (one-shot jobs report as they go).
+-- Returns {'ok', status, signal} or {'lost'}.
+local job = KEYS[1]
+local f = redis.call('HMGET', job, 'seq', 'lease_owner', 'status', 'signal')
+if not f[1] or tonumber(f[1]) ~= tonumber(ARGV[1]) or f[2] ~= ARGV[2] then return {'lost'} end
+redis.call('HSET', job, 'lease_until', ARGV[5])
+if ARGV[4] ~= '' then
+  apply(job, KEYS[2], cjson.decode(ARGV[4]), ARGV[3], ARGV[7])
+  publish(job, KEYS[2], ARGV[6], tonumber(ARGV[8]))
+end
+return {'ok', f[3], f[4]}
+"""
+)
+
+SIGNAL = (
+    _APPLY
+    + """
+-- KEYS[1] = job hash, KEYS[2] = messages list
+-- ARGV[1] = stop | cancel | pause | resume, ARGV[2] = now (s), ARGV[3] = deadline for the step
+-- that a resume enqueues (ms), ARGV[4] = channel, ARGV[5] = messages kept, ARGV[6] = shown
+-- Returns {code, status, seq}: code 'ok' (recorded), 'enqueue' (recorded; the job has no step in
+-- flight, so the caller must enqueue step `seq`), 'same' (already so), 'missing', 'terminal',
+-- 'refused' (not allowed in this state).
+local job, what = KEYS[1], ARGV[1]
+local f = redis.call('HMGET', job, 'status', 'seq', 'signal')
+local status, seq, signal = f[1], f[2], f[3]
+if not status then return {'missing', '', 0} end
+if status == 'completed' or status == 'failed' or status == 'stopped' or status == 'canceled' then
+  return {'terminal', status, seq}
+end
+local function set(new_status, new_signal, text)
+  redis.call('HSET', job, 'status', new_status, 'signal', new_signal)
+  apply(job, KEYS[2], {messages = {text}}, ARGV[2], ARGV[5])
+  publish(job, KEYS[2], ARGV[4], tonumber(ARGV[6]))
+end
+local code = 'ok'
+if status == 'paused' and what ~= 'pause' then
+  code = 'enqueue'
+  redis.call('HSET', job, 'lease_owner', '', 'lease_until', ARGV[3])
+end
+if what == 'stop' then
+  if status == 'stopping' then return {'same', status, seq} end
+  if status == 'canceling' then return {'refused', status, seq} end
+  set('stopping', '', 'Stop requested')
+elseif what == 'cancel' then
+  if status == 'canceling' then return {'same', status, seq} end
+  set('canceling', '', 'Cancel requested: undoing the work done so far')
+elseif what == 'pause' then
+  if status == 'paused' or signal == 'pause' then return {'same', status, seq} end
+  if status ~= 'running' and status ~= 'pending' then return {'refused', status, seq} end
+  redis.call('HSET', job, 'signal', 'pause')
+  apply(job, KEYS[2], {messages = {'Pause requested'}}, ARGV[2], ARGV[5])
+  publish(job, KEYS[2], ARGV[4], tonumber(ARGV[6]))
+elseif what == 'resume' then
+  if status == 'paused' then
+    set('running', '', 'Resumed')
+  elseif signal == 'pause' then
+    redis.call('HSET', job, 'signal', '')
+    apply(job, KEYS[2], {messages = {'Resumed'}}, ARGV[2], ARGV[5])
+    publish(job, KEYS[2], ARGV[4], tonumber(ARGV[6]))
+  else
+    return {'same', status, seq}
+  end
+end
+return {code, redis.call('HGET', job, 'status'), seq}
+"""
+)
+
+RECOVER = """
+-- KEYS[1] = job hash
+-- ARGV[1] = now (ms), ARGV[2] = deadline to set for the re-enqueued step (ms)
+-- A job whose step deadline passed (its worker died holding the lease, or its next step never
+-- reached a worker) gets a fresh deadline; the caller re-enqueues step `seq`.
+-- Returns {'requeue', seq, lost (1 if a claimed step was lost)} or {'skip'}.
+local f = redis.call('HMGET', KEYS[1], 'status', 'seq', 'lease_owner', 'lease_until')
+local status = f[1]
+if not status or status == 'paused' or status == 'completed' or status == 'failed'
+   or status == 'stopped' or status == 'canceled' then
+  return {'skip'}
+end
+if tonumber(f[4]) > tonumber(ARGV[1]) then return {'skip'} end
+local lost = 0
+if f[3] ~= '' then lost = 1 end
+redis.call('HSET', KEYS[1], 'lease_owner', '', 'lease_until', ARGV[2])
+if lost == 1 then redis.call('HINCRBY', KEYS[1], 'recoveries', 1) end
+return {'requeue', f[2], lost}
+"""
+
+MARK_CLEANED = """
+-- KEYS[1] = job hash
+-- Sets cleaned = 1 once; returns the job hash to the one caller that set it, else {}.
+if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
+if redis.call('HSETNX', KEYS[1], 'cleaned', 1) == 0 then
+  if redis.call('HGET', KEYS[1], 'cleaned') == '1' then return {} end
+  redis.call('HSET', KEYS[1], 'cleaned', 1)
+end
+return redis.call('HGETALL', KEYS[1])
+"""
+
+
+def _translating(method: F) -> F:
+    """Turn redis-py's connection errors into :class:`Unavailable` with a message to act on."""
+
+    @functools.wraps(method)
+    def wrapper(self: Store, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            raise Unavailable(
+                f"Redis does not answer ({exc}). Check that it runs and that "
+                "BATCHFLOW_REDIS_URL points at it."
+            ) from exc
+
+    return cast(F, wrapper)
+
+
+@dataclasses.dataclass
+class Claim:
+    """What CLAIM returned: ``code`` and, when it is ``ok``, the job and this step's ids."""
+
+    code: str
+    fields: dict[str, str] = dataclasses.field(default_factory=dict)
+    ids: list[str] = dataclasses.field(default_factory=list)
+    bad_flags: list[bool] = dataclasses.field(default_factory=list)
+
+
+def _pairs(flat: list[Any]) -> dict[str, str]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+class Store:
+    """Job state in Redis.
+
+    :param client: a redis-py client created with ``decode_responses=True``.
+    :param prefix: the key prefix.
+    """
+
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self.client = client
+        self.keys = Keys(prefix)
+        self._claim = client.register_script(CLAIM)
+        self._commit = client.register_script(COMMIT)
+        self._report = client.register_script(REPORT)
+        self._signal = client.register_script(SIGNAL)
+        self._recover = client.register_script(RECOVER)
+        self._mark_cleaned = client.register_script(MARK_CLEANED)
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str) -> Store:
+        """A store on a new connection pool; short timeouts so a dead Redis fails fast."""
+        client = redis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_connect_timeout=3,
+            socket_timeout=10,
+            health_check_interval=15,
+        )
+        return cls(client, prefix)
+
+    # -- creating and reading ---------------------------------------------------------------
+
+    @_translating
+    def create(
+        self, job_id: str, fields: dict[str, Any], ids: Iterable[str] | None, created_ms: int
+    ) -> None:
+        """Write a new job, its ids and its index entries, all or nothing for the job's keys.
+
+        Ids go to Redis in chunks inside one MULTI, so a half-written id list is never seen.
+        """
+        keys = self.keys
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.delete(*keys.all_of(job_id))
+            if ids is not None:
+                chunk: list[str] = []
+                for item in ids:
+                    chunk.append(item)
+                    if len(chunk) == ITEM_CHUNK:
+                        pipe.rpush(keys.items(job_id), *chunk)
+                        chunk = []
+                if chunk:
+                    pipe.rpush(keys.items(job_id), *chunk)
+            pipe.hset(keys.job(job_id), mapping={k: _text(v) for k, v in fields.items()})
+            pipe.execute()
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.zadd(keys.active, {job_id: created_ms})
+            pipe.zadd(keys.all_jobs, {job_id: created_ms})
+            pipe.zadd(keys.owner(str(fields["owner"])), {job_id: created_ms})
+            pipe.execute()
+
+    @_translating
+    def snapshot(self, job_id: str) -> tuple[dict[str, str], list[str]]:
+        """The job hash and its latest messages, in one round trip.
+
+        :raises JobNotFound: no such job (or a malformed id).
+        """
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.keys.job(job_id))
+            pipe.lrange(self.keys.messages(job_id), -MESSAGES_SHOWN, -1)
+            fields, messages = pipe.execute()
+        if not fields:
+            raise JobNotFound(job_id)
+        return fields, messages
+
+    @_translating
+    def snapshots(self, job_ids: list[str]) -> list[tuple[dict[str, str], list[str]]]:
+        """Snapshots of many jobs in one round trip; jobs that are gone are left out."""
+        with self.client.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hgetall(self.keys.job(job_id))
+                pipe.lrange(self.keys.messages(job_id), -MESSAGES_SHOWN, -1)
+            replies = pipe.execute()
+        return [(f, m) for f, m in zip(replies[::2], replies[1::2], strict=True) if f]
+
+    @_translating
+    def job_ids(self, owner: str | None, offset: int, limit: int) -> list[str]:
+        """Newest first: one owner's jobs, or everyone's when ``owner`` is None."""
+        key = self.keys.all_jobs if owner is None else self.keys.owner(owner)
+        return cast(list[str], self.client.zrevrange(key, offset, offset + limit - 1))
+
+    @_translating
+    def results_page(
+        self, job_id: str, which: str, cursor: int, count: int
+    ) -> tuple[int, dict[str, str]]:
+        """A page of per-id results (``which="results"``) or errors (``"errors"``)."""
+        key = self.keys.results(job_id) if which == "results" else self.keys.errors(job_id)
+        next_cursor, page = self.client.hscan(key, cursor=cursor, count=count)
+        return int(next_cursor), page
+
+    @_translating
+    def iter_hash(self, job_id: str, which: str) -> Iterator[tuple[str, str]]:
+        """Every (id, value) of a job's results, errors or undo errors, in pages."""
+        key = {
+            "results": self.keys.results,
+            "errors": self.keys.errors,
+            "undo_errors": self.keys.undo_errors,
+        }[which](job_id)
+        yield from self.client.hscan_iter(key, count=1000)
+
+    @_translating
+    def push_items(self, job_id: str, ids: Iterable[str]) -> int:
+        """Append ids a handler produced server-side (ItemsJob.items); returns the list length."""
+        key, length, chunk = self.keys.items(job_id), 0, []
+        for item in ids:
+            chunk.append(item)
+            if len(chunk) == ITEM_CHUNK:
+                length = self.client.rpush(key, *chunk)
+                chunk = []
+        if chunk:
+            length = self.client.rpush(key, *chunk)
+        return length or int(self.client.llen(key))
+
+    def reset_items(self, job_id: str) -> None:
+        self.client.delete(self.keys.items(job_id))
+
+    @_translating
+    def follow(
+        self, job_id: str, timeout: float
+    ) -> Iterator[tuple[dict[str, str], list[str]] | None]:
+        """Yield the job's state now and after every commit (None after ``timeout`` seconds of
+        silence). Subscribes before reading, so no commit falls between the two."""
+        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(self.keys.channel(job_id))
+            yield self.snapshot(job_id)
+            while True:
+                message = pubsub.get_message(timeout=timeout)
+                if message is None:
+                    yield None
+                    continue
+                event = json.loads(message["data"])
+                raw_messages = event.get("messages")
+                yield _pairs(event["job"]), raw_messages if isinstance(raw_messages, list) else []
+        finally:
+            pubsub.close()
+
+    # -- the step protocol ------------------------------------------------------------------
+
+    def claim(self, job_id: str, seq: int, worker: str, now_ms: int, lease_ms: int) -> Claim:
+        k = self.keys
+        reply = self._claim(
+            keys=[k.job(job_id), k.items(job_id), k.errors(job_id)],
+            args=[seq, worker, now_ms, lease_ms],
+        )
+        if reply[0] != "ok":
+            return Claim(reply[0])
+        return Claim("ok", _pairs(reply[1]), list(reply[2]), [bool(x) for x in reply[3]])
+
+    def commit(
+        self,
+        job_id: str,
+        seq: int,
+        worker: str,
+        now: float,
+        payload: dict[str, Any],
+        deadline_ms: int,
+        ttl: int,
+    ) -> tuple[int, str] | None:
+        """Apply one step's buffer; returns ``(new seq, status)``, or None if the fence broke."""
+        k = self.keys
+        reply = self._commit(
+            keys=[
+                k.job(job_id),
+                k.items(job_id),
+                k.results(job_id),
+                k.errors(job_id),
+                k.undo_errors(job_id),
+                k.messages(job_id),
+            ],
+            args=[
+                seq,
+                worker,
+                repr(now),
+                json.dumps(payload),
+                deadline_ms,
+                ttl,
+                k.channel(job_id),
+                MESSAGES_KEPT,
+                MESSAGES_SHOWN,
+            ],
+        )
+        if reply[0] != "ok":
+            return None
+        return int(reply[1]), reply[2]
+
+    def report(
+        self,
+        job_id: str,
+        seq: int,
+        worker: str,
+        now: float,
+        payload: dict[str, Any] | None,
+        lease_until_ms: int,
+    ) -> tuple[str, str] | None:
+        """Renew a step's lease and apply live progress; ``(status, signal)`` or None if lost."""
+        k = self.keys
+        reply = self._report(
+            keys=[k.job(job_id), k.messages(job_id)],
+            args=[
+                seq,
+                worker,
+                repr(now),
+                json.dumps(payload) if payload else "",
+                lease_until_ms,
+                k.channel(job_id),
+                MESSAGES_KEPT,
+                MESSAGES_SHOWN,
+            ],
+        )
+        if reply[0] != "ok":
+            return None
+        return reply[1], reply[2]
+
+    @_translating
+    def signal(self, job_id: str, what: str, now: float, deadline_ms: int) -> tuple[str, str, int]:
+        """Record a stop/cancel/pause/resume request; see SIGNAL for the codes."""
+        k = self.keys
+        code, status, seq = self._signal(
+            keys=[k.job(job_id), k.messages(job_id)],
+            args=[what, repr(now), deadline_ms, k.channel(job_id), MESSAGES_KEPT, MESSAGES_SHOWN],
+        )
+        return code, status, int(seq or 0)
+
+    def recover(self, job_id: str, now_ms: int, deadline_ms: int) -> tuple[int, bool] | None:
+        """Give an overdue job a fresh deadline: ``(seq to enqueue, a claimed step was lost)``."""
+        reply = self._recover(keys=[self.keys.job(job_id)], args=[now_ms, deadline_ms])
+        if reply[0] != "requeue":
+            return None
+        return int(reply[1]), bool(reply[2])
+
+    def mark_cleaned(self, job_id: str) -> dict[str, str] | None:
+        """Take the one right to run a job's cleanup; the job hash, or None if already taken."""
+        reply = self._mark_cleaned(keys=[self.keys.job(job_id)])
+        return _pairs(reply) if reply else None
+
+    # -- indexes and maintenance --------------------------------------------------------------
+
+    def finish(self, job_id: str, clean_at: float) -> None:
+        """Move a terminal job from the active index to the expiring one."""
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.zrem(self.keys.active, job_id)
+            pipe.zadd(self.keys.expiring, {job_id: clean_at})
+            pipe.execute()
+
+    def active_jobs(self, limit: int = 10_000) -> list[str]:
+        return cast(list[str], self.client.zrange(self.keys.active, 0, limit - 1))
+
+    def due_for_cleaning(self, now: float, limit: int = 500) -> list[str]:
+        return cast(
+            list[str], self.client.zrangebyscore(self.keys.expiring, 0, now, start=0, num=limit)
+        )
+
+    def status_of(self, job_id: str) -> str | None:
+        return cast(str | None, self.client.hget(self.keys.job(job_id), "status"))
+
+    @_translating
+    def delete_job(self, job_id: str, owner: str | None = None) -> None:
+        """Remove every key and index entry of a job."""
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.unlink(*self.keys.all_of(job_id))
+            pipe.zrem(self.keys.active, job_id)
+            pipe.zrem(self.keys.expiring, job_id)
+            pipe.zrem(self.keys.all_jobs, job_id)
+            if owner is not None:
+                pipe.zrem(self.keys.owner(owner), job_id)
+            pipe.execute()
+
+    def try_lock(self, name: str, seconds: float) -> bool:
+        """A lock that expires by itself: the first caller in each period gets True."""
+        return bool(self.client.set(self.keys.lock(name), "1", nx=True, px=int(seconds * 1000)))
+
+    @_translating
+    def ping(self) -> bool:
+        return bool(self.client.ping())
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if value is None:
+        return ""
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(value)

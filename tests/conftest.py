@@ -1,0 +1,85 @@
+"""Shared fixtures: real Redis with a key prefix per test (cleaned by SCAN + UNLINK, never a
+flush), Celery broker keys under the same prefix, and a real in-process worker."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from batchflow import Engine, Settings  # noqa: E402
+from batchflow.store import Store  # noqa: E402
+from batchflow.tasks import make_celery  # noqa: E402
+from tests.handlers import REDIS_URL, make_registry  # noqa: E402
+from tests.helpers import ListDispatcher, broker_options, make_config  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def redis_client() -> redis.Redis:
+    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    try:
+        client.ping()
+    except redis.exceptions.ConnectionError:
+        pytest.exit(f"Redis does not answer at {REDIS_URL}; start it (see README).", 2)
+    return client
+
+
+def delete_prefix(client: redis.Redis, prefix: str) -> None:
+    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+    for i in range(0, len(keys), 500):
+        client.unlink(*keys[i : i + 500])
+
+
+@pytest.fixture
+def prefix(redis_client: redis.Redis) -> Iterator[str]:
+    name = f"bft-{uuid.uuid4().hex[:12]}"
+    yield name
+    delete_prefix(redis_client, name)
+
+
+@pytest.fixture
+def files_dir(tmp_path: Any) -> str:
+    return str(tmp_path / "files")
+
+
+@pytest.fixture
+def settings(prefix: str, files_dir: str) -> Settings:
+    return Settings.from_mapping(make_config(prefix, files_dir))
+
+
+@pytest.fixture
+def engine(settings: Settings) -> Engine:
+    return Engine(
+        settings, Store.from_url(settings.redis_url, settings.key_prefix), make_registry()
+    )
+
+
+@pytest.fixture
+def manual(engine: Engine) -> ListDispatcher:
+    dispatcher = ListDispatcher()
+    engine.dispatcher = dispatcher
+    return dispatcher
+
+
+@pytest.fixture
+def celery_app(engine: Engine, prefix: str) -> Any:
+    return make_celery(engine, config=broker_options(prefix))
+
+
+@pytest.fixture
+def worker(celery_app: Any) -> Iterator[Any]:
+    from celery.contrib.testing.worker import start_worker
+
+    with start_worker(
+        celery_app, pool="threads", concurrency=2, perform_ping_check=False, shutdown_timeout=20
+    ) as w:
+        yield w

@@ -1,0 +1,108 @@
+"""Helpers the tests share (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from batchflow import Engine
+from tests.handlers import REDIS_URL
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def make_config(prefix: str, files_dir: str, **overrides: Any) -> dict[str, Any]:
+    config = {
+        "BATCHFLOW_REDIS_URL": REDIS_URL,
+        "BATCHFLOW_KEY_PREFIX": prefix,
+        "BATCHFLOW_QUEUE": prefix,
+        "BATCHFLOW_FILES_DIR": files_dir,
+        "BATCHFLOW_LEASE_SECONDS": 3,
+        "BATCHFLOW_QUEUE_TIMEOUT": 30,
+        "BATCHFLOW_MAINTENANCE_INTERVAL": 0.5,
+        "BATCHFLOW_STEP_TARGET": 0.2,
+    }
+    config.update(overrides)
+    return config
+
+
+def broker_options(prefix: str) -> dict[str, Any]:
+    return {"broker_transport_options": {"global_keyprefix": f"{prefix}:broker:"}}
+
+
+class ListDispatcher:
+    """The engine's Dispatcher interface backed by a list, to drive steps by hand."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[str, int, float]] = []
+        self.cleanups: list[str] = []
+
+    def enqueue_step(self, job_id: str, seq: int, countdown: float = 0.0) -> None:
+        self.steps.append((job_id, seq, countdown))
+
+    def enqueue_cleanup(self, job_id: str) -> None:
+        self.cleanups.append(job_id)
+
+    def drain(self, engine: Engine, limit: int = 100_000) -> int:
+        """Run queued steps inline until none are left; returns how many ran."""
+        ran = 0
+        while self.steps and ran < limit:
+            job_id, seq, _ = self.steps.pop(0)
+            engine.run_step(job_id, seq)
+            ran += 1
+        return ran
+
+
+def wait_for(predicate: Any, timeout: float = 20.0, interval: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {predicate}")
+        time.sleep(interval)
+
+
+def wait_terminal(engine: Engine, job_id: str, timeout: float = 30.0) -> Any:
+    return wait_for(lambda: (s := engine.state(job_id)).status.terminal and s, timeout=timeout)
+
+
+class WorkerProcess:
+    """A real ``celery worker`` subprocess on the test's prefix, that a test can kill."""
+
+    def __init__(self, config: dict[str, Any], *, concurrency: int = 1, pool: str = "solo",
+                 name: str = "w", extra_env: dict[str, str] | None = None) -> None:
+        import subprocess
+        import sys
+        import uuid
+
+        env = {**os.environ, **{k: str(v) for k, v in config.items()}, **(extra_env or {})}
+        env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "tests.workerapp", "worker",
+             "-P", pool, "-c", str(concurrency), "-Q", config["BATCHFLOW_QUEUE"],
+             "-n", f"{name}-{uuid.uuid4().hex[:6]}@%h", "--loglevel", "WARNING",
+             "--without-gossip", "--without-mingle", "--without-heartbeat"],
+            cwd=ROOT, env=env, start_new_session=True,
+        )
+
+    def kill(self, sig: int | None = None) -> None:
+        import signal
+
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig or signal.SIGKILL)
+        if sig in (None, signal.SIGKILL):
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        import signal
+
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except Exception:  # noqa: BLE001
+                self.kill()

@@ -1,0 +1,27 @@
+"""A Celery app for worker subprocesses in tests: ``celery -A tests.workerapp worker``.
+
+Settings come from BATCHFLOW_* environment variables; broker keys share the test's key prefix.
+"""
+
+from __future__ import annotations
+
+import os
+
+from batchflow import Engine, Settings
+from batchflow.store import Store
+from batchflow.tasks import make_celery
+from tests.handlers import make_registry
+
+settings = Settings.from_mapping()
+engine = Engine(settings, Store.from_url(settings.redis_url, settings.key_prefix), make_registry())
+celery = make_celery(
+    engine,
+    config={
+        "broker_transport_options": {"global_keyprefix": f"{settings.key_prefix}:broker:"},
+        "worker_send_task_events": False,
+    },
+)
+if os.environ.get("BFT_VISIBILITY_TIMEOUT"):
+    celery.conf.broker_transport_options["visibility_timeout"] = float(
+        os.environ["BFT_VISIBILITY_TIMEOUT"]
+    )
