@@ -40,6 +40,8 @@ class Count(Handler):
 
     def create_job(self, job: Job) -> StepResponse:
         job.set_total(int(job.params.get("n", 100)))
+        if job.params.get("note"):
+            job.add_message(str(job.params["note"]))
         return StepResponse("Counting started", {"phase": "created"})
 
     def continue_job(self, job: Job, batch_size: int) -> str:
@@ -155,6 +157,36 @@ class Rebuild(TaskJob):
         job.set_results({"rebuilt": n})
 
 
+class Greeting(Handler):
+    """A job whose parameters come from a Flask-WTF form, one of them secret."""
+
+    labels = {"title": "Send greetings"}
+    sensitive_params = ("api_key",)
+
+    @classmethod
+    def _form(cls) -> type:
+        from flask_wtf import FlaskForm
+        from wtforms import IntegerField, PasswordField, StringField
+        from wtforms.validators import DataRequired, InputRequired, Length, NumberRange
+
+        class GreetingForm(FlaskForm):
+            name = StringField("Name", validators=[DataRequired(), Length(max=40)])
+            times = IntegerField("Times", validators=[InputRequired(), NumberRange(1, 1000)])
+            api_key = PasswordField("API key", validators=[DataRequired()])
+
+        return GreetingForm
+
+    def create_job(self, job: Job) -> None:
+        job.set_total(int(job.params["times"]))
+
+    def continue_job(self, job: Job, batch_size: int) -> None:
+        job.mark_processed(job.total or 0)
+        job.complete(f"Greeted {job.params['name']} {job.params['times']} times")
+
+
+Greeting.params_form = Greeting._form()
+
+
 def make_registry() -> Registry:
     registry = Registry()
     registry.add("count", Count)
@@ -163,4 +195,6 @@ def make_registry() -> Registry:
     registry.add("archive", Archive)
     registry.add("generated", Generated)
     registry.add("rebuild", Rebuild)
+    registry.add("greeting", Greeting)
+    registry.add("admin-only", Count, permission=lambda user: str(user).endswith("admin"))
     return registry

@@ -1,0 +1,414 @@
+"""The blueprint: start jobs, the progress page, status JSON, Server-Sent Events, signals,
+downloads and per-id reports. The only module that reads ``flask.request``.
+
+Security: a request names a registered handler, never a class; every job has an owner and a job
+that is not yours is the same 404 as an unknown one; state changes only on POST, CSRF-checked.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    g,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    send_file,
+    stream_with_context,
+    url_for,
+)
+from werkzeug.datastructures import MultiDict
+from werkzeug.exceptions import HTTPException
+
+from .exceptions import (
+    BatchflowError,
+    InvalidParams,
+    JobNotFound,
+    PermissionDenied,
+)
+from .handlers import FileJob
+from .job import JobState, Status
+
+if TYPE_CHECKING:
+    from .engine import Engine
+    from .extension import BatchFlow, State
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _resource_dir(name: str) -> str:
+    """``templates``/``static`` inside the installed package, or beside it in a source checkout."""
+    inside = os.path.join(_HERE, name)
+    return inside if os.path.isdir(inside) else os.path.join(os.path.dirname(_HERE), name)
+
+
+TEMPLATES = _resource_dir("templates")
+STATIC = _resource_dir("static")
+_RESERVED_FIELDS = {"csrf_token", "ids", "ids[]", "redirect_url", "submit"}
+_UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+def _state() -> State:
+    return current_app.extensions["batchflow"]  # type: ignore[no-any-return]
+
+
+def _engine() -> Engine:
+    return _state().engine
+
+
+def _wants_json() -> bool:
+    if request.args.get("format") == "json" or request.is_json:
+        return True
+    best = request.accept_mimetypes.best_match(["text/html", "application/json"])
+    return best == "application/json"
+
+
+def _user() -> str:
+    user = _state().extension.identity()
+    if not user:
+        raise PermissionDenied("Sign in to use jobs.")
+    return str(user)
+
+
+def _is_admin(user: str) -> bool:
+    return bool(_state().extension.can_admin(user))
+
+
+def _permission_subject() -> Any:
+    """What a handler's permission hook receives: Flask-Login's user if the app has one."""
+    if getattr(current_app, "login_manager", None) is not None:
+        from flask_login import current_user
+
+        return current_user
+    return _user()
+
+
+def _visible(job_id: str) -> JobState:
+    """The job, if the current user may see it; otherwise the same 404 as an unknown id."""
+    user = _user()
+    state = _engine().state(job_id)
+    if state.owner != user and not _is_admin(user):
+        raise JobNotFound(job_id)
+    return state
+
+
+def status_json(state: JobState) -> dict[str, Any]:
+    """The status JSON of the HTTP API: the job's state plus the URLs a client needs."""
+    data = state.to_dict()
+    job_id = state.id
+    data["url"] = url_for("batchflow.progress", job_id=job_id)
+    data["status_url"] = url_for("batchflow.status", job_id=job_id)
+    data["events_url"] = url_for("batchflow.events", job_id=job_id)
+    data["action_urls"] = {
+        name: url_for("batchflow.action", job_id=job_id, action=name)
+        for name in ("stop", "cancel", "pause", "resume", "cleanup", "retry")
+    }
+    data["download_url"] = (
+        url_for("batchflow.download", job_id=job_id) if state.file_ready else None
+    )
+    has_report = state.kind == "items" or data["results"] is not None
+    data["results_url"] = url_for("batchflow.results", job_id=job_id) if has_report else None
+    return data
+
+
+def _safe_redirect(url: str | None) -> str | None:
+    """``url`` if it points into this site (Event Espresso's return-to), else InvalidParams."""
+    if not url:
+        return None
+    parts = urlsplit(url)
+    same_host = parts.netloc == request.host and parts.scheme in ("http", "https")
+    local = not parts.scheme and not parts.netloc and url.startswith("/")
+    if (local or same_host) and "\\" not in url and not any(ord(c) < 32 for c in url):
+        return url
+    raise InvalidParams("redirect_url must point into this site.")
+
+
+def _job_response(job_id: str, code: int = 202) -> Response:
+    """Answer a request that started a job: 303 to its page, or 202 with its URLs."""
+    page = url_for("batchflow.progress", job_id=job_id)
+    if not _wants_json():
+        return redirect(page, code=303)  # type: ignore[return-value]
+    body = {
+        "id": job_id,
+        "url": page,
+        "status_url": url_for("batchflow.status", job_id=job_id),
+        "events_url": url_for("batchflow.events", job_id=job_id),
+    }
+    response = jsonify(body)
+    response.status_code = code
+    response.headers["Location"] = page
+    return response
+
+
+def _read_start_request() -> tuple[dict[str, Any], list[Any] | None, str | None]:
+    """Parameters, ids and redirect_url from a JSON body or a form."""
+    if request.is_json:
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict):
+            raise InvalidParams('Send a JSON object: {"params": {...}, "ids": [...]}.')
+        params = body.get("params", {})
+        if not isinstance(params, dict):
+            raise InvalidParams("params must be a JSON object.")
+        ids = body.get("ids")
+        if ids is not None and not isinstance(ids, list):
+            raise InvalidParams("ids must be a JSON array.")
+        redirect_url = body.get("redirect_url")
+        if redirect_url is not None and not isinstance(redirect_url, str):
+            raise InvalidParams("redirect_url must be a string.")
+        return params, ids, redirect_url
+    form = request.form
+    ids = form.getlist("ids") or form.getlist("ids[]") or None
+    params = {k: v for k, v in form.items() if k not in _RESERVED_FIELDS}
+    return params, ids, form.get("redirect_url") or request.args.get("redirect_url")
+
+
+def _validate_form(form_class: type, params: dict[str, Any]) -> dict[str, Any]:
+    """Typed parameters from a handler's Flask-WTF form, or InvalidParams with field errors."""
+    form = form_class(formdata=MultiDict(params), meta={"csrf": False})
+    if not form.validate():
+        raise InvalidParams("Some fields need attention.", errors=dict(form.errors))
+    data = {k: v for k, v in form.data.items() if k not in _RESERVED_FIELDS}
+    return json.loads(json.dumps(data, default=str))  # type: ignore[no-any-return]
+
+
+def make_blueprint(extension: BatchFlow) -> Blueprint:
+    """The blueprint ``BatchFlow.init_app`` mounts (named ``batchflow``)."""
+    bp = Blueprint(
+        "batchflow",
+        __name__,
+        template_folder=TEMPLATES,
+        static_folder=STATIC,
+        static_url_path="/static",
+    )
+
+    @bp.app_context_processor
+    def template_globals() -> dict[str, Any]:
+        # Any page of the app may use the widget; it finds the routes through this prefix.
+        return {"batchflow_prefix": extension.url_prefix.rstrip("/")}
+
+    @bp.before_request
+    def check_csrf() -> None:
+        csrf = current_app.extensions.get("csrf")
+        enabled = current_app.config.get("WTF_CSRF_ENABLED", True)
+        if extension.csrf and csrf and enabled and request.method in _UNSAFE:
+            if not g.get("csrf_valid"):
+                csrf.protect()
+
+    @bp.errorhandler(BatchflowError)
+    def batchflow_error(exc: BatchflowError) -> Any:
+        code = exc.http_status
+        body: dict[str, Any] = {"error": str(exc)}
+        if isinstance(exc, InvalidParams) and exc.errors:
+            body["errors"] = exc.errors
+        if _wants_json():
+            return jsonify(body), code
+        return render_template("batchflow/error.html", error=str(exc), code=code), code
+
+    @bp.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Any:
+        code = exc.code or 500
+        message = exc.description or exc.name
+        if _wants_json():
+            return jsonify({"error": message}), code
+        return render_template("batchflow/error.html", error=message, code=code), code
+
+    @bp.get("/")
+    def jobs() -> Any:
+        user = _user()
+        admin = _is_admin(user)
+        status_filter = request.args.get("status") or None
+        if status_filter and status_filter not in {s.value for s in Status}:
+            raise InvalidParams(f"Unknown status {status_filter!r}.")
+        page = max(1, request.args.get("page", 1, type=int) or 1)
+        per_page = max(1, min(100, request.args.get("per_page", 25, type=int) or 25))
+        states = _engine().jobs(
+            None if admin else user,
+            offset=(page - 1) * per_page,
+            limit=per_page + 1,
+            status=status_filter,
+        )
+        has_next = len(states) > per_page
+        listed = [status_json(s) for s in states[:per_page]]
+        if _wants_json():
+            return jsonify({"jobs": listed, "page": page, "has_next": has_next})
+        return render_template(
+            "batchflow/jobs.html",
+            jobs=listed,
+            status_filter=status_filter,
+            statuses=[s.value for s in Status],
+            page=page,
+            has_next=has_next,
+            is_admin=admin,
+        )
+
+    @bp.route("/start/<handler>", methods=["GET", "POST"])
+    def start(handler: str) -> Any:
+        spec = _state().registry.get(handler)
+        user = _user()
+        if not spec.allows(_permission_subject()):
+            raise PermissionDenied("You are not allowed to start this job.")
+        form_class = spec.handler_class.params_form
+        labels = {**_labels(spec.handler_class)}
+        if request.method == "GET":
+            form = _blank_form(form_class)
+            return render_template(
+                "batchflow/start.html",
+                handler_name=handler,
+                labels=labels,
+                form=form,
+                action_url=url_for("batchflow.start", handler=handler),
+            )
+        params, ids, redirect_url = _read_start_request()
+        try:
+            if form_class is not None:
+                params = _validate_form(form_class, params)
+            job_id = _engine().start(
+                handler,
+                owner=user,
+                params=params,
+                ids=ids,
+                redirect_url=_safe_redirect(redirect_url),
+            )
+        except InvalidParams as exc:
+            if form_class is None or _wants_json():
+                raise
+            form = form_class()  # bound to the posted form, so it re-renders with its CSRF token
+            form.validate()
+            return (
+                render_template(
+                    "batchflow/start.html",
+                    handler_name=handler,
+                    labels=labels,
+                    form=form,
+                    action_url=url_for("batchflow.start", handler=handler),
+                    error=str(exc),
+                ),
+                400,
+            )
+        return _job_response(job_id)
+
+    @bp.get("/<job_id>")
+    def progress(job_id: str) -> Any:
+        state = _visible(job_id)
+        return render_template("batchflow/progress.html", job=status_json(state))
+
+    @bp.get("/<job_id>/status")
+    def status(job_id: str) -> Any:
+        response = jsonify(status_json(_visible(job_id)))
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    @bp.get("/<job_id>/events")
+    def events(job_id: str) -> Response:
+        _visible(job_id)
+        follow = _engine().follow(job_id, keepalive=15.0)
+
+        def stream() -> Iterator[str]:
+            yield "retry: 2000\n\n"
+            for state in follow:
+                if state is None:
+                    yield ": keep-alive\n\n"
+                    continue
+                yield f"data: {json.dumps(status_json(state))}\n\n"
+
+        return Response(
+            stream_with_context(stream()),
+            mimetype="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
+    @bp.post("/<job_id>/<any(stop, cancel, pause, resume, cleanup, retry):action>")
+    def action(job_id: str, action: str) -> Any:
+        state = _visible(job_id)
+        engine = _engine()
+        if action == "retry":
+            return _job_response(engine.retry_failed(job_id, owner=_user()))
+        if action == "cleanup":
+            engine.request_cleanup(job_id)
+            new_state = engine.state(job_id)
+        else:
+            new_state = engine.request(state.id, action)
+        if _wants_json():
+            return jsonify(status_json(new_state)), 202
+        return redirect(url_for("batchflow.progress", job_id=job_id), code=303)
+
+    @bp.get("/<job_id>/download")
+    def download(job_id: str) -> Any:
+        state = _visible(job_id)
+        if not state.file_ready:
+            raise JobNotFound(job_id)
+        root = os.path.realpath(_state().settings.files_dir)
+        path = os.path.realpath(state.fields["file_path"])
+        if os.path.commonpath([root, path]) != root or not os.path.isfile(path):
+            raise JobNotFound(job_id)
+        return send_file(
+            path,
+            mimetype=state.fields.get("file_type") or "application/octet-stream",
+            as_attachment=True,
+            download_name=state.fields.get("file_name") or os.path.basename(path),
+            max_age=0,
+        )
+
+    @bp.get("/<job_id>/results")
+    def results(job_id: str) -> Any:
+        state = _visible(job_id)
+        if request.args.get("format") == "csv":
+            return _csv_report(state)
+        which = request.args.get("which", "results")
+        if which not in ("results", "errors"):
+            raise InvalidParams("which must be 'results' or 'errors'.")
+        cursor = request.args.get("cursor", 0, type=int) or 0
+        count = request.args.get("count", 100, type=int) or 100
+        if cursor < 0 or count < 1:
+            raise InvalidParams("cursor must be >= 0 and count >= 1.")
+        page = _engine().results(job_id, which, cursor, count)
+        return jsonify({"which": which, "items": page.items, "cursor": page.cursor})
+
+    def _csv_report(state: JobState) -> Response:
+        engine = _engine()
+        neutral = FileJob()
+
+        def rows() -> Iterator[str]:
+            buffer = io.StringIO()
+            writer = csv.writer(buffer)
+            writer.writerow(["id", "outcome", "detail"])
+            for row in engine.report_rows(state.id):
+                writer.writerow([neutral._cell(cell) for cell in row])
+                if buffer.tell() > 64_000:
+                    yield buffer.getvalue()
+                    buffer.seek(0)
+                    buffer.truncate()
+            yield buffer.getvalue()
+
+        name = f"{state.fields.get('handler', 'job')}-{state.id[:8]}-report.csv"
+        return Response(
+            stream_with_context(rows()),
+            mimetype="text/csv",
+            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        )
+
+    return bp
+
+
+def _labels(handler_class: type) -> dict[str, str]:
+    from .job import DEFAULT_LABELS
+
+    return {**DEFAULT_LABELS, **getattr(handler_class, "labels", {})}
+
+
+def _blank_form(form_class: type | None) -> Any:
+    """The form for a start page: the handler's own, or one with just the CSRF token."""
+    from flask_wtf import FlaskForm
+
+    return (form_class or FlaskForm)()
