@@ -31,6 +31,7 @@ DEFAULTS: dict[str, Any] = {
     "BATCHFLOW_MAINTENANCE_INTERVAL": 5.0,
     "BATCHFLOW_MAX_ATTEMPTS": 3,
     "BATCHFLOW_MAX_IDS": 100_000,
+    "BATCHFLOW_MAX_BODY": 16 * 1024 * 1024,
     "BATCHFLOW_PROGRESS_INTERVAL": 0.25,
 }
 
@@ -56,6 +57,7 @@ class Settings:
     maintenance_interval: float
     max_attempts: int
     max_ids: int
+    max_body: int
     progress_interval: float
 
     @classmethod
@@ -88,7 +90,8 @@ class Settings:
         prefix = str(get("BATCHFLOW_KEY_PREFIX"))
         if not _PREFIX_RE.match(prefix):
             raise ConfigurationError(
-                f"BATCHFLOW_KEY_PREFIX must be 1-64 letters, digits, '_', '.' or '-', not {prefix!r}."
+                "BATCHFLOW_KEY_PREFIX must be 1-64 letters, digits, '_', '.' or '-', "
+                f"not {prefix!r}."
             )
         settings = cls(
             redis_url=redis_url,
@@ -106,6 +109,7 @@ class Settings:
             maintenance_interval=number("BATCHFLOW_MAINTENANCE_INTERVAL", float, 0.05),
             max_attempts=number("BATCHFLOW_MAX_ATTEMPTS", int, 1),
             max_ids=number("BATCHFLOW_MAX_IDS", int, 1),
+            max_body=number("BATCHFLOW_MAX_BODY", int, 1024),
             progress_interval=number("BATCHFLOW_PROGRESS_INTERVAL", float, 0.01),
         )
         if settings.batch_min > settings.batch_max:

@@ -361,6 +361,9 @@ class Engine:
         interval = s.progress_interval if live else s.lease_seconds / 3
         with self.heartbeat.watch(self, job, worker, interval):
             updates = self._advance(job)
+        if not job.ended:
+            with contextlib.suppress(BatchflowError):
+                job.defer(self.registry.get(job.handler).handler_class.step_delay)
         elapsed = time.monotonic() - started
         if fields.get("phase") != "create" and not job.ended:
             updates["batch_size"] = self._next_batch(job, elapsed)

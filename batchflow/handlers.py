@@ -44,6 +44,9 @@ class Handler:
     :cvar can_pause: offer Pause and Resume between steps.
     :cvar batch_size: a fixed step size; None (the default) adapts it so that a step takes about
         ``BATCHFLOW_STEP_TARGET`` seconds.
+    :cvar step_delay: seconds to wait between steps (throttling), without holding a worker;
+        ``job.defer(seconds)`` asks for a longer wait from inside a step (a backoff while the
+        database is busy, say).
     :cvar params_form: a Flask-WTF form class describing the job's parameters; the web layer
         renders it as the job's start page and validates it.
     :cvar sensitive_params: parameter names masked wherever the job is shown.
@@ -56,6 +59,7 @@ class Handler:
     can_pause: ClassVar[bool] = True
     can_retry: ClassVar[bool] = False
     batch_size: ClassVar[int | None] = None
+    step_delay: ClassVar[float] = 0.0
     params_form: ClassVar[type | None] = None
     sensitive_params: ClassVar[tuple[str, ...]] = ()
 

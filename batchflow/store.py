@@ -126,7 +126,8 @@ local function apply(job, msgs, p, now, cap)
 end
 
 local function publish(job, msgs, channel, shown)
-  local event = {job = redis.call('HGETALL', job), messages = redis.call('LRANGE', msgs, -shown, -1)}
+  local event = {job = redis.call('HGETALL', job),
+                 messages = redis.call('LRANGE', msgs, -shown, -1)}
   redis.call('PUBLISH', channel, cjson.encode(event))
 end
 """

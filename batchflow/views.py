@@ -269,6 +269,8 @@ def make_blueprint(extension: BatchFlow) -> Blueprint:
                 form=form,
                 action_url=url_for("batchflow.start", handler=handler),
             )
+        # Refuse an oversized body before reading it (413), however the app sets its own limit.
+        request.max_content_length = _state().settings.max_body
         params, ids, redirect_url = _read_start_request()
         try:
             if form_class is not None:

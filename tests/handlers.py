@@ -187,6 +187,35 @@ class Greeting(Handler):
 Greeting.params_form = Greeting._form()
 
 
+class Hooked(Handler):
+    """Counts its callbacks in Redis; params["fail"] makes it fail; a fixed pause between steps."""
+
+    step_delay = 0.2
+
+    def create_job(self, job: Job) -> None:
+        job.set_total(3)
+
+    def continue_job(self, job: Job, batch_size: int) -> None:
+        if job.params.get("fail"):
+            raise RuntimeError("failed on purpose")
+        side.rpush(f"{job.params['prefix']}:step-times:{job.id}", time.time())
+        job.mark_processed(1)
+        if job.units_processed >= 3:
+            job.complete()
+
+    def _count(self, job: Job, name: str) -> None:
+        side.hincrby(f"{job.params['prefix']}:hooks:{job.id}", name, 1)
+
+    def on_complete(self, job: Job) -> None:
+        self._count(job, "complete")
+
+    def on_failure(self, job: Job) -> None:
+        self._count(job, "failure")
+
+    def on_finish(self, job: Job) -> None:
+        self._count(job, "finish")
+
+
 def make_registry() -> Registry:
     registry = Registry()
     registry.add("count", Count)
@@ -196,5 +225,6 @@ def make_registry() -> Registry:
     registry.add("generated", Generated)
     registry.add("rebuild", Rebuild)
     registry.add("greeting", Greeting)
+    registry.add("hooked", Hooked)
     registry.add("admin-only", Count, permission=lambda user: str(user).endswith("admin"))
     return registry

@@ -73,8 +73,15 @@ def wait_terminal(engine: Engine, job_id: str, timeout: float = 30.0) -> Any:
 class WorkerProcess:
     """A real ``celery worker`` subprocess on the test's prefix, that a test can kill."""
 
-    def __init__(self, config: dict[str, Any], *, concurrency: int = 1, pool: str = "solo",
-                 name: str = "w", extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        *,
+        concurrency: int = 1,
+        pool: str = "solo",
+        name: str = "w",
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         import subprocess
         import sys
         import uuid
@@ -82,11 +89,30 @@ class WorkerProcess:
         env = {**os.environ, **{k: str(v) for k, v in config.items()}, **(extra_env or {})}
         env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "tests.workerapp", "worker",
-             "-P", pool, "-c", str(concurrency), "-Q", config["BATCHFLOW_QUEUE"],
-             "-n", f"{name}-{uuid.uuid4().hex[:6]}@%h", "--loglevel", "WARNING",
-             "--without-gossip", "--without-mingle", "--without-heartbeat"],
-            cwd=ROOT, env=env, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "tests.workerapp",
+                "worker",
+                "-P",
+                pool,
+                "-c",
+                str(concurrency),
+                "-Q",
+                config["BATCHFLOW_QUEUE"],
+                "-n",
+                f"{name}-{uuid.uuid4().hex[:6]}@%h",
+                "--loglevel",
+                "WARNING",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ],
+            cwd=ROOT,
+            env=env,
+            start_new_session=True,
         )
 
     def kill(self, sig: int | None = None) -> None:

@@ -24,8 +24,8 @@ from batchflow import (
     UnknownHandler,
 )
 from batchflow.store import Store
-from tests.helpers import ROOT, ListDispatcher
 from tests.handlers import CLEANUPS, HOOKS, Crash, make_registry, row, side
+from tests.helpers import ROOT, ListDispatcher
 
 
 def test_a_job_runs_to_completion_with_exact_counters(engine: Engine, manual: ListDispatcher):
@@ -237,7 +237,7 @@ def test_a_step_that_keeps_killing_its_worker_stalls_the_job(engine, manual):
     HOOKS[f"{job_id}:step"] = die
     now = time.time()
     try:
-        for attempt in range(engine.settings.max_attempts):
+        for _ in range(engine.settings.max_attempts):
             job, seq, _ = manual.steps.pop(0)
             with pytest.raises(Crash):
                 engine.run_step(job, seq)

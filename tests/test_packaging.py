@@ -42,11 +42,15 @@ def test_pip_install_into_a_new_virtualenv_ships_templates_and_static(tmp_path):
     python = str(env_dir / "bin" / "python")
     build = subprocess.run(
         [python, "-m", "pip", "install", "-q", "--no-deps", ROOT],
-        capture_output=True, text=True, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
     )
     assert build.returncode == 0, build.stderr[-3000:]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    run = subprocess.run([python, "-c", CHECK], capture_output=True, text=True, cwd=tmp_path, env=env)
+    run = subprocess.run(
+        [python, "-c", CHECK], capture_output=True, text=True, cwd=tmp_path, env=env
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.strip() == "ok"
     assert sys.prefix != str(env_dir)

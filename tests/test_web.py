@@ -6,7 +6,6 @@ import json
 import re
 
 import pytest
-from flask import Flask
 
 from batchflow import BatchFlow, ConfigurationError, Status
 from tests.helpers import wait_for
@@ -109,8 +108,14 @@ def test_another_users_job_is_the_same_404_as_an_unknown_one(client, web_worker)
     unknown = "A" * 22
     csrf = token(client, BOB)
     for method, path in [
-        ("get", ""), ("get", "/status"), ("get", "/events"), ("get", "/download"),
-        ("get", "/results"), ("post", "/stop"), ("post", "/cancel"), ("post", "/cleanup"),
+        ("get", ""),
+        ("get", "/status"),
+        ("get", "/events"),
+        ("get", "/download"),
+        ("get", "/results"),
+        ("post", "/stop"),
+        ("post", "/cancel"),
+        ("post", "/cleanup"),
         ("post", "/retry"),
     ]:
         call = getattr(client, method)
@@ -151,7 +156,9 @@ def test_a_parameters_form_rejects_with_field_errors_and_keeps_typed_values(clie
         headers=ALICE,
     )
     assert html.status_code == 400 and "Number must be between" in html.text
-    good = start(client, handler="greeting", params={"name": "Ada", "times": "3", "api_key": "s3cr3t"})
+    good = start(
+        client, handler="greeting", params={"name": "Ada", "times": "3", "api_key": "s3cr3t"}
+    )
     assert good.status_code == 202
     status = finish(client, good.json["id"])
     assert status["params"] == {"name": "Ada", "times": 3, "api_key": "••••••"}
@@ -165,15 +172,20 @@ def test_download_then_cleanup(client, web_worker, engine):
 
     job_id = start(client, handler="report", params={"rows": 300}).json["id"]
     status = finish(client, job_id)
-    assert status["download_url"] == f"/jobs/{job_id}/download" and status["file_name"] == "contacts.csv"
+    assert (
+        status["download_url"] == f"/jobs/{job_id}/download"
+        and status["file_name"] == "contacts.csv"
+    )
     assert client.get(status["download_url"], headers=BOB).status_code == 404
     r = client.get(status["download_url"], headers=ALICE)
     assert r.status_code == 200 and r.data == expected_report(300)
-    assert r.mimetype == "text/csv" and 'filename=contacts.csv' in r.headers["Content-Disposition"]
+    assert r.mimetype == "text/csv" and "filename=contacts.csv" in r.headers["Content-Disposition"]
     r.close()
     csrf = {**ALICE, "X-CSRFToken": token(client), "Accept": "application/json"}
     assert client.post(f"/jobs/{job_id}/cleanup", headers=csrf).status_code == 202
-    wait_for(lambda: client.get(f"/jobs/{job_id}/status", headers=ALICE).json["download_url"] is None)
+    wait_for(
+        lambda: client.get(f"/jobs/{job_id}/status", headers=ALICE).json["download_url"] is None
+    )
     assert client.get(f"/jobs/{job_id}/download", headers=ALICE).status_code == 404
 
 

@@ -27,7 +27,9 @@ def test_ten_thousand_units_exact_counters_ordered_messages_and_events(engine: E
     assert seqs == sorted(seqs) and processed == sorted(processed)
     assert events[-1].status is Status.COMPLETED and processed[-1] == 10_000
     # Messages within each event are in order too.
-    counted = [int(m["text"].split()[-1]) for m in state.messages if m["text"].startswith("Counted")]
+    counted = [
+        int(m["text"].split()[-1]) for m in state.messages if m["text"].startswith("Counted")
+    ]
     assert counted == sorted(counted)
 
 
@@ -60,8 +62,13 @@ def test_an_items_job_counts_good_and_bad_and_keeps_per_id_outcomes(engine, work
 
 def test_a_one_shot_job_reports_live_and_ends_with_results(engine, worker):
     job_id = engine.start("rebuild", owner="a", params={"n": 60, "sleep": 0.02})
-    live = wait_for(lambda: (s := engine.state(job_id)).status is Status.RUNNING
-                    and 0 < s.count("processed") < 60 and s)
+    live = wait_for(
+        lambda: (
+            (s := engine.state(job_id)).status is Status.RUNNING
+            and 0 < s.count("processed") < 60
+            and s
+        )
+    )
     assert live.total == 60
     state = wait_terminal(engine, job_id)
     d = state.to_dict()
