@@ -13,7 +13,8 @@ from flask_wtf.csrf import CSRFProtect
 from .config import DEFAULTS, Settings
 from .engine import Engine
 from .exceptions import ConfigurationError
-from .registry import Registry, registry as default_registry
+from .registry import Registry
+from .registry import registry as default_registry
 from .store import Store
 from .tasks import make_celery
 
