@@ -199,6 +199,9 @@ def make_blueprint(extension: BatchFlow) -> Blueprint:
 
     @bp.before_request
     def check_csrf() -> None:
+        if request.method in _UNSAFE:
+            # Refuse an oversized body before anything reads it (413), whatever the app's limit.
+            request.max_content_length = _state().settings.max_body
         csrf = current_app.extensions.get("csrf")
         enabled = current_app.config.get("WTF_CSRF_ENABLED", True)
         if extension.csrf and csrf and enabled and request.method in _UNSAFE:
@@ -269,8 +272,6 @@ def make_blueprint(extension: BatchFlow) -> Blueprint:
                 form=form,
                 action_url=url_for("batchflow.start", handler=handler),
             )
-        # Refuse an oversized body before reading it (413), however the app sets its own limit.
-        request.max_content_length = _state().settings.max_body
         params, ids, redirect_url = _read_start_request()
         try:
             if form_class is not None:
