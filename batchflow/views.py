@@ -117,8 +117,10 @@ def status_json(state: JobState) -> dict[str, Any]:
     data["download_url"] = (
         url_for("batchflow.download", job_id=job_id) if state.file_ready else None
     )
-    has_report = state.kind == "items" or data["results"] is not None
-    data["results_url"] = url_for("batchflow.results", job_id=job_id) if has_report else None
+    # Per-id results and errors exist only for item jobs; a one-shot job's results are inline.
+    data["results_url"] = (
+        url_for("batchflow.results", job_id=job_id) if state.kind == "items" else None
+    )
     return data
 
 

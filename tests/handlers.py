@@ -93,6 +93,8 @@ class Report(FileJob):
         start = job.units_processed
         stop = min(start + batch_size, job.total or 0)
         self.write_rows(job, [row(i) for i in range(start, stop)])
+        if job.params.get("sleep"):
+            time.sleep(float(job.params["sleep"]) * (stop - start))
         _hook(job, "written")
         job.mark_processed(stop - start)
         if job.units_processed >= (job.total or 0):
