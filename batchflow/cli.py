@@ -15,7 +15,7 @@ from flask import current_app
 from flask.cli import with_appcontext
 
 from .exceptions import BatchflowError, InvalidTransition, JobNotFound
-from .job import JobState
+from .job import JobState, Status
 
 
 def _engine() -> Any:
@@ -51,7 +51,12 @@ def cli() -> None:
 
 @cli.command("list")
 @click.option("--owner", default=None, help="Only this owner's jobs (default: everyone's).")
-@click.option("--status", default=None, help="Only jobs in this status.")
+@click.option(
+    "--status",
+    default=None,
+    type=click.Choice([s.value for s in Status]),
+    help="Only jobs in this status.",
+)
 @click.option("--limit", default=20, show_default=True)
 @with_appcontext
 def list_jobs(owner: str | None, status: str | None, limit: int) -> None:
@@ -193,3 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     group = click.Group("batchflow", help="batchflow: long-running jobs for Flask apps.")
     group.add_command(demo)
     group.main(args=argv, prog_name="batchflow")
+
+
+if __name__ == "__main__":
+    main()

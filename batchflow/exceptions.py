@@ -68,6 +68,10 @@ class JobNotFound(BatchflowError, NotFound):
         NotFound.__init__(self, "No such job. It may have expired, or the link is wrong.")
         self.job_id = job_id
 
+    def __str__(self) -> str:
+        # werkzeug's HTTPException would prefix "404 Not Found: "; users see just the sentence.
+        return str(self.description)
+
 
 class InvalidTransition(BatchflowError):
     """The job cannot do that now (stop a finished job, resume a running one).

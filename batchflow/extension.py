@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -96,7 +97,8 @@ class BatchFlow:
                 "or BatchFlow(app) without init_app."
             )
         for key, value in DEFAULTS.items():
-            app.config.setdefault(key, value)
+            # Flask config wins, then the environment (the same keys), then the default.
+            app.config.setdefault(key, os.environ.get(key, value))
         settings = Settings.from_mapping(app.config)
         store = Store.from_url(settings.redis_url, settings.key_prefix)
         engine = Engine(settings, store, self.registry)

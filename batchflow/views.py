@@ -67,8 +67,13 @@ def _engine() -> Engine:
     return _state().engine
 
 
+_API_ENDPOINTS = {"batchflow.status", "batchflow.events", "batchflow.results"}
+
+
 def _wants_json() -> bool:
     if request.args.get("format") == "json" or request.is_json:
+        return True
+    if request.endpoint in _API_ENDPOINTS:  # machine routes answer errors in JSON, always
         return True
     best = request.accept_mimetypes.best_match(["text/html", "application/json"])
     return best == "application/json"

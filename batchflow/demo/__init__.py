@@ -1,0 +1,121 @@
+"""The batchflow demo: a Flask app whose pages start real jobs.
+
+``batchflow demo`` runs it with a Redis and a Celery worker of its own (see :mod:`.cli`). To run
+the parts yourself, as ``docker-compose.yml`` does::
+
+    gunicorn -k gthread --threads 32 'batchflow.demo:create_app()'
+    celery -A batchflow.demo worker        # or: celery -A worker worker, from the repository
+
+Settings come from ``create_app(config)``, then the environment, then the defaults below. Besides
+batchflow's own ``BATCHFLOW_*`` keys (``BATCHFLOW_REDIS_URL``...) the demo reads:
+
+=============================  ============================================================
+``BATCHFLOW_DEMO_DATA``        folder of the demo's SQLite file (and of the exported files,
+                               unless ``BATCHFLOW_FILES_DIR`` says otherwise)
+``BATCHFLOW_DEMO_CONTACTS``    rows in the contacts export (100,000)
+``BATCHFLOW_DEMO_POSTS``       posts created in a new SQLite file (5,000)
+``BATCHFLOW_DEMO_ITEM_DELAY``  seconds of pretend work per post, so there is progress to watch
+                               (0.002)
+``FLASK_SECRET_KEY``           signs the session that says whose jobs are whose (random per
+                               process when unset: set it when several processes serve)
+=============================  ============================================================
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tempfile
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask, render_template, url_for
+
+from ..config import DEFAULTS
+from ..exceptions import ConfigurationError
+from ..extension import BatchFlow
+from .jobs import LOCKED_EVERY, posts, registry
+
+#: The demo's extension, with the demo's own registry (not the global one).
+batchflow = BatchFlow(registry=registry)
+
+DEMO_DEFAULTS: dict[str, Any] = {
+    "BATCHFLOW_KEY_PREFIX": "batchflow-demo",
+    "BATCHFLOW_DEMO_DATA": os.path.join(tempfile.gettempdir(), "batchflow-demo"),
+    "BATCHFLOW_DEMO_CONTACTS": 100_000,
+    "BATCHFLOW_DEMO_POSTS": 5_000,
+    "BATCHFLOW_DEMO_ITEM_DELAY": 0.002,
+}
+_NUMBERS = {
+    "BATCHFLOW_DEMO_CONTACTS": (int, 0),
+    "BATCHFLOW_DEMO_POSTS": (int, 1),
+    "BATCHFLOW_DEMO_ITEM_DELAY": (float, 0.0),
+}
+
+
+def _settings(config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The demo's ``BATCHFLOW_*`` settings: ``config``, then the environment, then defaults."""
+    names = set(DEFAULTS) | set(DEMO_DEFAULTS)
+    values: dict[str, Any] = dict(DEMO_DEFAULTS)
+    values.update({name: os.environ[name] for name in names if name in os.environ})
+    values.update(config or {})
+    for name, (kind, minimum) in _NUMBERS.items():
+        try:
+            values[name] = kind(values[name])
+        except (TypeError, ValueError):
+            raise ConfigurationError(f"{name} must be a number, not {values[name]!r}.") from None
+        if values[name] < minimum:
+            raise ConfigurationError(f"{name} must be at least {minimum}.")
+    values.setdefault("BATCHFLOW_FILES_DIR", os.path.join(values["BATCHFLOW_DEMO_DATA"], "files"))
+    prefix = str(values["BATCHFLOW_KEY_PREFIX"])
+    # The demo's Celery queue and broker keys live under its key prefix too, so that it shares a
+    # Redis with other apps without touching their keys (it never flushes anything).
+    values.setdefault("BATCHFLOW_QUEUE", prefix)
+    values.setdefault(
+        "BATCHFLOW_CELERY",
+        {
+            "broker_transport_options": {"global_keyprefix": f"{prefix}:broker:"},
+            "worker_send_task_events": False,
+        },
+    )
+    return values
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """The demo app: a home page that starts the three jobs, and batchflow's pages at ``/jobs``.
+
+    :param config: Flask config to apply last (for tests and the ``demo`` command).
+    """
+    app = Flask(__name__)
+    app.config.from_prefixed_env()  # FLASK_SECRET_KEY and friends
+    app.config.update(_settings(config))
+    if not app.config.get("SECRET_KEY"):
+        app.config["SECRET_KEY"] = secrets.token_hex(32)
+    batchflow.init_app(app)
+
+    @app.get("/")
+    def index() -> str:
+        owner = batchflow.identity()
+        recent = batchflow.engine(app).jobs(owner, limit=5) if owner else []
+        return render_template(
+            "demo/index.html",
+            posts=posts().stats(),
+            contacts=app.config["BATCHFLOW_DEMO_CONTACTS"],
+            locked_every=LOCKED_EVERY,
+            recent=[
+                {**state.to_dict(), "url": url_for("batchflow.progress", job_id=state.id)}
+                for state in recent
+            ],
+        )
+
+    return app
+
+
+def __getattr__(name: str) -> Any:
+    # ``celery -A batchflow.demo worker`` asks this module for ``celery``: build the demo app and
+    # its Celery app on first use, so that importing the module has no side effects.
+    if name == "celery":
+        celery = batchflow.make_celery(create_app())
+        globals()["celery"] = celery
+        return celery
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,234 @@
+"""``flask batchflow ...``: every command through Flask's CLI runner, against real Redis and a real
+in-process Celery worker (or, for ``prune``, steps run by hand so that nothing else tidies up)."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from click.testing import Result
+from flask import Flask
+
+from batchflow import BatchFlow, Engine, Status
+from tests.handlers import make_registry
+from tests.helpers import broker_options, make_config, wait_for, wait_terminal
+
+Invoke = Callable[..., Result]
+UNKNOWN = "A" * 22  # shaped like a job id, but no such job
+
+
+def _app(prefix: str, files_dir: str, **overrides: Any) -> Flask:
+    app = Flask("cli_test")
+    app.config.update(
+        make_config(prefix, files_dir, **overrides),
+        BATCHFLOW_CELERY=broker_options(prefix),
+        SECRET_KEY="test",
+        TESTING=True,
+    )
+    BatchFlow(app, registry=make_registry())
+    return app
+
+
+@pytest.fixture
+def app(prefix: str, files_dir: str) -> Flask:
+    return _app(prefix, files_dir)
+
+
+@pytest.fixture
+def jobs(app: Flask) -> Engine:
+    return BatchFlow.state(app).engine
+
+
+@pytest.fixture
+def running(app: Flask) -> Iterator[None]:
+    from celery.contrib.testing.worker import start_worker
+
+    celery = BatchFlow.state(app).celery
+    with start_worker(
+        celery, pool="threads", concurrency=2, perform_ping_check=False, shutdown_timeout=20
+    ):
+        yield
+
+
+@pytest.fixture
+def flask_batchflow(app: Flask) -> Invoke:
+    runner = app.test_cli_runner()
+
+    def invoke(*args: str) -> Result:
+        result = runner.invoke(args=["batchflow", *args])
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            raise result.exception
+        return result
+
+    return invoke
+
+
+def test_the_group_lists_its_commands(flask_batchflow: Invoke):
+    result = flask_batchflow("--help")
+    assert result.exit_code == 0
+    for command in ("list", "show", "watch", "stop", "cancel", "pause", "resume", "retry", "prune"):
+        assert re.search(rf"^\s+{command}\s", result.output, re.M), command
+
+
+def test_list_says_when_there_are_no_jobs(flask_batchflow: Invoke):
+    result = flask_batchflow("list")
+    assert (result.exit_code, result.output) == (0, "No jobs.\n")
+
+
+def test_list_shows_jobs_newest_first_and_filters(flask_batchflow, jobs, running, prefix):
+    counted = jobs.start("count", owner="alice", params={"n": 5, "prefix": prefix})
+    wait_terminal(jobs, counted)
+    failed = jobs.start("boom", owner="bob", params={"why": "no disk", "prefix": prefix})
+    wait_terminal(jobs, failed)
+
+    lines = flask_batchflow("list").output.splitlines()
+    assert [line.split()[0] for line in lines] == [failed, counted]
+    assert re.match(rf"{failed}\s+boom\s+failed\s+0%\s+0/10\s+good 0\s+bad 0$", lines[0])
+    assert re.match(rf"{counted}\s+count\s+completed\s+100%\s+5/5\s+good 0\s+bad 0$", lines[1])
+
+    assert flask_batchflow("list", "--owner", "alice").output.split()[0] == counted
+    assert flask_batchflow("list", "--status", "failed").output.split()[0] == failed
+    assert len(flask_batchflow("list", "--limit", "1").output.splitlines()) == 1
+    assert flask_batchflow("list", "--owner", "carol").output == "No jobs.\n"
+
+
+def test_show_prints_one_job_and_refuses_unknown_ids(flask_batchflow, jobs, running, prefix):
+    job_id = jobs.start("count", owner="alice", params={"n": 7, "prefix": prefix})
+    wait_terminal(jobs, job_id)
+    result = flask_batchflow("show", job_id)
+    assert result.exit_code == 0
+    fields = dict(
+        (key.strip(), value.strip())
+        for key, _, value in (line.partition(":") for line in result.output.splitlines())
+        if key.strip() != "message"
+    )
+    assert fields["id"] == job_id and fields["handler"] == "count"
+    assert fields["owner"] == "alice" and fields["status"] == "completed"
+    assert (fields["total"], fields["processed"], fields["percent"]) == ("7", "7", "100.0")
+    assert "   message: All counted" in result.output.splitlines()
+
+    for bad_id in (UNKNOWN, "not-an-id", "../../etc"):
+        missing = flask_batchflow("show", bad_id)
+        assert missing.exit_code == 2
+        assert missing.stderr.startswith("Error: ")
+        assert "No such job. It may have expired, or the link is wrong." in missing.stderr
+
+
+def test_an_unknown_job_is_reported_plainly(flask_batchflow):
+    missing = flask_batchflow("show", UNKNOWN)
+    assert missing.stderr == "Error: No such job. It may have expired, or the link is wrong.\n"
+
+
+def test_watch_follows_a_job_to_its_end(flask_batchflow, jobs, running, prefix):
+    job_id = jobs.start("count", owner="a", params={"n": 300, "sleep": 0.002, "prefix": prefix})
+    result = flask_batchflow("watch", job_id)
+    assert result.exit_code == 0, result.output
+    assert "[##############################] 100.0%  300/300  completed" in result.stdout
+    assert result.stdout.rstrip().endswith("\nDone")
+
+    failed = jobs.start("boom", owner="a", params={"why": "no disk", "prefix": prefix})
+    result = flask_batchflow("watch", failed)
+    assert result.exit_code == 1
+    assert result.stdout.rstrip().endswith("Failed")
+    assert result.stderr == "Error: boom: no disk\n"
+
+    assert flask_batchflow("watch", UNKNOWN).exit_code == 2
+
+
+def test_stop_keeps_the_work_and_a_finished_job_refuses(flask_batchflow, jobs, running, prefix):
+    job_id = jobs.start("count", owner="a", params={"n": 100_000, "sleep": 0.001, "prefix": prefix})
+    wait_for(lambda: jobs.state(job_id).count("processed") > 0)
+    result = flask_batchflow("stop", job_id)
+    assert result.exit_code == 0
+    assert re.match(rf"stop requested: {job_id}\s+count\s+(stopping|stopped)\s", result.output)
+    state = wait_terminal(jobs, job_id)
+    assert state.status is Status.STOPPED and 0 < state.count("processed") < 100_000
+
+    again = flask_batchflow("stop", job_id)
+    assert again.exit_code == 3
+    assert again.stderr == "Error: The job has already ended (stopped); there is nothing to stop.\n"
+    assert flask_batchflow("stop", UNKNOWN).exit_code == 2
+
+
+def test_cancel_undoes_and_is_refused_where_unsupported(flask_batchflow, jobs, running, prefix):
+    job_id = jobs.start("count", owner="a", params={"n": 100_000, "sleep": 0.001, "prefix": prefix})
+    wait_for(lambda: jobs.state(job_id).count("processed") > 0)
+    result = flask_batchflow("cancel", job_id)
+    assert result.exit_code == 0
+    assert result.output.startswith(f"cancel requested: {job_id}")
+    assert wait_terminal(jobs, job_id).status is Status.CANCELED
+
+    one_shot = jobs.start("rebuild", owner="a", params={"n": 2000, "sleep": 0.005})
+    refused = flask_batchflow("cancel", one_shot)
+    assert refused.exit_code == 3
+    assert refused.stderr == "Error: This job does not support cancel.\n"
+    flask_batchflow("stop", one_shot)
+    assert wait_terminal(jobs, one_shot).status is Status.STOPPED
+
+
+def test_pause_then_resume(flask_batchflow, jobs, running, prefix):
+    job_id = jobs.start("count", owner="a", params={"n": 2_000, "sleep": 0.001, "prefix": prefix})
+    wait_for(lambda: jobs.state(job_id).count("processed") > 0)
+    assert flask_batchflow("pause", job_id).exit_code == 0
+    wait_for(lambda: jobs.state(job_id).status is Status.PAUSED)
+    paused_at = jobs.state(job_id).count("processed")
+    time.sleep(0.5)
+    assert jobs.state(job_id).count("processed") == paused_at
+    again = flask_batchflow("pause", job_id)  # idempotent: asking again is fine
+    assert again.exit_code == 0 and re.match(
+        rf"pause requested: {job_id}\s+count\s+paused", again.output
+    )
+    result = flask_batchflow("resume", job_id)
+    assert result.exit_code == 0 and result.output.startswith(f"resume requested: {job_id}")
+    assert wait_terminal(jobs, job_id).status is Status.COMPLETED
+
+
+def test_retry_starts_a_job_over_the_failed_ids(flask_batchflow, jobs, running, prefix):
+    ids = ["1", "bad-2", "3", "bad-4", "5"]
+    job_id = jobs.start("archive", owner="alice", ids=ids, params={"prefix": prefix})
+    assert wait_terminal(jobs, job_id).count("bad") == 2
+
+    result = flask_batchflow("retry", job_id)
+    assert result.exit_code == 0
+    new_id = result.output.strip()
+    assert re.fullmatch(r"[A-Za-z0-9_-]{22,}", new_id) and new_id != job_id
+    retried = wait_terminal(jobs, new_id)
+    assert retried.owner == "alice" and retried.fields["retry_of"] == job_id
+    assert (retried.total, retried.count("bad")) == (2, 2)
+
+    clean = jobs.start("archive", owner="alice", ids=["7", "8"], params={"prefix": prefix})
+    wait_terminal(jobs, clean)
+    refused = flask_batchflow("retry", clean)
+    assert refused.exit_code == 3
+    assert refused.stderr == "Error: This job has no failed ids to retry.\n"
+    assert flask_batchflow("retry", UNKNOWN).exit_code == 2
+
+
+def test_prune_requeues_overdue_steps_and_cleans_expired_jobs(prefix, files_dir):
+    # No worker: steps run by hand, so only prune recovers and cleans (a worker would do it too).
+    app = _app(prefix, files_dir, BATCHFLOW_JOB_TTL=1, BATCHFLOW_QUEUE_TIMEOUT=0.2)
+    engine = BatchFlow.state(app).engine
+    runner = app.test_cli_runner()
+
+    done = engine.start("count", owner="a", params={"n": 3, "prefix": prefix})
+    seq = 0
+    while not engine.state(done).status.terminal:
+        engine.run_step(done, seq)
+        seq += 1
+    never_claimed = engine.start("count", owner="a", params={"n": 3, "prefix": prefix})
+    time.sleep(1.3)  # past the queue timeout of the one, and the TTL of the other
+
+    result = runner.invoke(args=["batchflow", "prune"])
+    assert result.exit_code == 0, result.output
+    assert re.fullmatch(
+        r"requeued 1 overdue steps, cleaned 1 expired jobs, tidied \d+ index entries\n",
+        result.output,
+    )
+    assert runner.invoke(args=["batchflow", "show", done]).exit_code == 2
+    assert engine.state(never_claimed).status is Status.PENDING
+    # Nothing more to do the second time.
+    again = runner.invoke(args=["batchflow", "prune"])
+    assert again.output.startswith("requeued 0 overdue steps, cleaned 0 expired jobs")
