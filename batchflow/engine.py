@@ -45,6 +45,8 @@ from .store import TERMINAL, Store, valid_job_id
 
 log = logging.getLogger("batchflow")
 
+#: Endings that a cancel arriving during the ending step turns into an undo (see COMMIT).
+_CANCELABLE_ENDINGS = (Status.COMPLETED, Status.STOPPED)
 #: How much longer than the TTL a terminal job's keys live, so maintenance can clean up first.
 CLEANUP_GRACE = 3600
 MAX_ID_LENGTH = 512
@@ -162,6 +164,7 @@ class Engine:
             "seq": 0,
             "attempts": 0,
             "recoveries": 0,
+            "careful_until": 0,
             "lease_owner": "",
             "lease_until": _ms(now + self.settings.queue_timeout),
             "batch_size": self.settings.clamp_batch(fixed or self.settings.batch_initial),
@@ -269,9 +272,8 @@ class Engine:
         return states[:limit]
 
     def follow(self, job_id: str, keepalive: float = 15.0) -> Iterator[JobState | None]:
-        """The job's state now and after every commit, until it ends; None every ``keepalive``
-        seconds of silence (for a stream's keep-alive). A silent stretch also re-reads the
-        state, so a missed event cannot leave a follower behind.
+        """The job's state now and after every commit, in order, until it ends; None after every
+        ``keepalive`` seconds of silence (for a stream's keep-alive).
 
         :raises JobNotFound: no such job.
         """
@@ -280,7 +282,7 @@ class Engine:
         for snapshot in self.store.follow(job_id, keepalive):
             if snapshot is None:
                 yield None
-                snapshot = self.store.snapshot(job_id)
+                continue
             state = JobState.from_stored(*snapshot)
             yield state
             if state.status.terminal:
@@ -309,7 +311,9 @@ class Engine:
     def request(self, job_id: str, what: str) -> JobState:
         """Ask a job to ``stop``, ``cancel``, ``pause`` or ``resume``; from any process.
 
-        Idempotent: asking again for what is already under way is fine.
+        Idempotent: asking again for what is already under way is fine. A request is recorded in
+        Redis before anything else: it is obeyed by whichever worker runs the job next, even if
+        every worker (or the broker) is down now.
 
         :raises JobNotFound: no such job.
         :raises InvalidTransition: the job cannot do that now (the reason says why).
@@ -332,8 +336,20 @@ class Engine:
             )
         if code == "refused":
             raise InvalidTransition(f"The job cannot {what} while it is {status}.")
+        if code == "ending":
+            raise InvalidTransition(
+                f"The job is finishing its last step; it is too late to {what}."
+            )
         if code == "enqueue":
-            self._dispatch().enqueue_step(job_id, seq)
+            try:
+                self._dispatch().enqueue_step(job_id, seq)
+            except Exception:  # noqa: BLE001 - recorded; SIGNAL set a deadline for maintenance
+                log.exception(
+                    "could not enqueue step %s/%s after %s; maintenance will retry",
+                    job_id,
+                    seq,
+                    what,
+                )
         return self.state(job_id)
 
     # -- running a step ------------------------------------------------------------------------
@@ -427,6 +443,11 @@ class Engine:
             updates["phase"] = "run"
         else:
             self._respond(job, handler.continue_job(job, self._batch(job)))
+        handler.after_step(job)
+        if job._lost:
+            # Another worker holds the lease now: this step's ending is not the job's (its commit
+            # will be refused), so it runs no callbacks.
+            return updates
         if spec.kind == "task" and job._stop_seen:
             ending = Status.CANCELED if job.cancel_requested() else Status.STOPPED
             return {**updates, **self._end(handler, job, ending)}
@@ -435,7 +456,11 @@ class Engine:
         return updates
 
     def _batch(self, job: Job) -> int:
-        return 1 if job.attempt > 1 else int(job._fields.get("batch_size") or 1)
+        """One unit while retrying a lost step and through the rest of its slice (CLAIM sets
+        ``careful_until``), so a unit that kills its worker is found alone; else the batch."""
+        f = job._fields
+        careful = int(f.get("careful_until") or 0) > int(f.get("processed") or 0)
+        return 1 if job.attempt > 1 or careful else int(f.get("batch_size") or 1)
 
     def _next_batch(self, job: Job, elapsed: float) -> int:
         """Aim the next step at ``BATCHFLOW_STEP_TARGET`` seconds: at most doubling, at least
@@ -485,6 +510,10 @@ class Engine:
     def _end(self, handler: Handler | None, job: Job, status: Status) -> dict[str, Any]:
         """The fields that end a job, after its handler's callbacks (part of this last step)."""
         updates: dict[str, Any] = {"status": status.value}
+        if handler is not None and status in _CANCELABLE_ENDINGS and not self._seal(job):
+            # A cancel came first: the commit turns this ending into the undo it asked for, so
+            # the job did not complete (or stop) and those callbacks must not run.
+            return updates
         total = job.total
         if status in (Status.STOPPED, Status.CANCELED) and total is not None:
             updates["skipped"] = max(0, total - job.units_processed)
@@ -504,6 +533,28 @@ class Engine:
                     log.exception("%s of job %s raised", hook.__name__, job.id)
                     job.add_message(f"{hook.__name__} failed: {error_message(exc)}")
         return updates
+
+    def _seal(self, job: Job) -> bool:
+        """Record that this step ends the job, so that a cancel arriving from now on is refused
+        rather than turning an ending whose callbacks already ran into an undo. False if a cancel
+        came first or the lease is gone: then the ending's callbacks must not run."""
+        now = time.time()
+        try:
+            seen = self.store.report(
+                job.id,
+                job.seq,
+                worker_id(),
+                now,
+                {"set": {"ending": str(job.seq)}},
+                _ms(now + self.settings.lease_seconds),
+            )
+        except Exception:  # noqa: BLE001 - Redis blinked: end anyway; the commit still decides
+            log.warning("could not mark job %s as ending", job.id, exc_info=True)
+            return True
+        if seen is None:
+            job._lost = True
+            return False
+        return seen[0] != Status.CANCELING.value
 
     # -- cleanup and maintenance ---------------------------------------------------------------
 

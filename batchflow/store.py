@@ -16,7 +16,12 @@ import dataclasses
 import functools
 import hashlib
 import json
+import logging
+import os
+import queue
 import re
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar, cast
 
@@ -32,6 +37,7 @@ MESSAGES_SHOWN = 20
 ITEM_CHUNK = 5000
 
 F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger("batchflow")
 
 
 def valid_job_id(job_id: str) -> bool:
@@ -137,6 +143,8 @@ CLAIM = """
 -- ARGV[1] = seq the step carries, ARGV[2] = worker id, ARGV[3] = now (ms), ARGV[4] = lease (ms)
 -- Returns {code, job hash (flat), slice of ids, flags (1 = that id ended bad)}; code is one of
 -- ok, missing, terminal, stale (seq moved on), busy (a live lease is held), paused.
+-- A step claimed again after its worker was lost takes one unit; so do the steps after it up to
+-- careful_until (the end of the lost claim's slice), which this script sets.
 local job = KEYS[1]
 local f = redis.call('HMGET', job, 'status', 'seq', 'lease_owner', 'lease_until', 'kind', 'phase')
 local status, seq, owner, lease_until, kind, phase = f[1], f[2], f[3], f[4], f[5], f[6]
@@ -157,6 +165,16 @@ if kind == 'task' and phase == 'run' and attempts > 1 then
   -- A one-shot job cut off mid-run starts again from the beginning: its live counters go back.
   redis.call('HSET', job, 'processed', 0, 'good', 0, 'bad', 0, 'restarted', 1)
 end
+local processed = tonumber(redis.call('HGET', job, 'processed'))
+if kind ~= 'task' and phase == 'run' and attempts > 1 then
+  -- This step's last claim was lost with its worker. Go through that claim's whole slice one
+  -- unit at a time (careful_until), so that a unit which kills its worker is met alone and
+  -- given up after max attempts, not met again in batch after batch, each costing a lease.
+  local lost_until = processed + tonumber(redis.call('HGET', job, 'batch_size'))
+  if lost_until > (tonumber(redis.call('HGET', job, 'careful_until')) or 0) then
+    redis.call('HSET', job, 'careful_until', lost_until)
+  end
+end
 if status == 'canceling' and phase ~= 'undo' then
   redis.call('HSET', job, 'phase', 'undo', 'undo_cursor', redis.call('HGET', job, 'processed'))
   phase = 'undo'
@@ -164,7 +182,8 @@ end
 local ids, flags = {}, {}
 if kind == 'items' and phase ~= 'create' then
   local size = tonumber(redis.call('HGET', job, 'batch_size'))
-  if attempts > 1 then size = 1 end
+  local careful = tonumber(redis.call('HGET', job, 'careful_until')) or 0
+  if attempts > 1 or (phase ~= 'undo' and careful > processed) then size = 1 end
   if phase == 'undo' then
     local stop = tonumber(redis.call('HGET', job, 'undo_cursor'))
     local first = math.max(0, stop - size)
@@ -194,7 +213,7 @@ COMMIT = (
 -- ARGV[9] = messages shown in an event
 -- Returns {'ok', new seq, status} or {'lost'} when the step's fence no longer holds.
 local job = KEYS[1]
-local f = redis.call('HMGET', job, 'seq', 'lease_owner', 'status')
+local f = redis.call('HMGET', job, 'seq', 'lease_owner', 'status', 'signal')
 if not f[1] or tonumber(f[1]) ~= tonumber(ARGV[1]) or f[2] ~= ARGV[2] then return {'lost'} end
 local p = cjson.decode(ARGV[4])
 local new_status = p.set and p.set.status
@@ -206,6 +225,11 @@ end
 if new_status == 'paused' and f[3] == 'stopping' then
   -- A stop that arrived mid-step wins over a pause; the next step stops the job.
   p.set.status = nil
+end
+if new_status == 'paused' and f[3] == 'running' and f[4] ~= 'pause' then
+  -- A resume that arrived mid-step withdrew the pause this step answers: the job goes on.
+  p.set.status = nil
+  p.messages = nil
 end
 apply(job, KEYS[6], p, ARGV[3], ARGV[8])
 if p.results then for _, r in ipairs(p.results) do redis.call('HSET', KEYS[3], r[1], r[2]) end end
@@ -257,7 +281,8 @@ SIGNAL = (
 -- that a resume enqueues (ms), ARGV[4] = channel, ARGV[5] = messages kept, ARGV[6] = shown
 -- Returns {code, status, seq}: code 'ok' (recorded), 'enqueue' (recorded; the job has no step in
 -- flight, so the caller must enqueue step `seq`), 'same' (already so), 'missing', 'terminal',
--- 'refused' (not allowed in this state).
+-- 'refused' (not allowed in this state), 'ending' (a cancel, after the step in flight began to
+-- end the job).
 local job, what = KEYS[1], ARGV[1]
 local f = redis.call('HMGET', job, 'status', 'seq', 'signal')
 local status, seq, signal = f[1], f[2], f[3]
@@ -281,6 +306,8 @@ if what == 'stop' then
   set('stopping', '', 'Stop requested')
 elseif what == 'cancel' then
   if status == 'canceling' then return {'same', status, seq} end
+  -- The step in flight ends the job and has run its callbacks (the engine set `ending`): too late.
+  if redis.call('HGET', job, 'ending') == seq then return {'ending', status, seq} end
   set('canceling', '', 'Cancel requested: undoing the work done so far')
 elseif what == 'pause' then
   if status == 'paused' or signal == 'pause' then return {'same', status, seq} end
@@ -343,6 +370,11 @@ def _translating(method: F) -> F:
         try:
             return method(self, *args, **kwargs)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            if "No connection available" in str(exc) or "Too many connections" in str(exc):
+                raise Unavailable(
+                    "Every Redis connection of this process is busy. Raise the pool size with "
+                    "?max_connections=N in BATCHFLOW_REDIS_URL."
+                ) from exc
             raise Unavailable(
                 f"Redis does not answer ({exc}). Check that it runs and that "
                 "BATCHFLOW_REDIS_URL points at it."
@@ -381,18 +413,25 @@ class Store:
         self._signal = client.register_script(SIGNAL)
         self._recover = client.register_script(RECOVER)
         self._mark_cleaned = client.register_script(MARK_CLEANED)
+        self.events = EventHub(client, f"{prefix}:*:events")
 
     @classmethod
     def from_url(cls, url: str, prefix: str) -> Store:
-        """A store on a new connection pool; short timeouts so a dead Redis fails fast."""
-        client = redis.Redis.from_url(
+        """A store on a new connection pool; short timeouts so a dead Redis fails fast.
+
+        The pool blocks (up to 10 s) rather than failing when all its connections are busy, so a
+        burst of requests waits its turn; ``?max_connections=N`` in the URL sizes it (default 64).
+        """
+        pool = redis.BlockingConnectionPool.from_url(
             url,
+            max_connections=64,
+            timeout=10,
             decode_responses=True,
             socket_connect_timeout=3,
             socket_timeout=10,
             health_check_interval=15,
         )
-        return cls(client, prefix)
+        return cls(redis.Redis(connection_pool=pool), prefix)
 
     # -- creating and reading ---------------------------------------------------------------
 
@@ -493,22 +532,31 @@ class Store:
     def follow(
         self, job_id: str, timeout: float
     ) -> Iterator[tuple[dict[str, str], list[str]] | None]:
-        """Yield the job's state now and after every commit (None after ``timeout`` seconds of
-        silence). Subscribes before reading, so no commit falls between the two."""
-        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        """Yield the job's state now and after every commit, in commit order; None after
+        ``timeout`` seconds of silence (then the state is read again, in case an event was lost
+        while the event connection reconnected). Never yields a state older than one it yielded.
+        """
+        channel = self.keys.channel(job_id)
+        inbox = self.events.join(channel)  # subscribed before the first read: no commit is missed
         try:
-            pubsub.subscribe(self.keys.channel(job_id))
-            yield self.snapshot(job_id)
+            last = (-1, -1.0)
+            snapshot: tuple[dict[str, str], list[str]] | None = self.snapshot(job_id)
             while True:
-                message = pubsub.get_message(timeout=timeout)
-                if message is None:
+                if snapshot is not None:
+                    fields = snapshot[0]
+                    mark = (int(fields.get("seq") or 0), float(fields.get("updated_at") or 0))
+                    if mark >= last:  # an event queued before a newer read is old news: drop it
+                        last = mark
+                        yield snapshot
+                try:
+                    raw = inbox.get(timeout=timeout)
+                except queue.Empty:
                     yield None
+                    snapshot = self.snapshot(job_id)
                     continue
-                event = json.loads(message["data"])
-                raw_messages = event.get("messages")
-                yield _pairs(event["job"]), raw_messages if isinstance(raw_messages, list) else []
+                snapshot = self.snapshot(job_id) if raw is _RESYNC else _event(raw)
         finally:
-            pubsub.close()
+            self.events.leave(channel, inbox)
 
     # -- the step protocol ------------------------------------------------------------------
 
@@ -648,6 +696,100 @@ class Store:
     @_translating
     def ping(self) -> bool:
         return bool(self.client.ping())
+
+
+_RESYNC = object()  # put in every inbox after the event connection came back: read the state anew
+
+
+def _event(raw: str) -> tuple[dict[str, str], list[str]]:
+    """A progress event as COMMIT, REPORT and SIGNAL publish it: the job hash and messages."""
+    event = json.loads(raw)
+    messages = event.get("messages")
+    return _pairs(event["job"]), messages if isinstance(messages, list) else []
+
+
+class EventHub:
+    """Every job's progress events through one pattern subscription per process, fanned out to
+    the followers' queues: a web process serving many event streams holds one Redis connection
+    for all of them, not one each.
+
+    :param client: the store's client.
+    :param pattern: the pattern of every job's event channel under the store's prefix.
+    """
+
+    def __init__(self, client: redis.Redis, pattern: str) -> None:
+        self._client = client
+        self._pattern = pattern
+        self._inboxes: dict[str, set[queue.Queue[Any]]] = {}
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def join(self, channel: str, wait: float = 5.0) -> queue.Queue[Any]:
+        """A new inbox for ``channel``'s events, once the subscription is live (or ``wait``)."""
+        inbox: queue.Queue[Any] = queue.Queue()
+        with self._lock:
+            self._inboxes.setdefault(channel, set()).add(inbox)
+            if self._thread is None or not self._thread.is_alive() or self._pid != os.getpid():
+                self._pid = os.getpid()
+                self._ready.clear()
+                self._thread = threading.Thread(
+                    target=self._run, name="batchflow-events", daemon=True
+                )
+                self._thread.start()
+        self._ready.wait(wait)
+        return inbox
+
+    def leave(self, channel: str, inbox: queue.Queue[Any]) -> None:
+        with self._lock:
+            inboxes = self._inboxes.get(channel)
+            if inboxes is not None:
+                inboxes.discard(inbox)
+                if not inboxes:
+                    del self._inboxes[channel]
+
+    def _deliver(self, channel: str | None, item: Any) -> None:
+        with self._lock:
+            targets = [
+                inbox
+                for name, inboxes in self._inboxes.items()
+                if channel is None or name == channel
+                for inbox in inboxes
+            ]
+        for inbox in targets:
+            inbox.put(item)
+
+    def _run(self) -> None:
+        backoff, reconnecting = 0.1, False
+        while True:
+            pubsub = self._client.pubsub()
+            try:
+                pubsub.psubscribe(self._pattern)
+                while True:
+                    message = pubsub.get_message(timeout=1.0)
+                    if message is None:
+                        with self._lock:
+                            if not self._inboxes:  # nobody follows: stop; the next join restarts
+                                self._thread = None
+                                return
+                        continue
+                    if message["type"] == "psubscribe":
+                        self._ready.set()
+                        backoff = 0.1
+                        if reconnecting:  # events may have been lost meanwhile
+                            self._deliver(None, _RESYNC)
+                            reconnecting = False
+                    elif message["type"] == "pmessage":
+                        self._deliver(message["channel"], message["data"])
+            except redis.exceptions.RedisError:
+                log.warning("the event connection to Redis broke; reconnecting", exc_info=True)
+                self._ready.clear()
+                reconnecting = True
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                pubsub.close()
 
 
 def _text(value: Any) -> str:
