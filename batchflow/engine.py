@@ -39,7 +39,7 @@ from .exceptions import (
     Unavailable,
 )
 from .handlers import Handler, ItemsJob, StepResult, error_message
-from .job import DEFAULT_LABELS, Job, JobState, Status, StepResponse
+from .job import Job, JobState, Status, StepResponse, labels_for
 from .registry import HandlerSpec, Registry
 from .store import TERMINAL, Store, valid_job_id
 
@@ -138,7 +138,7 @@ class Engine:
         id_list, source = self._check_ids(spec, instance, ids)
         job_id = secrets.token_urlsafe(16)
         now = time.time()
-        labels = {**DEFAULT_LABELS, **instance.labels}
+        labels = labels_for(spec.name, instance.labels)
         fixed = spec.handler_class.batch_size
         fields: dict[str, Any] = {
             "id": job_id,

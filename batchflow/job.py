@@ -74,6 +74,13 @@ DEFAULT_LABELS: dict[str, str] = {
 }
 
 
+def labels_for(handler_name: str, handler_labels: Mapping[str, str]) -> dict[str, str]:
+    """The labels a job shows: the handler's own over the defaults; the title defaults to the
+    handler's name made readable ("contacts-report" -> "Contacts report")."""
+    title = handler_name.replace("-", " ").replace("_", " ").strip().capitalize() or "Job"
+    return {**DEFAULT_LABELS, "title": title, **handler_labels}
+
+
 @dataclasses.dataclass
 class StepResponse:
     """What a step may return besides reporting on the job (Event Espresso's JobStepResponse).
@@ -278,8 +285,13 @@ class Job:
 
     def stop_requested(self) -> bool:
         """Whether a user asked to stop or cancel. One-shot jobs check it while they run; a
-        one-shot job that saw True ends stopped (or canceled) when ``run`` returns."""
-        if self._seen_status in (Status.STOPPING.value, Status.CANCELING.value):
+        one-shot job that saw True ends stopped (or canceled) when ``run`` returns.
+
+        Also True once this worker has lost the job's lease (it was frozen or cut off from Redis
+        for longer than the lease, and another worker has taken the job over): returning then
+        keeps two copies of the job from running at once.
+        """
+        if self._lost or self._seen_status in (Status.STOPPING.value, Status.CANCELING.value):
             self._stop_seen = True
         return self._stop_seen
 

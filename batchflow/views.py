@@ -38,7 +38,7 @@ from .exceptions import (
     PermissionDenied,
 )
 from .handlers import FileJob
-from .job import JobState, Status
+from .job import JobState, Status, labels_for
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -202,7 +202,8 @@ def make_blueprint(extension: BatchFlow) -> Blueprint:
     @bp.app_context_processor
     def template_globals() -> dict[str, Any]:
         # Any page of the app may use the widget; it finds the routes through this prefix.
-        return {"batchflow_prefix": extension.url_prefix.rstrip("/")}
+        # url_for includes the script root, so this holds when the app is mounted under a path.
+        return {"batchflow_prefix": url_for("batchflow.jobs").rstrip("/")}
 
     @bp.before_request
     def check_csrf() -> None:
@@ -269,7 +270,7 @@ def make_blueprint(extension: BatchFlow) -> Blueprint:
         if not spec.allows(_permission_subject()):
             raise PermissionDenied("You are not allowed to start this job.")
         form_class = spec.handler_class.params_form
-        labels = {**_labels(spec.handler_class)}
+        labels = labels_for(spec.name, spec.handler_class.labels)
         if request.method == "GET":
             form = _blank_form(form_class)
             return render_template(
@@ -409,12 +410,6 @@ def make_blueprint(extension: BatchFlow) -> Blueprint:
         )
 
     return bp
-
-
-def _labels(handler_class: type) -> dict[str, str]:
-    from .job import DEFAULT_LABELS
-
-    return {**DEFAULT_LABELS, **getattr(handler_class, "labels", {})}
 
 
 def _blank_form(form_class: type | None) -> Any:
