@@ -1,4 +1,5 @@
-"""Bad input, as a table: each request gets a clear 4xx, no server error, no Redis key, no import."""
+"""Bad input, as a table: each request gets a clear 4xx, no server error, no Redis key, no
+import."""
 
 from __future__ import annotations
 

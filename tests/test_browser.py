@@ -47,7 +47,9 @@ def page():
             executable_path=CHROMIUM,
             args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
         )
-        context = browser.new_context(accept_downloads=True, viewport={"width": 1100, "height": 800})
+        context = browser.new_context(
+            accept_downloads=True, viewport={"width": 1100, "height": 800}
+        )
         page = context.new_page()
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -157,8 +159,8 @@ def test_cancel_an_items_job_and_watch_the_undo(server, page, prefix):
     page.goto(f"{base}/jobs/")
     ids = [f"p{i}" for i in range(1500)]
     page.evaluate(
-        "(ids) => batchflow.start('archive', {ids, params: {prefix: '%s', sleep: 0.003}})" % prefix,
-        ids,
+        "([ids, prefix]) => batchflow.start('archive', {ids, params: {prefix, sleep: 0.003}})",
+        [ids, prefix],
     )
     page.goto(f"{base}/jobs/")
     page.get_by_role("link", name="Archiving").first.click()
@@ -181,9 +183,7 @@ def test_pause_and_resume(server, page, prefix):
     app, base = server
     engine = BatchFlow.state(app).engine
     page.goto(f"{base}/jobs/")
-    page.evaluate(
-        "() => batchflow.start('count', {params: {n: 3000, sleep: 0.001}})"
-    )
+    page.evaluate("() => batchflow.start('count', {params: {n: 3000, sleep: 0.001}})")
     page.goto(f"{base}/jobs/")
     page.get_by_role("link", name="Counting").first.click()
     wait_for(lambda: (bar_value(page) or 0) > 0)
