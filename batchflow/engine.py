@@ -5,11 +5,21 @@ Guarantees, as users meet them:
 - A step carries ``(job_id, seq)``. Only the delivery whose ``seq`` matches the job's, with no live
   lease held, runs; a duplicate or stale delivery does nothing. Steps are at-least-once, commits
   exactly-once: counters never double-count.
-- A step whose worker dies is run again after its lease expires (maintenance re-enqueues it). Its
-  side effects may repeat; a FileJob's file is truncated back first, so rows land exactly once.
-- A step that keeps killing its worker is not retried forever: an item job records the item as bad
-  and goes on; any other job fails as *stalled*.
-- Stop, cancel and pause are answered between steps, by whichever worker claims the next step.
+- A step whose worker dies is run again after its lease expires (maintenance re-enqueues it); a
+  step whose successor was never enqueued is re-enqueued once the queue timeout passed. Only the
+  step cut off may repeat its side effects; a FileJob writes from the committed length at fixed
+  offsets, so rows land exactly once.
+- A step that keeps killing its worker is not retried forever: after a lost step, the rest of its
+  slice runs one unit per step, so the unit that kills is met alone; after
+  ``BATCHFLOW_MAX_ATTEMPTS`` tries an item job records that item as bad and goes on, any other job
+  fails as *stalled*.
+- A worker that lost its lease while still alive (frozen, or cut off from Redis for longer than the
+  lease) cannot commit; as soon as its heartbeat learns it, an item job stops changing ids and a
+  one-shot job's ``stop_requested()`` turns True, so two copies do not run on.
+- Stop, cancel and pause are recorded in Redis first and answered between steps, by whichever worker
+  claims the next step (even if every worker, or the broker, is down when they are asked). A cancel
+  that arrives while the last step ends the job wins if that step has not run its callbacks yet
+  (the work is undone); after that it is refused: callbacks run for the job's real ending only.
 
 This module imports no Flask and no Celery: the Celery layer gives it a :class:`Dispatcher`.
 """

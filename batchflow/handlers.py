@@ -24,7 +24,7 @@ import shutil
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
-from .job import Job, StepResponse
+from .job import Job, Status, StepResponse
 
 StepResult = StepResponse | str | None
 
@@ -94,7 +94,11 @@ class Handler:
         """Release what the job left behind. Runs once, after download or when the job expires."""
 
     def before_step(self, job: Job) -> None:
-        """Runs before ``create_job`` and every ``continue_job``; FileJob truncates here."""
+        """Runs before ``create_job`` and every ``continue_job``; FileJob opens its file here."""
+
+    def after_step(self, job: Job) -> None:
+        """Runs after ``create_job`` and every ``continue_job`` return, as part of the step
+        (before its commit); FileJob trims its file here when the job completes."""
 
     def on_complete(self, job: Job) -> None:
         """Runs in the worker when the job completes (part of its last step)."""
@@ -117,8 +121,13 @@ class FileJob(Handler):
     """A job that writes a file for the user to download (Event Espresso's JobHandlerFile).
 
     Write with :meth:`write_rows` (CSV) or :meth:`write` from ``create_job`` and ``continue_job``.
-    Each commit records the file's length; a step that runs again after its worker died first
-    truncates the file back to the committed length, so every row lands exactly once.
+    Each commit records the file's length, and a step writes from the committed length on, at
+    explicit offsets (never blindly appending, never truncating below the committed length): a
+    step run again after its worker died writes over what the cut-off step left, and the step that
+    completes the job trims anything past its end, so every row lands exactly once. A worker that
+    was frozen past its lease and wakes up after another took over writes its rows to the same
+    offsets the chain wrote them to, so it changes nothing, provided a step's rows depend only on
+    the job's committed state (``job.units_processed``, ``job.data``, ``job.params``).
 
     :cvar filename: the name the user downloads; see :meth:`file_name` to compute it.
     :cvar content_type: the download's MIME type.
@@ -143,10 +152,16 @@ class FileJob(Handler):
     def before_step(self, job: Job) -> None:
         path = self.file_path(job)
         committed = int(job._fields.get("file_size") or 0)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "ab") as handle:
-            if handle.tell() != committed:
-                handle.truncate(committed)
+        if committed == 0:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            open(path, "ab").close()
+        elif not os.path.exists(path):
+            # Recreating it would yield a file without its first rows: cleaned up, or a worker
+            # whose BATCHFLOW_FILES_DIR is not the folder the other workers share.
+            raise FileNotFoundError(
+                f"The job's file {path} is gone: every worker must share BATCHFLOW_FILES_DIR, "
+                "and a job's file is deleted only after the job ended."
+            )
         job._set.update(
             file_path=path,
             file_name=os.path.basename(path),
@@ -155,13 +170,20 @@ class FileJob(Handler):
         )
 
     def write(self, job: Job, data: str | bytes) -> None:
-        """Append ``data`` to the job's file (text is written as UTF-8)."""
+        """Add ``data`` after what the job wrote so far (text is written as UTF-8)."""
         raw = data.encode() if isinstance(data, str) else data
         path = job._set.get("file_path") or self.file_path(job)
-        with open(path, "ab") as handle:
+        offset = int(job._set.get("file_size") or job._fields.get("file_size") or 0)
+        with open(path, "r+b") as handle:
+            handle.seek(offset)
             handle.write(raw)
-            size = handle.tell()
-        job._set["file_size"] = str(size)
+        job._set["file_size"] = str(offset + len(raw))
+
+    def after_step(self, job: Job) -> None:
+        # Only the completing step trims: a cut-off step may have written past the last row.
+        path = job._set.get("file_path")
+        if job._end is Status.COMPLETED and path and not job._lost:
+            os.truncate(path, int(job._set.get("file_size") or 0))
 
     def write_rows(self, job: Job, rows: Iterable[Sequence[Any]]) -> None:
         """Append CSV rows to the job's file."""
@@ -217,6 +239,8 @@ class ItemsJob(Handler):
 
     def continue_job(self, job: Job, batch_size: int) -> StepResult:
         for item_id in job.items:
+            if job._lost:  # another worker took this step over: change nothing more
+                return None
             try:
                 result = self.change(item_id, job)
             except Exception as exc:  # noqa: BLE001 - the item is bad, the job goes on
@@ -234,6 +258,8 @@ class ItemsJob(Handler):
     def undo_job(self, job: Job, batch_size: int) -> StepResult:
         undone, failed = 0, []
         for index, item_id in enumerate(job.items):
+            if job._lost:
+                return None
             if job.item_was_bad(index):
                 continue
             try:

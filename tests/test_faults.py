@@ -1,0 +1,1114 @@
+"""batchflow under faults: real Redis, real Celery worker processes, real kills.
+
+What is proved, for every fault below: every job that got an id reaches a terminal status within a
+stated bound; every item ends with exactly one committed outcome; counters are exact; a step's side
+effects repeat only for a step that was cut off; no step runs after an acknowledged stop except one
+already in flight; the chain of steps never forks.
+
+The proof is read from the outside: tests/fault_handlers.py records on the test Redis every handler
+body that started (``ran``), every commit (``commits``), every run_step outcome and every enqueue,
+and fires faults at exact points that a test arms. Every test uses its own key prefix and queue,
+and stops the processes it started in ``finally`` (through the ``workers`` fixture).
+
+Settings for the recovery bound: lease 2 s, queue timeout 3 s, maintenance every 0.5 s. A lost
+step is re-run within ``lease + 2 * maintenance`` (3 s), a lost successor within ``queue timeout +
+2 * maintenance`` (4 s), plus a claim; the tests allow RECOVERY_BOUND = 10 s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from batchflow import Engine, Settings, Status
+from batchflow.store import Store
+from batchflow.tasks import make_celery
+from tests.fault_handlers import fault_row, make_fault_registry
+from tests.handlers import side
+from tests.helpers import ROOT, ListDispatcher, broker_options, make_config, wait_for
+
+LEASE = 2.0
+QUEUE_TIMEOUT = 3.0
+MAINTENANCE = 0.5
+RECOVERY_BOUND = 10.0
+MEASURED: list[str] = []
+MEASURE_LOG = os.environ.get("BFT_MEASURE_LOG", "")
+
+
+def measured(name: str, seconds: float) -> None:
+    line = f"{name}: {seconds:.2f} s"
+    MEASURED.append(line)
+    print("RECOVERY", line)
+    if MEASURE_LOG:
+        with open(MEASURE_LOG, "a") as handle:
+            handle.write(line + "\n")
+
+
+# -- processes ---------------------------------------------------------------------------------
+
+
+class FaultWorker:
+    """A ``celery worker`` subprocess running tests/fault_workerapp.py on the test's prefix."""
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        *,
+        pool: str = "solo",
+        concurrency: int = 1,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.name = f"fw-{uuid.uuid4().hex[:8]}"
+        self.prefix = config["BATCHFLOW_KEY_PREFIX"]
+        env = {**os.environ, **{k: str(v) for k, v in config.items()}, **(extra_env or {})}
+        env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+        env["BFT_WORKER_NAME"] = self.name
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "tests.fault_workerapp",
+                "worker",
+                "-P",
+                pool,
+                "-c",
+                str(concurrency),
+                "-Q",
+                config["BATCHFLOW_QUEUE"],
+                "-n",
+                f"{self.name}@%h",
+                "--loglevel",
+                "WARNING",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ],
+            cwd=ROOT,
+            env=env,
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def wait_ready(self, timeout: float = 30.0) -> FaultWorker:
+        wait_for(
+            lambda: (
+                self.name in side.lrange(f"{self.prefix}:ready", 0, -1)
+                or self.proc.poll() is not None
+            ),
+            timeout=timeout,
+        )
+        assert self.proc.poll() is None, f"worker {self.name} exited with {self.proc.returncode}"
+        return self
+
+    def children(self) -> set[int]:
+        """The worker's child processes (its prefork pool), read from /proc."""
+        pids: set[int] = set()
+        with contextlib.suppress(FileNotFoundError):
+            for task in os.listdir(f"/proc/{self.pid}/task"):
+                with open(f"/proc/{self.pid}/task/{task}/children") as handle:
+                    pids.update(int(p) for p in handle.read().split())
+        return pids
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker (main process and pool) and reap it."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+
+class Workers:
+    """Starts fault workers for one test and kills every one of them at the end."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+        self.started: list[FaultWorker] = []
+
+    def start(self, config: dict[str, Any] | None = None, **kwargs: Any) -> FaultWorker:
+        worker = FaultWorker(config or self.config, **kwargs)
+        self.started.append(worker)
+        return worker.wait_ready()
+
+    def close(self) -> None:
+        for worker in self.started:
+            with contextlib.suppress(Exception):
+                worker.kill()
+
+
+class RedisServer:
+    """A redis-server of the test's own on a free port, stopped by its pid (never 6379)."""
+
+    def __init__(self, directory: str, *, appendonly: bool) -> None:
+        self.dir = directory
+        self.appendonly = appendonly
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        assert self.port != 6379
+        self.proc = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "yes" if self.appendonly else "no",
+                "--dir",
+                self.dir,
+                "--loglevel",
+                "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        import redis
+
+        client = redis.Redis(port=self.port, socket_connect_timeout=1)
+        wait_for(lambda: _pings(client), timeout=15)
+        client.close()
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+
+def _pings(client: Any) -> bool:
+    try:
+        return bool(client.ping())
+    except Exception:  # noqa: BLE001 - still starting
+        return False
+
+
+# -- fixtures and helpers ----------------------------------------------------------------------
+
+
+def fault_config(prefix: str, files_dir: str, **overrides: Any) -> dict[str, Any]:
+    return make_config(
+        prefix,
+        files_dir,
+        BATCHFLOW_LEASE_SECONDS=LEASE,
+        BATCHFLOW_QUEUE_TIMEOUT=QUEUE_TIMEOUT,
+        BATCHFLOW_MAINTENANCE_INTERVAL=MAINTENANCE,
+        BATCHFLOW_BATCH_MAX=500,
+        **overrides,
+    )
+
+
+@pytest.fixture
+def config(prefix: str, files_dir: str) -> dict[str, Any]:
+    return fault_config(prefix, files_dir)
+
+
+def make_engine(config: dict[str, Any], prefix: str) -> Engine:
+    """An engine in the test process that enqueues on the workers' broker (it runs no steps)."""
+    settings = Settings.from_mapping(config)
+    engine = Engine(
+        settings, Store.from_url(settings.redis_url, settings.key_prefix), make_fault_registry()
+    )
+    make_celery(engine, config=broker_options(prefix))
+    return engine
+
+
+@pytest.fixture
+def engine(config: dict[str, Any], prefix: str) -> Engine:
+    return make_engine(config, prefix)
+
+
+@pytest.fixture
+def workers(config: dict[str, Any]) -> Iterator[Workers]:
+    started = Workers(config)
+    try:
+        yield started
+    finally:
+        started.close()
+
+
+def records(prefix: str, name: str, job_id: str | None = None) -> list[dict[str, Any]]:
+    found = [json.loads(raw) for raw in side.lrange(f"{prefix}:{name}", 0, -1)]
+    return [r for r in found if job_id is None or r.get("job") == job_id]
+
+
+def arm(prefix: str, point: str, **spec: Any) -> None:
+    side.delete(f"{prefix}:fault:{point}")
+    side.hset(f"{prefix}:fault:{point}", mapping={k: str(v) for k, v in spec.items()})
+
+
+def disarm(prefix: str, point: str) -> None:
+    side.delete(f"{prefix}:fault:{point}")
+
+
+def fired(prefix: str, point: str, count: int = 1, timeout: float = 60.0) -> list[dict[str, Any]]:
+    """Wait until ``point`` fired ``count`` times; its records."""
+    wait_for(lambda: side.llen(f"{prefix}:fired:{point}") >= count, timeout=timeout)
+    return records(prefix, f"fired:{point}")
+
+
+def release(prefix: str, point: str, times: int = 1) -> None:
+    for _ in range(times):
+        side.rpush(f"{prefix}:gate:{point}", "go")
+
+
+def terminal(engine: Engine, job_id: str, timeout: float = 60.0) -> Any:
+    return wait_for(lambda: (s := engine.state(job_id)).status.terminal and s, timeout=timeout)
+
+
+def commit_time(prefix: str, job_id: str, seq: int) -> float:
+    (commit,) = [c for c in records(prefix, "commits", job_id) if c["seq"] == seq]
+    return float(commit["t"])
+
+
+def assert_one_chain(prefix: str, job_id: str, state: Any, cut: set[int] = frozenset()) -> None:
+    """The job's steps formed one chain: every seq committed exactly once and in order, the job's
+    seq equals the number of commits, no step had two successors, and a handler body ran more
+    than once only for a step in ``cut`` (a step that was cut off)."""
+    commits = records(prefix, "commits", job_id)
+    seqs = [c["seq"] for c in commits]
+    assert seqs == list(range(len(commits))), f"commits out of order or repeated: {seqs}"
+    assert all(c["new_seq"] == c["seq"] + 1 for c in commits)
+    assert int(state.fields["seq"]) == len(commits)
+    successors = Counter(
+        e["seq"] for e in records(prefix, "enqueued", job_id) if e["source"] == "successor"
+    )
+    assert all(n == 1 for n in successors.values()), f"a step had two successors: {successors}"
+    bodies = Counter(r["seq"] for r in records(prefix, "ran", job_id))
+    repeated = {seq for seq, n in bodies.items() if n > 1}
+    assert repeated <= set(cut), f"steps ran twice without being cut off: {repeated - set(cut)}"
+    assert all(n <= 2 for n in bodies.values()), bodies
+
+
+def expected_report(rows: int) -> bytes:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["id", "name", "email", "note"])
+    for i in range(rows):
+        writer.writerow([("'" + c) if c.startswith("=") else c for c in fault_row(i)])
+    return out.getvalue().encode()
+
+
+def uninterrupted_report(config: dict[str, Any], rows: int) -> bytes:
+    """The output of the same FileJob run without any fault, steps driven by hand (its records
+    go under a prefix of their own, where no fault is armed)."""
+    settings = Settings.from_mapping(config)
+    engine = Engine(
+        settings, Store.from_url(settings.redis_url, settings.key_prefix), make_fault_registry()
+    )
+    engine.dispatcher = manual = ListDispatcher()
+    reference_prefix = f"{config['BATCHFLOW_KEY_PREFIX']}:reference"
+    job_id = engine.start(
+        "f-report", owner="ref", params={"rows": rows, "prefix": reference_prefix}
+    )
+    manual.drain(engine)
+    state = engine.state(job_id)
+    assert state.status is Status.COMPLETED
+    with open(state.fields["file_path"], "rb") as handle:
+        data = handle.read()
+    engine.cleanup(job_id)
+    return data
+
+
+def read_file(state: Any) -> bytes:
+    with open(state.fields["file_path"], "rb") as handle:
+        return handle.read()
+
+
+# -- 1. SIGKILL mid-step -----------------------------------------------------------------------
+
+ROWS = 20_000
+
+# (pool, point, how): "self" = the process SIGKILLs itself at the point; "external" = the step
+# blocks at the point and the test SIGKILLs it from outside (the pool child found through /proc,
+# or the whole worker).
+KILLS = [
+    ("solo", "claimed", "self"),  # after the claim, before the handler
+    ("solo", "written", "self"),  # rows written, before the commit
+    ("solo", "commit", "self"),  # the handler returned; the commit was never sent
+    ("solo", "enqueue", "self"),  # committed; the successor was never enqueued
+    ("solo", "written", "external"),  # the whole worker (main process) killed from outside
+    ("prefork", "written", "self"),  # a pool child dies mid-step; the main process lives on
+    ("prefork", "enqueue", "self"),
+    ("prefork", "written", "external"),  # the pool child, found in /proc, killed from outside
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("pool", "point", "how"), KILLS, ids=["-".join(k) for k in KILLS])
+def test_sigkill_mid_step_a_second_worker_finishes_the_file_exactly(
+    engine, workers, config, prefix, pool, point, how
+):
+    reference = uninterrupted_report(config, ROWS)
+    assert reference == expected_report(ROWS)
+    victim = workers.start(pool=pool)
+    rescuer = workers.start()
+    children = victim.children() if pool == "prefork" else set()
+    assert pool == "solo" or children, "a prefork worker has its pool child"
+    spec = {"action": "kill" if how == "self" else "block", "left": 1, "min_seq": 3}
+    arm(prefix, point, worker=victim.name, **spec)
+    job_id = engine.start("f-report", owner="a", params={"rows": ROWS, "prefix": prefix})
+    (hit,) = fired(prefix, point)
+    if how == "external":
+        if pool == "prefork":
+            assert hit["pid"] in victim.children() and hit["pid"] != victim.pid
+            os.kill(hit["pid"], signal.SIGKILL)
+        else:
+            assert hit["pid"] == victim.pid
+            victim.kill()
+        killed_at = time.time()
+    else:
+        killed_at = hit["t"]
+    if pool == "solo":
+        wait_for(lambda: not victim.alive(), timeout=10)
+        assert victim.proc.returncode == -signal.SIGKILL
+    else:
+        assert hit["pid"] in children and hit["pid"] != victim.pid
+        wait_for(lambda: not os.path.exists(f"/proc/{hit['pid']}/status") or _zombie(hit["pid"]))
+    state = terminal(engine, job_id, timeout=90)
+    d = state.to_dict()
+    assert (d["status"], d["processed"], d["total"]) == ("completed", ROWS, ROWS)
+    assert read_file(state) == reference  # byte-identical to the uninterrupted run
+    cut_seq = hit["seq"]
+    body_ran_in_cut = point in ("written", "commit")
+    assert_one_chain(prefix, job_id, state, cut={cut_seq} if body_ran_in_cut else set())
+    if point == "enqueue":
+        # The commit landed; only the successor was lost, and maintenance re-sent it once the
+        # committed deadline (commit + queue timeout) passed.
+        assert int(state.fields["recoveries"]) == 0
+        recovered_at = commit_time(prefix, job_id, cut_seq + 1)
+        earliest = QUEUE_TIMEOUT
+    else:
+        # Nobody ran the step before its lease lapsed (a redelivery found it busy); the lease
+        # was last renewed at most one heartbeat (a third of the lease) before the kill.
+        assert int(state.fields["recoveries"]) == 1
+        recovered_at = commit_time(prefix, job_id, cut_seq)
+        earliest = LEASE * 2 / 3
+    elapsed = recovered_at - killed_at
+    measured(f"sigkill {pool} {point} {how}", elapsed)
+    assert earliest - 0.2 < elapsed < RECOVERY_BOUND
+    assert rescuer.alive()
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            return "zombie" in handle.read()
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.slow
+def test_sigkill_mid_item_step_every_id_has_exactly_one_committed_outcome(engine, workers, prefix):
+    ids = [f"i{n:05d}" for n in range(20_000)]
+    # Two prefork workers: whichever runs the id loses its pool child; both live on.
+    workers.start(pool="prefork")
+    workers.start(pool="prefork")
+    arm(prefix, "change", action="kill", left=1, item="i12345")
+    job_id = engine.start("f-items", owner="a", ids=ids, params={"prefix": prefix})
+    (hit,) = fired(prefix, "change")
+    state = terminal(engine, job_id, timeout=90)
+    d = state.to_dict()
+    assert (d["status"], d["good"], d["bad"], d["skipped"]) == ("completed", 20_000, 0, 0)
+    assert d["processed"] == d["total"] == 20_000
+    results = dict(engine.store.iter_hash(job_id, "results"))
+    assert set(results) == set(ids) and not dict(engine.store.iter_hash(job_id, "errors"))
+    cut = hit["seq"]
+    assert_one_chain(prefix, job_id, state, cut={cut})
+    # Side effects repeated only inside the step that was cut off: a run of ids up to i12345.
+    changed = {k: int(v) for k, v in side.hgetall(f"{prefix}:changed").items()}
+    assert set(changed) == set(ids)
+    twice = sorted(k for k, v in changed.items() if v == 2)
+    assert max(changed.values()) <= 2
+    if twice:
+        first, last = ids.index(twice[0]), ids.index(twice[-1])
+        assert twice == ids[first : last + 1] and last < ids.index("i12345")
+    calls = {k: int(v) for k, v in side.hgetall(f"{prefix}:calls").items()}
+    assert calls["i12345"] == 2 and sum(calls.values()) == 20_000 + len(twice) + 1
+    measured("sigkill prefork child mid item", commit_time(prefix, job_id, cut) - hit["t"])
+
+
+# -- 2. The same step delivered twice ----------------------------------------------------------
+
+
+def outcomes_of(prefix: str, job_id: str, seq: int) -> list[str]:
+    return [o["outcome"] for o in records(prefix, "outcomes", job_id) if o["seq"] == seq]
+
+
+def test_the_same_step_delivered_concurrently_and_back_to_back_commits_once(
+    engine, workers, prefix
+):
+    workers.start(pool="threads", concurrency=4)
+    arm(prefix, "step", action="block", left=1, min_seq=3)
+    job_id = engine.start(
+        "f-count", owner="a", params={"n": 8, "per_step": 1, "sleep": 0.2, "prefix": prefix}
+    )
+    (hit,) = fired(prefix, "step")
+    seq = hit["seq"]
+    assert seq == 3
+    for _ in range(3):  # three more deliveries while the first holds the lease
+        engine._dispatch().enqueue_step(job_id, seq)
+    wait_for(lambda: outcomes_of(prefix, job_id, seq).count("busy") == 3)
+    release(prefix, "step")
+    wait_for(lambda: any(c["seq"] == seq for c in records(prefix, "commits", job_id)))
+    for _ in range(2):  # and two after it committed
+        engine._dispatch().enqueue_step(job_id, seq)
+    wait_for(lambda: outcomes_of(prefix, job_id, seq).count("stale") == 2)
+    state = terminal(engine, job_id)
+    assert state.status is Status.COMPLETED and state.count("processed") == 8
+    assert sorted(outcomes_of(prefix, job_id, seq)) == ["busy"] * 3 + ["running"] + ["stale"] * 2
+    assert_one_chain(prefix, job_id, state)  # one body, one commit, one successor per step
+
+
+@pytest.mark.slow
+def test_redelivery_by_a_short_visibility_timeout_commits_each_step_once(engine, workers, prefix):
+    env = {"BFT_VISIBILITY_TIMEOUT": "1"}
+    workers.start(extra_env=env)
+    workers.start(extra_env=env)
+    # Each step takes 2.5 s: the broker hands every step's message out again while it runs.
+    job_id = engine.start(
+        "f-count", owner="a", params={"n": 4, "per_step": 1, "sleep": 2.5, "prefix": prefix}
+    )
+    state = terminal(engine, job_id, timeout=90)
+    assert state.status is Status.COMPLETED and state.count("processed") == 4
+    outcomes = Counter(o["outcome"] for o in records(prefix, "outcomes", job_id))
+    assert outcomes["busy"] + outcomes["stale"] >= 2, outcomes  # redeliveries did happen
+    assert_one_chain(prefix, job_id, state)
+    assert int(state.fields["recoveries"]) == 0
+
+
+# -- 3. A lost successor -----------------------------------------------------------------------
+
+
+class RefusingDispatcher(ListDispatcher):
+    """Enqueues into a list, or, once ``refuse`` is set, fails like a broker that is down."""
+
+    refuse = False
+
+    def enqueue_step(self, job_id: str, seq: int, countdown: float = 0.0) -> None:
+        if self.refuse:
+            raise ConnectionError("the broker is down")
+        super().enqueue_step(job_id, seq, countdown)
+
+
+@pytest.mark.slow
+def test_a_lost_successor_is_re_enqueued_from_the_committed_state(engine, workers, config, prefix):
+    from tests.fault_handlers import instrument
+
+    settings = Settings.from_mapping(config)
+    local = Engine(settings, engine.store, make_fault_registry())
+    local.dispatcher = dispatcher = RefusingDispatcher()
+    instrument(local, prefix)
+    ids = [str(n) for n in range(3000)]
+    job_id = local.start("f-items", owner="a", ids=ids, params={"prefix": prefix})
+    workers.start()
+    dispatcher.refuse = True
+    assert local.run_step(job_id, 0) == "running"  # committed; enqueueing step 1 failed
+    lost_at = time.time()
+    assert local.run_step(job_id, 1) == "running"  # even a second step by hand: still fenced
+    state = terminal(engine, job_id, timeout=60)
+    d = state.to_dict()
+    assert (d["status"], d["good"], d["bad"], d["processed"]) == ("completed", 3000, 0, 3000)
+    assert_one_chain(prefix, job_id, state)
+    enqueued = records(prefix, "enqueued", job_id)
+    resent = [e["seq"] for e in enqueued if e["source"] == "other" and e["seq"] > 0]
+    assert resent[:1] == [2]  # maintenance re-sent the step after the last commit
+    elapsed = commit_time(prefix, job_id, 2) - lost_at
+    measured("lost successor", elapsed)
+    assert QUEUE_TIMEOUT - 0.5 < elapsed < RECOVERY_BOUND
+    changed = {k: int(v) for k, v in side.hgetall(f"{prefix}:changed").items()}
+    assert changed == {i: 1 for i in ids}
+
+
+@pytest.mark.slow
+def test_a_stop_recorded_while_the_broker_is_down_is_still_obeyed(engine, workers, config, prefix):
+    """Stopping a paused job enqueues its next step; with the broker down that fails, but the stop
+    is recorded and maintenance sends the step once the queue timeout passed."""
+    settings = Settings.from_mapping(config)
+    local = Engine(settings, engine.store, make_fault_registry())
+    local.dispatcher = dispatcher = RefusingDispatcher()
+    job_id = local.start("f-fixed", owner="a", ids=IDS, params={"prefix": prefix})
+    dispatcher.drain(local, limit=3)
+    local.request(job_id, "pause")
+    dispatcher.drain(local, limit=1)
+    assert local.state(job_id).status is Status.PAUSED and dispatcher.steps == []
+    dispatcher.refuse = True
+    asked = local.request(job_id, "stop")  # recorded, although nothing could be enqueued
+    assert asked.status is Status.STOPPING
+    workers.start()
+    state = terminal(engine, job_id, timeout=RECOVERY_BOUND + 5)
+    d = state.to_dict()
+    assert (d["status"], d["good"], d["skipped"]) == ("stopped", 20, 180)
+
+
+# -- 4. Redis restarted mid-job ----------------------------------------------------------------
+
+ALICE = {"X-Test-User": "alice"}
+
+
+def web_client(prefix: str, files_dir: str, **config: Any) -> Any:
+    from tests.webapp import create_app
+
+    overrides = {
+        "BATCHFLOW_LEASE_SECONDS": LEASE,
+        "BATCHFLOW_QUEUE_TIMEOUT": QUEUE_TIMEOUT,
+        "BATCHFLOW_MAINTENANCE_INTERVAL": MAINTENANCE,
+        "BATCHFLOW_BATCH_MAX": 500,
+        **config,
+    }
+    return create_app(prefix, files_dir, **overrides).test_client()
+
+
+def web_start(client: Any, handler: str, body: dict[str, Any]) -> Any:
+    import re
+
+    page = client.get(f"/jobs/start/{handler}", headers=ALICE)
+    assert page.status_code == 200
+    csrf = re.search(r'name="csrf-token" content="([^"]+)"', page.text).group(1)
+    return client.post(f"/jobs/start/{handler}", json=body, headers={**ALICE, "X-CSRFToken": csrf})
+
+
+def web_status(client: Any, job_id: str) -> Any:
+    return client.get(f"/jobs/{job_id}/status", headers={**ALICE, "Accept": "application/json"})
+
+
+@pytest.fixture
+def own_redis(tmp_path: Any) -> Iterator[Any]:
+    servers: list[RedisServer] = []
+
+    def start(appendonly: bool) -> RedisServer:
+        directory = tmp_path / f"redis-{len(servers)}"
+        directory.mkdir()
+        servers.append(RedisServer(str(directory), appendonly=appendonly))
+        return servers[-1].start()
+
+    try:
+        yield start
+    finally:
+        for server in servers:
+            server.kill()
+
+
+@pytest.mark.slow
+def test_redis_restarted_mid_job_with_persistence_the_job_finishes_exactly(
+    own_redis, prefix, files_dir
+):
+    server = own_redis(appendonly=True)
+    config = fault_config(prefix, files_dir, BATCHFLOW_REDIS_URL=server.url)
+    workers = Workers(config)
+    try:
+        workers.start()
+        workers.start()
+        client = web_client(prefix, files_dir, BATCHFLOW_REDIS_URL=server.url)
+        ids = [f"r{n:05d}" for n in range(20_000)]
+        r = web_start(client, "archive", {"ids": ids, "params": {"prefix": prefix}})
+        assert r.status_code == 202
+        job_id = r.json["id"]
+        wait_for(lambda: web_status(client, job_id).json["processed"] >= 3000, timeout=60)
+        server.kill()
+        down_at = time.time()
+        started = time.monotonic()
+        r = web_status(client, job_id)
+        assert r.status_code == 503 and "Redis" in r.json["error"]
+        assert time.monotonic() - started < 5
+        time.sleep(LEASE + 1)  # down longer than a lease: every lease in flight expires
+        server.start()
+        back_at = time.time()
+        assert web_status(client, job_id).status_code == 200  # the web reconnects
+        done = wait_for(
+            lambda: (s := web_status(client, job_id).json)["terminal"] and s, timeout=90
+        )
+        finished_at = time.time()
+        assert (done["status"], done["good"], done["bad"], done["skipped"]) == (
+            "completed",
+            20_000,
+            0,
+            0,
+        )
+        assert done["processed"] == done["total"] == 20_000
+        engine = make_engine(config, prefix)
+        assert set(dict(engine.store.iter_hash(job_id, "results"))) == set(ids)
+        state = engine.state(job_id)
+        commits = records(prefix, "commits", job_id)
+        # Commits before the outage and after it: one chain (commits that raced the kill may
+        # have landed without the worker hearing back; those the chain check still sees once).
+        seqs = sorted(c["seq"] for c in commits)
+        assert len(seqs) == len(set(seqs)) and int(state.fields["seq"]) >= len(seqs)
+        archived = {k: int(v) for k, v in side.hgetall(f"{prefix}:archived").items()}
+        assert set(archived) == set(ids) and max(archived.values()) <= 2
+        first_after = min(c["t"] for c in commits if c["t"] > back_at)
+        measured("redis restart (aof): first commit after restart", first_after - back_at)
+        measured("redis restart (aof): outage", back_at - down_at)
+        measured("redis restart (aof): restart to completion", finished_at - back_at)
+        assert first_after - back_at < RECOVERY_BOUND + 10  # workers' broker reconnect backoff
+        for worker in workers.started:
+            assert worker.alive()
+    finally:
+        workers.close()
+
+
+@pytest.mark.slow
+def test_redis_restarted_without_persistence_the_job_is_reported_lost(own_redis, prefix, files_dir):
+    server = own_redis(appendonly=False)
+    config = fault_config(prefix, files_dir, BATCHFLOW_REDIS_URL=server.url)
+    workers = Workers(config)
+    try:
+        workers.start()
+        client = web_client(prefix, files_dir, BATCHFLOW_REDIS_URL=server.url)
+        ids = [f"r{n:05d}" for n in range(20_000)]
+        r = web_start(
+            client, "archive", {"ids": ids, "params": {"prefix": prefix, "sleep": 0.0003}}
+        )
+        job_id = r.json["id"]
+        wait_for(lambda: web_status(client, job_id).json["processed"] >= 1000, timeout=60)
+        server.kill()
+        time.sleep(1)
+        server.start()  # empty: everything is gone, the job included
+        r = web_status(client, job_id)
+        assert r.status_code == 404 and "No such job" in r.json["error"]
+        engine = make_engine(config, prefix)
+        time.sleep(LEASE + 3 * MAINTENANCE)  # long enough for any worker to bring it back
+        assert web_status(client, job_id).status_code == 404  # lost, never "running" forever
+        import redis
+
+        fresh = redis.Redis.from_url(server.url, decode_responses=True)
+        assert [k for k in fresh.scan_iter(match=f"*{job_id}*")] == []
+        # The workers reconnected: a new job runs to the end on the restarted server.
+        r = web_start(client, "count", {"params": {"n": 50}})
+        again = wait_for(lambda: (s := web_status(client, r.json["id"]).json)["terminal"] and s)
+        assert (again["status"], again["processed"]) == ("completed", 50)
+        assert engine.jobs("alice") and all(j.id != job_id for j in engine.jobs("alice"))
+    finally:
+        workers.close()
+
+
+# -- 5. Redis or the broker down when a job is started ----------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.parametrize("down", ["redis", "broker", "both"])
+def test_starting_a_job_while_redis_or_the_broker_is_down_is_a_fast_503(
+    own_redis, prefix, files_dir, redis_client, down
+):
+    dead = f"redis://127.0.0.1:{_free_port()}/0"
+    if down == "redis":
+        config = {"BATCHFLOW_REDIS_URL": dead, "BATCHFLOW_BROKER_URL": redis_client_url()}
+    elif down == "broker":
+        config = {"BATCHFLOW_BROKER_URL": dead}
+    else:
+        server = own_redis(appendonly=True)
+        config = {"BATCHFLOW_REDIS_URL": server.url}
+        server.kill()
+    client = web_client(prefix, files_dir, **config)
+    for body in ({"params": {"n": 10}}, None):
+        started = time.monotonic()
+        if body is None:  # a form post gets the same answer, as a page
+            import re
+
+            page = client.get("/jobs/start/count", headers=ALICE)
+            csrf = re.search(r'name="csrf-token" content="([^"]+)"', page.text).group(1)
+            r = client.post(
+                "/jobs/start/count", data={"n": "10", "csrf_token": csrf}, headers=ALICE
+            )
+            assert r.status_code == 503 and "text/html" in r.content_type
+        else:
+            r = web_start(client, "count", body)
+            assert r.status_code == 503, r.data
+            assert ("Redis" if down != "broker" else "broker") in r.json["error"]
+        assert time.monotonic() - started < 5
+    # Nothing half-created: no job keys, no index entries, nothing in anyone's list.
+    assert list(redis_client.scan_iter(match=f"{prefix}:*")) == []
+    if down == "both":
+        server.start()
+        import redis
+
+        assert redis.Redis.from_url(server.url).keys("*") == []
+
+
+def redis_client_url() -> str:
+    from tests.handlers import REDIS_URL
+
+    return REDIS_URL
+
+
+# -- 6. Handlers that misbehave ----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_step_slower_than_the_lease_is_kept_alive_and_never_run_twice(engine, workers, prefix):
+    workers.start()
+    workers.start()  # a second worker that would take the step over if its lease lapsed
+    steps = engine.start(
+        "f-count", owner="a", params={"n": 2, "per_step": 1, "sleep": 3 * LEASE, "prefix": prefix}
+    )
+    task = engine.start("f-task", owner="a", params={"n": 6, "sleep": LEASE, "prefix": prefix})
+    for job_id, total in ((steps, 2), (task, 6)):
+        state = terminal(engine, job_id, timeout=60)
+        d = state.to_dict()
+        assert (d["status"], d["processed"], d["restarted"]) == ("completed", total, False)
+        assert int(state.fields["recoveries"]) == 0
+        assert_one_chain(prefix, job_id, state)
+        assert all(r["attempt"] == 1 for r in records(prefix, "ran", job_id))
+        assert "lost" not in [o["outcome"] for o in records(prefix, "outcomes", job_id)]
+    units = side.lrange(f"{prefix}:task-units:{task}", 0, -1)
+    assert len(units) == 6 and len({u.split(":")[0] for u in units}) == 1  # one run, one process
+
+
+def test_an_id_that_always_raises_is_recorded_bad_once_and_the_job_goes_on(engine, workers, prefix):
+    workers.start()
+    ids = [str(n) for n in range(500)]
+    ids[237] = "raise-237"
+    job_id = engine.start("f-items", owner="a", ids=ids, params={"prefix": prefix})
+    state = terminal(engine, job_id)
+    d = state.to_dict()
+    assert (d["status"], d["outcome"]) == ("completed", "completed_with_failures")
+    assert (d["good"], d["bad"], d["skipped"], d["processed"]) == (499, 1, 0, 500)
+    errors = dict(engine.store.iter_hash(job_id, "errors"))
+    assert errors == {"raise-237": "cannot change raise-237"}
+    results = dict(engine.store.iter_hash(job_id, "results"))
+    assert set(results) == set(ids) - {"raise-237"}
+    calls = {k: int(v) for k, v in side.hgetall(f"{prefix}:calls").items()}
+    assert calls == {i: 1 for i in ids}  # no redelivery loop: the bad id was tried once
+    assert_one_chain(prefix, job_id, state)
+
+
+@pytest.mark.slow
+def test_a_poison_id_that_kills_its_worker_every_time_is_recorded_bad(engine, workers, prefix):
+    max_attempts = engine.settings.max_attempts
+    workers.start(pool="prefork")
+    ids = [f"p{n:03d}" for n in range(400)]
+    ids[250] = "poison"  # deep inside a step's slice of ids, not at its start
+    arm(prefix, "change", action="kill", item="poison")  # every time, in whichever pool child
+    started = time.monotonic()
+    job_id = engine.start("f-items", owner="a", ids=ids, params={"prefix": prefix})
+    state = terminal(engine, job_id, timeout=120)
+    elapsed = time.monotonic() - started
+    d = state.to_dict()
+    assert (d["status"], d["good"], d["bad"], d["skipped"], d["processed"]) == (
+        "completed",
+        399,
+        1,
+        0,
+        400,
+    )
+    errors = dict(engine.store.iter_hash(job_id, "errors"))
+    assert list(errors) == ["poison"] and f"lost {max_attempts} times" in errors["poison"]
+    assert set(dict(engine.store.iter_hash(job_id, "results"))) == set(ids) - {"poison"}
+    kills = len(records(prefix, "fired:change"))
+    measured(f"poison id: {kills} kills, job took", elapsed)
+    assert kills >= max_attempts
+    assert kills <= max_attempts + 1  # it was tried alone max_attempts times, no more
+    changed = {k: int(v) for k, v in side.hgetall(f"{prefix}:changed").items()}
+    assert set(changed) == set(ids) - {"poison"}
+
+
+@pytest.mark.slow
+def test_a_handler_that_raises_in_create_job_fails_the_job_once(engine, workers, prefix):
+    workers.start()
+    job_id = engine.start("f-create", owner="a", params={"prefix": prefix})
+    state = terminal(engine, job_id)
+    d = state.to_dict()
+    assert (d["status"], d["outcome"]) == ("failed", "failed")
+    assert d["error"] == "could not set up: the table is missing"
+    assert side.hgetall(f"{prefix}:hooks:{job_id}") == {"failure": "1", "finish": "1"}
+    time.sleep(LEASE + 2 * MAINTENANCE)  # nothing runs it again
+    assert len(records(prefix, "ran", job_id)) == 1
+    assert_one_chain(prefix, job_id, engine.state(job_id))
+
+
+# -- 7. Stop and cancel races ------------------------------------------------------------------
+
+IDS = [f"s{n:04d}" for n in range(200)]  # f-fixed: steps of 10 ids, seq k works on ids[10(k-1):10k]
+
+
+def changed_ids(prefix: str) -> dict[str, int]:
+    return {k: int(v) for k, v in side.hgetall(f"{prefix}:changed").items()}
+
+
+@pytest.mark.parametrize("what", ["stop", "cancel"])
+def test_stop_or_cancel_before_the_first_step_runs_nothing(engine, workers, prefix, what):
+    job_id = engine.start("f-fixed", owner="a", ids=IDS, params={"prefix": prefix})
+    asked = "stopping" if what == "stop" else "canceling"
+    assert engine.request(job_id, what).status.value == asked
+    assert engine.request(job_id, what).status.value == asked  # twice: the same
+    workers.start()
+    state = terminal(engine, job_id)
+    d = state.to_dict()
+    expected = "stopped" if what == "stop" else "canceled"
+    assert (d["status"], d["processed"], d["good"], d["skipped"]) == (expected, 0, 0, 200)
+    assert records(prefix, "ran", job_id) == [] and changed_ids(prefix) == {}
+    assert_one_chain(prefix, job_id, state)
+
+
+@pytest.mark.parametrize("what", ["stop", "cancel"])
+def test_stop_or_cancel_mid_step_lets_only_the_step_in_flight_finish(engine, workers, prefix, what):
+    workers.start()
+    arm(prefix, "change", action="block", left=1, item="s0055")  # inside seq 6
+    job_id = engine.start("f-fixed", owner="a", ids=IDS, params={"prefix": prefix})
+    (hit,) = fired(prefix, "change")
+    assert hit["seq"] == 6
+    asked = engine.request(job_id, what)
+    assert asked.status.value == ("stopping" if what == "stop" else "canceling")
+    engine.request(job_id, what)  # twice
+    release(prefix, "change")
+    state = terminal(engine, job_id)
+    d = state.to_dict()
+    assert_one_chain(prefix, job_id, state)
+    bodies = [r["seq"] for r in records(prefix, "ran", job_id)]
+    assert max(bodies) == 6  # no handler body after the stop except the one in flight
+    assert changed_ids(prefix) == {i: 1 for i in IDS[:60]}  # exactly the ids of steps 1-6
+    if what == "stop":
+        assert (d["status"], d["processed"], d["good"], d["skipped"]) == ("stopped", 60, 60, 140)
+        assert d["good"] + d["bad"] + d["skipped"] == d["total"]
+        assert set(dict(engine.store.iter_hash(job_id, "results"))) == set(IDS[:60])
+    else:
+        assert (d["status"], d["undone"], d["undo_failed"]) == ("canceled", 60, 0)
+        undone = {k: int(v) for k, v in side.hgetall(f"{prefix}:undone").items()}
+        assert undone == {i: 1 for i in IDS[:60]}  # every change undone exactly once
+
+
+@pytest.mark.parametrize("what", ["stop", "cancel"])
+def test_stop_or_cancel_during_and_after_the_last_step(engine, workers, prefix, what):
+    from batchflow import InvalidTransition
+
+    workers.start()
+    arm(prefix, "step", action="block", left=1, min_seq=20)  # seq 20 is the last: ids 190-199
+    job_id = engine.start("f-fixed", owner="a", ids=IDS, params={"prefix": prefix})
+    (hit,) = fired(prefix, "step")
+    assert hit["seq"] == 20
+    engine.request(job_id, what)
+    release(prefix, "step")
+    state = terminal(engine, job_id)
+    d = state.to_dict()
+    hooks = side.hgetall(f"{prefix}:hooks:{job_id}")
+    if what == "stop":
+        # The last step finished the work before any step could answer the stop: all done.
+        assert (d["status"], d["good"], d["skipped"]) == ("completed", 200, 0)
+        assert hooks == {"complete": "1", "finish": "1"}
+    else:
+        # A cancel wins over the step's own ending: everything done is undone, and the job
+        # never completed, so on_complete never ran; on_finish ran once, at the real end.
+        assert (d["status"], d["undone"]) == ("canceled", 200)
+        assert set(side.hgetall(f"{prefix}:undone").values()) == {"1"}
+        assert hooks == {"finish": "1"}
+    assert changed_ids(prefix) == {i: 1 for i in IDS}
+    assert max(r["seq"] for r in records(prefix, "ran", job_id)) == 20
+    assert_one_chain(prefix, job_id, state)
+    for again in ("stop", "cancel"):  # after the end: a clear refusal, nothing changes
+        with pytest.raises(InvalidTransition, match="already ended"):
+            engine.request(job_id, again)
+    assert engine.state(job_id).fields["seq"] == state.fields["seq"]
+
+
+def test_a_resume_that_races_the_step_answering_the_pause_is_not_lost(engine, workers, prefix):
+    workers.start()
+    arm(prefix, "step", action="block", left=1, min_seq=3)
+    job_id = engine.start("f-fixed", owner="a", ids=IDS, params={"prefix": prefix})
+    fired(prefix, "step")
+    engine.request(job_id, "pause")  # step 3 is in flight: step 4 will answer the pause
+    arm(prefix, "commit", action="block", left=1, min_seq=4)
+    release(prefix, "step")
+    (hit,) = fired(prefix, "commit")  # step 4 decided to pause and is about to commit that
+    assert hit["seq"] == 4
+    assert engine.request(job_id, "resume").status is Status.RUNNING  # the user resumes now
+    release(prefix, "commit")
+    state = terminal(engine, job_id, timeout=30)  # a lost resume would leave it paused
+    d = state.to_dict()
+    assert (d["status"], d["good"], d["skipped"]) == ("completed", 200, 0)
+    assert_one_chain(prefix, job_id, state)
+
+
+def test_a_cancel_after_the_last_step_ran_its_callbacks_is_refused(engine, workers, prefix):
+    from batchflow import InvalidTransition
+
+    workers.start()
+    arm(prefix, "commit", action="block", left=1, min_seq=20)  # callbacks ran; not committed yet
+    job_id = engine.start("f-fixed", owner="a", ids=IDS, params={"prefix": prefix})
+    fired(prefix, "commit")
+    with pytest.raises(InvalidTransition, match="finishing"):
+        engine.request(job_id, "cancel")
+    release(prefix, "commit")
+    state = terminal(engine, job_id)
+    assert (state.status, state.count("good")) == (Status.COMPLETED, 200)
+    assert side.hgetall(f"{prefix}:hooks:{job_id}") == {"complete": "1", "finish": "1"}
+    assert side.hgetall(f"{prefix}:undone") == {}
+
+
+@pytest.mark.slow
+def test_a_stop_with_every_worker_down_is_obeyed_when_one_comes_back(engine, workers, prefix):
+    first = workers.start()
+    arm(prefix, "change", action="block", left=1, item="s0105")  # inside seq 11
+    job_id = engine.start("f-fixed", owner="a", ids=IDS, params={"prefix": prefix})
+    (hit,) = fired(prefix, "change")
+    first.kill()  # every worker is down, mid-step
+    assert engine.request(job_id, "stop").status is Status.STOPPING  # recorded
+    time.sleep(LEASE + 2 * MAINTENANCE)
+    assert engine.state(job_id).status is Status.STOPPING  # nobody to obey it yet
+    # The next worker claims the stop step and dies at once; the stop survives that too.
+    arm(prefix, "claimed", action="kill", left=1)
+    second = workers.start()
+    fired(prefix, "claimed")
+    wait_for(lambda: not second.alive(), timeout=10)
+    back = time.time()
+    workers.start()
+    state = terminal(engine, job_id, timeout=30)
+    measured("stop obeyed after workers came back", time.time() - back)
+    d = state.to_dict()
+    assert (d["status"], d["processed"], d["good"], d["skipped"]) == ("stopped", 100, 100, 100)
+    assert set(dict(engine.store.iter_hash(job_id, "results"))) == set(IDS[:100])
+    bodies = [r["seq"] for r in records(prefix, "ran", job_id)]
+    assert max(bodies) == hit["seq"] == 11  # nothing ran after the stop but the step cut off
+    changed = changed_ids(prefix)
+    assert set(changed) == set(IDS[:105]) and set(changed.values()) == {1}  # killed at s0105
+    assert int(state.fields["recoveries"]) == 2
+    assert_one_chain(prefix, job_id, state, cut={11})
+
+
+# -- 8. Graceful shutdown ----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_sigterm_mid_step_the_step_finishes_and_the_worker_leaves(engine, workers, config, prefix):
+    reference = uninterrupted_report(config, ROWS)
+    leaving = workers.start()
+    workers.start()
+    arm(prefix, "written", action="block", left=1, min_seq=3, worker=leaving.name)
+    job_id = engine.start("f-report", owner="a", params={"rows": ROWS, "prefix": prefix})
+    (hit,) = fired(prefix, "written")
+    os.kill(leaving.pid, signal.SIGTERM)
+    time.sleep(0.5)
+    assert leaving.alive()  # a warm shutdown waits for the step in flight
+    release(prefix, "written")
+    leaving.proc.wait(20)
+    assert leaving.proc.returncode == 0
+    state = terminal(engine, job_id, timeout=60)
+    assert state.status is Status.COMPLETED and state.count("processed") == ROWS
+    assert read_file(state) == reference
+    (commit,) = [c for c in records(prefix, "commits", job_id) if c["seq"] == hit["seq"]]
+    assert commit["pid"] == leaving.pid  # the leaving worker committed its own step
+    assert int(state.fields["recoveries"]) == 0
+    assert_one_chain(prefix, job_id, state)
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_prefork_workers_process_group_requeues_the_step(
+    engine, workers, config, prefix
+):
+    """What systemd's default KillMode does: SIGTERM to every process of the worker. The pool
+    child dies mid-step (Celery resets SIGTERM in pool children); the step is run again."""
+    reference = uninterrupted_report(config, ROWS)
+    leaving = workers.start(pool="prefork")
+    workers.start()
+    arm(prefix, "written", action="block", left=1, min_seq=3, worker=leaving.name)
+    job_id = engine.start("f-report", owner="a", params={"rows": ROWS, "prefix": prefix})
+    (hit,) = fired(prefix, "written")
+    os.killpg(leaving.pid, signal.SIGTERM)
+    termed = time.time()
+    release(prefix, "written")  # in case the child outlived the signal
+    leaving.proc.wait(30)
+    state = terminal(engine, job_id, timeout=60)
+    assert state.status is Status.COMPLETED and state.count("processed") == ROWS
+    assert read_file(state) == reference
+    cut = hit["seq"]
+    assert_one_chain(prefix, job_id, state, cut={cut})
+    measured("sigterm process group: step re-run", commit_time(prefix, job_id, cut) - termed)
+    assert commit_time(prefix, job_id, cut) - termed < RECOVERY_BOUND
+
+
+# -- A frozen worker (SIGSTOP longer than the lease, then SIGCONT) -----------------------------
+
+
+def freeze_at(prefix: str, point: str, victim: FaultWorker) -> dict[str, Any]:
+    """Freeze ``victim`` when it reaches ``point``; it goes on from there once thawed."""
+    (hit,) = fired(prefix, point)
+    os.kill(victim.pid, signal.SIGSTOP)
+    release(prefix, point)
+    return hit
+
+
+def thaw(victim: FaultWorker) -> None:
+    os.kill(victim.pid, signal.SIGCONT)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["claimed", "before-write"])
+def test_a_frozen_worker_that_wakes_after_the_job_ended_leaves_the_file_alone(
+    engine, workers, config, prefix, point
+):
+    reference = uninterrupted_report(config, ROWS)
+    victim = workers.start()
+    workers.start()
+    arm(prefix, point, action="block", left=1, min_seq=3, worker=victim.name)
+    job_id = engine.start("f-report", owner="a", params={"rows": ROWS, "prefix": prefix})
+    hit = freeze_at(prefix, point, victim)
+    state = terminal(engine, job_id, timeout=60)  # the other worker took over and finished
+    assert read_file(state) == reference
+    thaw(victim)
+    wait_for(
+        lambda: (
+            hit["seq"]
+            in [
+                o["seq"]
+                for o in records(prefix, "outcomes", job_id)
+                if o["pid"] == victim.pid and o["outcome"] == "lost"
+            ]
+        )
+    )
+    assert engine.state(job_id).status is Status.COMPLETED
+    assert read_file(engine.state(job_id)) == reference  # the woken step changed nothing
+    assert_one_chain(prefix, job_id, engine.state(job_id), cut={hit["seq"]})
+
+
+@pytest.mark.slow
+def test_a_frozen_one_shot_job_stops_when_it_wakes_to_find_its_lease_gone(engine, workers, prefix):
+    victim = workers.start()
+    arm(prefix, "run", action="block", left=1, worker=victim.name)
+    job_id = engine.start("f-task", owner="a", params={"n": 10, "sleep": 0.3, "prefix": prefix})
+    freeze_at(prefix, "run", victim)
+    rescuer = workers.start()  # takes the job over once the frozen worker's lease has lapsed
+    wait_for(lambda: any(r["pid"] == rescuer.pid for r in records(prefix, "ran", job_id)))
+    thaw(victim)  # two copies would now run at once, unless the woken one stops
+    state = terminal(engine, job_id, timeout=60)
+    wait_for(lambda: any(o["pid"] == victim.pid for o in records(prefix, "outcomes", job_id)))
+    d = state.to_dict()
+    assert (d["status"], d["good"], d["processed"], d["restarted"]) == ("completed", 10, 10, True)
+    units = side.lrange(f"{prefix}:task-units:{job_id}", 0, -1)
+    by_victim = [u for u in units if u.startswith(f"{victim.pid}:")]
+    assert len(by_victim) <= 1, by_victim  # at most the unit in flight when it woke
+    assert [u for u in units if u.startswith(f"{rescuer.pid}:")] == [
+        f"{rescuer.pid}:{i}" for i in range(10)
+    ]
