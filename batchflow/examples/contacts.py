@@ -17,8 +17,8 @@ file in ``cleanup_job``. Here the same protocol reads::
                 job.complete()
 
 What batchflow adds: the steps run in Celery workers, not in the browser's AJAX calls; a step cut
-off by a dying worker runs again and the file is first truncated back to its last committed length,
-so every row lands exactly once; cells that a spreadsheet would run as a formula (``=``, ``+``,
+off by a dying worker runs again and writes from the file's last committed length, so every row
+lands exactly once; cells that a spreadsheet would run as a formula (``=``, ``+``,
 ``-``, ``@``) are written with a leading ``'``; ``FileJob.cleanup_job`` deletes the file after the
 download (or when the job expires).
 
