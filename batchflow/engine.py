@@ -208,7 +208,7 @@ class Engine:
                 raise InvalidParams(f"Handler {spec.name!r} does not take ids.")
             return None, ""
         if ids is None:
-            if type(handler).items is not ItemsJob.items:  # the handler produces its own ids
+            if isinstance(handler, ItemsJob) and type(handler).items is not ItemsJob.items:
                 return None, "handler"
             raise InvalidParams(f"Handler {spec.name!r} needs a list of ids to work on.")
         if isinstance(ids, (str, bytes, dict)):
@@ -604,12 +604,13 @@ class Engine:
         done = {"requeued": 0, "lost": 0, "cleaned": 0, "finished": 0}
         if not force and not self.store.try_lock("maintenance", s.maintenance_interval * 0.8):
             return done
-        for job_id in self.store.active_jobs():
-            status = self.store.status_of(job_id)
+        for job_id, status, deadline_ms in self.store.active_jobs():
             if status is None or status in TERMINAL:
                 self.store.finish(job_id, now if status is None else now + s.job_ttl)
                 done["finished"] += 1
                 continue
+            if status == Status.PAUSED.value or deadline_ms > _ms(now):
+                continue  # the common case costs nothing more than the pipelined read
             recovered = self.store.recover(job_id, _ms(now), _ms(now + s.queue_timeout))
             if recovered is None:
                 continue

@@ -500,7 +500,7 @@ class Store:
         """A page of per-id results (``which="results"``) or errors (``"errors"``)."""
         key = self.keys.results(job_id) if which == "results" else self.keys.errors(job_id)
         next_cursor, page = self.client.hscan(key, cursor=cursor, count=count)
-        return int(next_cursor), page
+        return int(next_cursor), cast(dict[str, str], page)
 
     @_translating
     def iter_hash(self, job_id: str, which: str) -> Iterator[tuple[str, str]]:
@@ -666,16 +666,25 @@ class Store:
             pipe.zadd(self.keys.expiring, {job_id: clean_at})
             pipe.execute()
 
-    def active_jobs(self, limit: int = 10_000) -> list[str]:
-        return cast(list[str], self.client.zrange(self.keys.active, 0, limit - 1))
+    def active_jobs(self, page: int = 1000) -> list[tuple[str, str | None, int]]:
+        """Every job not yet seen terminal, as ``(id, status or None if gone, step deadline in
+        ms)``: one ZRANGE and one pipelined HMGET per ``page`` jobs, however many there are."""
+        ids = cast(list[str], self.client.zrange(self.keys.active, 0, -1))
+        found: list[tuple[str, str | None, int]] = []
+        for start in range(0, len(ids), page):
+            chunk = ids[start : start + page]
+            with self.client.pipeline(transaction=False) as pipe:
+                for job_id in chunk:
+                    pipe.hmget(self.keys.job(job_id), "status", "lease_until")
+                replies = pipe.execute()
+            for job_id, (status, lease_until) in zip(chunk, replies, strict=True):
+                found.append((job_id, status, int(float(lease_until or 0))))
+        return found
 
     def due_for_cleaning(self, now: float, limit: int = 500) -> list[str]:
         return cast(
             list[str], self.client.zrangebyscore(self.keys.expiring, 0, now, start=0, num=limit)
         )
-
-    def status_of(self, job_id: str) -> str | None:
-        return cast(str | None, self.client.hget(self.keys.job(job_id), "status"))
 
     @_translating
     def delete_job(self, job_id: str, owner: str | None = None) -> None:
@@ -763,7 +772,7 @@ class EventHub:
     def _run(self) -> None:
         backoff, reconnecting = 0.1, False
         while True:
-            pubsub = self._client.pubsub()
+            pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]
             try:
                 pubsub.psubscribe(self._pattern)
                 while True:

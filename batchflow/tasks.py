@@ -96,19 +96,19 @@ def make_celery(
         app.conf.update(config, broker_transport_options=transport)
     enter = context or contextlib.nullcontext
 
-    @app.task(name=STEP_TASK, ignore_result=True, shared=False)
+    @app.task(name=STEP_TASK, ignore_result=True, shared=False)  # type: ignore[untyped-decorator]
     def step(job_id: str, seq: int) -> str:
         """Run one step of a job (a duplicate or stale delivery does nothing)."""
         with enter():
             return engine.run_step(job_id, int(seq))
 
-    @app.task(name=CLEANUP_TASK, ignore_result=True, shared=False)
+    @app.task(name=CLEANUP_TASK, ignore_result=True, shared=False)  # type: ignore[untyped-decorator]
     def cleanup(job_id: str) -> bool:
         """Run a job's cleanup_job, once."""
         with enter():
             return engine.cleanup(job_id)
 
-    @app.task(name=MAINTAIN_TASK, ignore_result=True, shared=False)
+    @app.task(name=MAINTAIN_TASK, ignore_result=True, shared=False)  # type: ignore[untyped-decorator]
     def maintain() -> dict[str, int]:
         """Recover overdue steps and clean expired jobs (for apps that also run celery beat)."""
         with enter():
@@ -124,7 +124,7 @@ def _maintenance_step(
 ) -> type[bootsteps.StartStopStep]:
     """A worker bootstep that runs :meth:`Engine.maintain` every maintenance interval."""
 
-    class Maintenance(bootsteps.StartStopStep):
+    class Maintenance(bootsteps.StartStopStep):  # type: ignore[misc]
         label = "batchflow maintenance"
 
         def __init__(self, parent: Any, **kwargs: Any) -> None:
