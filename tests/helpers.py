@@ -71,12 +71,18 @@ def wait_terminal(engine: Engine, job_id: str, timeout: float = 30.0) -> Any:
 
 
 class WorkerProcess:
-    """A real ``celery worker`` subprocess on the test's prefix, that a test can kill."""
+    """A real ``celery worker`` subprocess on the test's prefix, that a test can kill.
+
+    :param app: the module holding the Celery app (``celery -A app``).
+    :param name: the start of the worker's node name; ``self.name`` is it plus a random tag, and
+        the worker sees it as ``BFT_WORKER_NAME``.
+    """
 
     def __init__(
         self,
         config: dict[str, Any],
         *,
+        app: str = "tests.workerapp",
         concurrency: int = 1,
         pool: str = "solo",
         name: str = "w",
@@ -86,34 +92,19 @@ class WorkerProcess:
         import sys
         import uuid
 
+        self.name = f"{name}-{uuid.uuid4().hex[:8]}"
         env = {**os.environ, **{k: str(v) for k, v in config.items()}, **(extra_env or {})}
         env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "tests.workerapp",
-                "worker",
-                "-P",
-                pool,
-                "-c",
-                str(concurrency),
-                "-Q",
-                config["BATCHFLOW_QUEUE"],
-                "-n",
-                f"{name}-{uuid.uuid4().hex[:6]}@%h",
-                "--loglevel",
-                "WARNING",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-            ],
-            cwd=ROOT,
-            env=env,
-            start_new_session=True,
-        )
+        env["BFT_WORKER_NAME"] = self.name
+        command = [sys.executable, "-m", "celery", "-A", app, "worker", "-P", pool]
+        command += ["-c", str(concurrency), "-Q", config["BATCHFLOW_QUEUE"]]
+        command += ["-n", f"{self.name}@%h", "--loglevel", "WARNING"]
+        command += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+        self.proc = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
 
     def kill(self, sig: int | None = None) -> None:
         import signal

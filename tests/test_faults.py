@@ -25,9 +25,7 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -39,7 +37,13 @@ from batchflow.store import Store
 from batchflow.tasks import make_celery
 from tests.fault_handlers import fault_row, make_fault_registry
 from tests.handlers import side
-from tests.helpers import ROOT, ListDispatcher, broker_options, make_config, wait_for
+from tests.helpers import (
+    ListDispatcher,
+    WorkerProcess,
+    broker_options,
+    make_config,
+    wait_for,
+)
 
 LEASE = 2.0
 QUEUE_TIMEOUT = 3.0
@@ -61,7 +65,7 @@ def measured(name: str, seconds: float) -> None:
 # -- processes ---------------------------------------------------------------------------------
 
 
-class FaultWorker:
+class FaultWorker(WorkerProcess):
     """A ``celery worker`` subprocess running tests/fault_workerapp.py on the test's prefix."""
 
     def __init__(
@@ -72,41 +76,15 @@ class FaultWorker:
         concurrency: int = 1,
         extra_env: dict[str, str] | None = None,
     ) -> None:
-        self.name = f"fw-{uuid.uuid4().hex[:8]}"
-        self.prefix = config["BATCHFLOW_KEY_PREFIX"]
-        env = {**os.environ, **{k: str(v) for k, v in config.items()}, **(extra_env or {})}
-        env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-        env["BFT_WORKER_NAME"] = self.name
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "tests.fault_workerapp",
-                "worker",
-                "-P",
-                pool,
-                "-c",
-                str(concurrency),
-                "-Q",
-                config["BATCHFLOW_QUEUE"],
-                "-n",
-                f"{self.name}@%h",
-                "--loglevel",
-                "WARNING",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-            ],
-            cwd=ROOT,
-            env=env,
-            start_new_session=True,
+        super().__init__(
+            config,
+            app="tests.fault_workerapp",
+            pool=pool,
+            concurrency=concurrency,
+            name="fw",
+            extra_env=extra_env,
         )
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
+        self.prefix = config["BATCHFLOW_KEY_PREFIX"]
 
     def wait_ready(self, timeout: float = 30.0) -> FaultWorker:
         wait_for(
@@ -130,12 +108,6 @@ class FaultWorker:
 
     def alive(self) -> bool:
         return self.proc.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL the whole worker (main process and pool) and reap it."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.pid, signal.SIGKILL)
-        self.proc.wait(10)
 
 
 class Workers:

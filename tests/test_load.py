@@ -12,16 +12,12 @@ import contextlib
 import dataclasses
 import http.client
 import json
-import os
 import random
 import re
 import socket
 import statistics
-import subprocess
-import sys
 import threading
 import time
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -35,7 +31,7 @@ from batchflow.engine import CLEANUP_GRACE
 from batchflow.store import Store
 from batchflow.tasks import make_celery
 from tests.handlers import REDIS_URL
-from tests.helpers import ROOT, WorkerProcess, broker_options, make_config, wait_for, wait_terminal
+from tests.helpers import WorkerProcess, broker_options, make_config, wait_for, wait_terminal
 from tests.load_handlers import FAILING, make_load_registry
 from tests.webapp import create_app
 
@@ -43,37 +39,9 @@ JOBS = 1000
 ITEMS = 100
 
 
-class LoadWorker(WorkerProcess):
-    """A real ``celery worker`` subprocess on the test's prefix running ``tests.load_handlers``
-    (the suite's handlers plus ``light``); stopped with :meth:`stop` like any WorkerProcess."""
-
-    def __init__(self, config: dict[str, Any], *, name: str = "load") -> None:
-        env = {**os.environ, **{k: str(v) for k, v in config.items()}}
-        env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "tests.load_handlers",
-                "worker",
-                "-P",
-                "solo",
-                "-Q",
-                config["BATCHFLOW_QUEUE"],
-                "-n",
-                f"{name}-{uuid.uuid4().hex[:6]}@%h",
-                "--loglevel",
-                "WARNING",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-            ],
-            cwd=ROOT,
-            env=env,
-            start_new_session=True,
-        )
+def LoadWorker(config: dict[str, Any], *, name: str = "load") -> WorkerProcess:  # noqa: N802
+    """A worker subprocess running ``tests.load_handlers`` (the suite's handlers plus ``light``)."""
+    return WorkerProcess(config, app="tests.load_handlers", name=name)
 
 
 @contextlib.contextmanager
