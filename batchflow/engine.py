@@ -32,6 +32,7 @@ import json
 import logging
 import math
 import os
+import re
 import secrets
 import socket
 import threading
@@ -60,6 +61,7 @@ _CANCELABLE_ENDINGS = (Status.COMPLETED, Status.STOPPED)
 #: How much longer than the TTL a terminal job's keys live, so maintenance can clean up first.
 CLEANUP_GRACE = 3600
 MAX_ID_LENGTH = 512
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class Dispatcher(Protocol):
@@ -226,7 +228,7 @@ class Engine:
             text = str(item)
             if not text or len(text) > MAX_ID_LENGTH:
                 raise InvalidParams(f"Each id must be 1 to {MAX_ID_LENGTH} characters long.")
-            if any(ord(c) < 32 or ord(c) == 127 for c in text):
+            if _CONTROL.search(text):
                 raise InvalidParams("Ids must not contain control characters.")
             checked.append(text)
         if not checked:
@@ -653,6 +655,7 @@ class Heartbeat:
         self._watched: dict[int, _Watched] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        self._next_wake = 0.0
         self._pid: int | None = None
 
     @contextlib.contextmanager
@@ -662,8 +665,13 @@ class Heartbeat:
             self._watched[id(entry)] = entry
             if self._pid != os.getpid():
                 self._pid = os.getpid()
+                self._next_wake = 0.0
                 threading.Thread(target=self._run, name="batchflow-heartbeat", daemon=True).start()
-        self._wake.set()
+            # Most steps end long before their first beat: wake the thread only if this one is
+            # due before the thread means to wake anyway (a thread switch per step costs).
+            wake = entry.due < self._next_wake
+        if wake:
+            self._wake.set()
         try:
             yield
         finally:
@@ -684,9 +692,10 @@ class Heartbeat:
                     self._beat(entry)
             with self._lock:
                 upcoming = [e.due for e in self._watched.values()]
-            # Sleep until the next beat is due, or until a new step is watched.
-            wait = min(upcoming) - time.monotonic() if upcoming else 5.0
-            self._wake.wait(max(0.005, wait))
+                # Sleep until the next beat is due, or until a step due sooner is watched.
+                wait = max(0.005, min(upcoming) - time.monotonic() if upcoming else 5.0)
+                self._next_wake = time.monotonic() + wait
+            self._wake.wait(wait)
 
     def _beat(self, entry: _Watched) -> None:
         with entry.lock:
