@@ -1,0 +1,1 @@
+"""batchflow's benchmarks: ``python bench/run.py`` (see bench/README.md)."""
