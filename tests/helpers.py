@@ -10,6 +10,16 @@ from batchflow import Engine
 from tests.handlers import REDIS_URL
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: Debian's chromium; Playwright's own browser download is not used.
+CHROMIUM = "/usr/bin/chromium"
+
+
+def launch_chromium(playwright: Any) -> Any:
+    """Headless Debian chromium through Playwright, with the flags this machine needs."""
+    return playwright.chromium.launch(
+        executable_path=CHROMIUM,
+        args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+    )
 
 
 def make_config(prefix: str, files_dir: str, **overrides: Any) -> dict[str, Any]:

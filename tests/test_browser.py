@@ -9,11 +9,10 @@ import time
 import pytest
 
 from batchflow import BatchFlow
-from tests.helpers import wait_for
+from tests.helpers import CHROMIUM, launch_chromium, wait_for
 from tests.test_engine import expected_report
 from tests.webapp import create_app
 
-CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = os.path.join(os.path.dirname(__file__), "artifacts")
 
 pytestmark = [
@@ -43,10 +42,7 @@ def page():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
+        browser = launch_chromium(p)
         context = browser.new_context(
             accept_downloads=True, viewport={"width": 1100, "height": 800}
         )

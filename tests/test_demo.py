@@ -31,9 +31,8 @@ from batchflow.demo.cli import find_redis_server
 from batchflow.demo.jobs import EMPTY_EVERY, LOCKED_EVERY, Posts
 from batchflow.examples.contacts import HEADER, contact_row
 from tests.handlers import REDIS_URL
-from tests.helpers import ROOT, wait_for
+from tests.helpers import CHROMIUM, ROOT, launch_chromium, wait_for
 
-CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(ROOT) / "tests" / "artifacts"
 
 
@@ -473,10 +472,7 @@ def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
+        b = launch_chromium(p)
         yield b
         b.close()
 

@@ -272,3 +272,73 @@ def test_status_is_indeterminate_until_a_total_is_known(engine, client):
     status = client.get(f"/jobs/{job_id}/status", headers=ALICE).json
     assert status["total"] is None and status["percent"] is None
     assert status["status"] == Status.PENDING.value
+
+
+def test_default_identity_uses_flask_login_and_permission_hooks_get_its_user(prefix, files_dir):
+    import flask_login
+    from flask import Flask
+
+    from tests.handlers import make_registry
+    from tests.helpers import broker_options, make_config
+
+    class User(flask_login.UserMixin):
+        def __init__(self, user_id: str) -> None:
+            self.id = user_id
+            self.is_admin = user_id == "7"
+
+    app = Flask(__name__)
+    app.config.update(SECRET_KEY="k", BATCHFLOW_CELERY=broker_options(prefix))
+    app.config.update(make_config(prefix, files_dir))
+    login = flask_login.LoginManager(app)
+    login.user_loader(User)
+    registry = make_registry()
+    registry.add(
+        "admins-only",
+        registry.get("count").handler_class,
+        permission=lambda user: getattr(user, "is_admin", False),
+    )
+    BatchFlow(app, registry=registry)
+
+    @app.post("/login/<user_id>")
+    def log_in(user_id):
+        flask_login.login_user(User(user_id))
+        return "ok"
+
+    client = app.test_client()
+    csrf = token(client, headers={})
+    anonymous = client.post(
+        "/jobs/start/count", json={"params": {"n": 1}}, headers={"X-CSRFToken": csrf}
+    )
+    assert anonymous.status_code == 202
+    engine = BatchFlow.state(app).engine
+    assert engine.state(anonymous.json["id"]).owner.startswith("anon:")
+    assert (
+        client.post("/jobs/start/admins-only", json={}, headers={"X-CSRFToken": csrf}).status_code
+        == 403
+    )
+    client.post("/login/7")
+    csrf = token(client, headers={})
+    mine = client.post(
+        "/jobs/start/admins-only", json={"params": {"n": 1}}, headers={"X-CSRFToken": csrf}
+    )
+    assert mine.status_code == 202
+    assert engine.state(mine.json["id"]).owner == "user:7"
+    # The anonymous job is not this user's: 404, like an unknown id.
+    assert client.get(f"/jobs/{anonymous.json['id']}/status").status_code == 404
+
+
+def test_the_app_can_override_batchflow_templates(prefix, files_dir):
+    import os
+
+    from flask import Flask
+
+    from tests.handlers import make_registry
+    from tests.helpers import make_config
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    app = Flask(__name__, template_folder=os.path.join(here, "override"))
+    app.config.update(SECRET_KEY="k", **make_config(prefix, files_dir))
+    BatchFlow(app, registry=make_registry())
+    page = app.test_client().get("/jobs/start/count")
+    assert page.status_code == 200
+    assert "The host app's own layout" in page.text and "Start" in page.text

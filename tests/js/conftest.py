@@ -1,4 +1,4 @@
-"""Fixtures for the browser tests: one headless Chromium per session, a fresh fake server and a
+"""Fixtures for the browser tests: one headless Chromium per module, a fresh fake server and a
 fresh browser context per test. A test fails if the page throws an uncaught error."""
 
 from __future__ import annotations
@@ -11,22 +11,22 @@ import pytest
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # `import harness`, whatever pytest's import mode
 
-CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = HERE.parent / "artifacts"
 
 
 from harness import Harness  # noqa: E402
 
+from tests.helpers import launch_chromium  # noqa: E402
 
-@pytest.fixture(scope="session")
+
+# One browser per module, not per session: a sync Playwright left running keeps its event loop
+# alive, and every later sync_playwright() in the session (the other browser tests) would fail.
+@pytest.fixture(scope="module")
 def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
+        b = launch_chromium(p)
         yield b
         b.close()
 
