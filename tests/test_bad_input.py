@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from batchflow import BatchFlow, ConfigurationError, FileJob, Settings
-from tests.test_web import ALICE, BOB, finish, start, token
+from tests.test_web import ALICE, BOB, JOB_ROUTES, finish, start, token
 from tests.webapp import create_app
 
 GOOD_ID = "A" * 22
@@ -26,19 +26,6 @@ BAD_JOB_IDS = [
     "a b c d e f g h i j k l",
     "\u202eabcdefghijklmnopqrstu",
     GOOD_ID,  # well formed, unknown
-]
-JOB_ROUTES = [
-    ("get", ""),
-    ("get", "/status"),
-    ("get", "/events"),
-    ("get", "/download"),
-    ("get", "/results"),
-    ("post", "/stop"),
-    ("post", "/cancel"),
-    ("post", "/pause"),
-    ("post", "/resume"),
-    ("post", "/cleanup"),
-    ("post", "/retry"),
 ]
 
 

@@ -11,6 +11,19 @@ from batchflow import BatchFlow, ConfigurationError, Status
 from tests.helpers import wait_for
 from tests.webapp import create_app
 
+JOB_ROUTES = [
+    ("get", ""),
+    ("get", "/status"),
+    ("get", "/events"),
+    ("get", "/download"),
+    ("get", "/results"),
+    ("post", "/stop"),
+    ("post", "/cancel"),
+    ("post", "/pause"),
+    ("post", "/resume"),
+    ("post", "/cleanup"),
+    ("post", "/retry"),
+]
 ALICE = {"X-Test-User": "alice"}
 BOB = {"X-Test-User": "bob"}
 
@@ -107,17 +120,7 @@ def test_another_users_job_is_the_same_404_as_an_unknown_one(client, web_worker)
     finish(client, job_id)
     unknown = "A" * 22
     csrf = token(client, BOB)
-    for method, path in [
-        ("get", ""),
-        ("get", "/status"),
-        ("get", "/events"),
-        ("get", "/download"),
-        ("get", "/results"),
-        ("post", "/stop"),
-        ("post", "/cancel"),
-        ("post", "/cleanup"),
-        ("post", "/retry"),
-    ]:
+    for method, path in JOB_ROUTES:
         call = getattr(client, method)
         headers = {**BOB, "X-CSRFToken": csrf, "Accept": "application/json"}
         theirs = call(f"/jobs/{job_id}{path}", headers=headers)

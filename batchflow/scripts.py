@@ -1,0 +1,254 @@
+"""The Lua scripts of the step protocol, registered on the store's client (see store.py).
+
+Each opens with its KEYS and ARGV slots. Every script touches the keys of one job only (one
+Redis Cluster slot); global indexes are written by plain commands outside them.
+"""
+
+# The status update shared by COMMIT and REPORT. `p` is the decoded payload:
+#   incr: {field: delta}, set: {field: value}, messages: [text], results: [[id, json]],
+#   errors: [[id, message]], undo_errors: [[id, message]].
+_APPLY = """
+local function apply(job, msgs, p, now, cap)
+  if p.incr then for k, v in pairs(p.incr) do redis.call('HINCRBY', job, k, v) end end
+  if p.set then for k, v in pairs(p.set) do redis.call('HSET', job, k, v) end end
+  if p.messages then
+    for _, text in ipairs(p.messages) do
+      redis.call('RPUSH', msgs, cjson.encode({at = tonumber(now), text = text}))
+      redis.call('HSET', job, 'message', text)
+    end
+    redis.call('LTRIM', msgs, -tonumber(cap), -1)
+  end
+  redis.call('HSET', job, 'updated_at', now)
+end
+
+local function publish(job, msgs, channel, shown)
+  local event = {job = redis.call('HGETALL', job),
+                 messages = redis.call('LRANGE', msgs, -shown, -1)}
+  redis.call('PUBLISH', channel, cjson.encode(event))
+end
+"""
+
+CLAIM = """
+-- KEYS[1] = job hash, KEYS[2] = items list, KEYS[3] = errors hash
+-- ARGV[1] = seq the step carries, ARGV[2] = worker id, ARGV[3] = now (ms), ARGV[4] = lease (ms)
+-- Returns {code, job hash (flat, JSON), slice of ids (JSON), flags (1 = that id ended bad)};
+-- code is one of
+-- ok, missing, terminal, stale (seq moved on), busy (a live lease is held), paused.
+-- A step claimed again after its worker was lost takes one unit; so do the steps after it up to
+-- careful_until (the end of the lost claim's slice), which this script sets.
+local job = KEYS[1]
+local f = redis.call('HMGET', job, 'status', 'seq', 'lease_owner', 'lease_until', 'kind', 'phase')
+local status, seq, owner, lease_until, kind, phase = f[1], f[2], f[3], f[4], f[5], f[6]
+if not status then return {'missing'} end
+if status == 'completed' or status == 'failed' or status == 'stopped' or status == 'canceled' then
+  return {'terminal'}
+end
+if tonumber(seq) ~= tonumber(ARGV[1]) then return {'stale'} end
+local now = tonumber(ARGV[3])
+if owner ~= '' and tonumber(lease_until) > now then return {'busy'} end
+if status == 'paused' then return {'paused'} end
+local attempts = redis.call('HINCRBY', job, 'attempts', 1)
+redis.call('HSET', job, 'lease_owner', ARGV[2], 'lease_until', now + tonumber(ARGV[4]))
+if status == 'pending' then
+  redis.call('HSET', job, 'status', 'running', 'started_at', now / 1000)
+end
+if kind == 'task' and phase == 'run' and attempts > 1 then
+  -- A one-shot job cut off mid-run starts again from the beginning: its live counters go back.
+  redis.call('HSET', job, 'processed', 0, 'good', 0, 'bad', 0, 'restarted', 1)
+end
+local processed = tonumber(redis.call('HGET', job, 'processed'))
+if kind ~= 'task' and phase == 'run' and attempts > 1 then
+  -- This step's last claim was lost with its worker. Go through that claim's whole slice one
+  -- unit at a time (careful_until), so that a unit which kills its worker is met alone and
+  -- given up after max attempts, not met again in batch after batch, each costing a lease.
+  local lost_until = processed + tonumber(redis.call('HGET', job, 'batch_size'))
+  if lost_until > (tonumber(redis.call('HGET', job, 'careful_until')) or 0) then
+    redis.call('HSET', job, 'careful_until', lost_until)
+  end
+end
+if status == 'canceling' and phase ~= 'undo' then
+  redis.call('HSET', job, 'phase', 'undo', 'undo_cursor', redis.call('HGET', job, 'processed'))
+  phase = 'undo'
+end
+local ids, flags = {}, {}
+if kind == 'items' and phase ~= 'create' then
+  local size = tonumber(redis.call('HGET', job, 'batch_size'))
+  local careful = tonumber(redis.call('HGET', job, 'careful_until')) or 0
+  if attempts > 1 or (phase ~= 'undo' and careful > processed) then size = 1 end
+  if phase == 'undo' then
+    local stop = tonumber(redis.call('HGET', job, 'undo_cursor'))
+    local first = math.max(0, stop - size)
+    if stop > 0 then
+      local slice = redis.call('LRANGE', KEYS[2], first, stop - 1)
+      for i = #slice, 1, -1 do
+        ids[#ids + 1] = slice[i]
+        flags[#flags + 1] = redis.call('HEXISTS', KEYS[3], slice[i])
+      end
+    end
+  elseif status ~= 'stopping' then
+    local start = tonumber(redis.call('HGET', job, 'processed'))
+    ids = redis.call('LRANGE', KEYS[2], start, start + size - 1)
+  end
+end
+-- JSON, not arrays: one string is far cheaper for the client to read than hundreds of items.
+return {'ok', cjson.encode(redis.call('HGETALL', job)), cjson.encode(ids), flags}
+"""
+
+COMMIT = (
+    _APPLY
+    + """
+-- KEYS[1] = job hash, KEYS[2] = items list, KEYS[3] = results hash, KEYS[4] = errors hash,
+-- KEYS[5] = undo errors hash, KEYS[6] = messages list
+-- ARGV[1] = seq, ARGV[2] = worker id, ARGV[3] = now (s), ARGV[4] = payload (JSON),
+-- ARGV[5] = deadline for the next step to be claimed (ms),
+-- ARGV[6] = TTL of a terminal job's keys (s), ARGV[7] = event channel, ARGV[8] = messages kept,
+-- ARGV[9] = messages shown in an event
+-- Returns {'ok', new seq, status} or {'lost'} when the step's fence no longer holds.
+local job = KEYS[1]
+local f = redis.call('HMGET', job, 'seq', 'lease_owner', 'status', 'signal')
+if not f[1] or tonumber(f[1]) ~= tonumber(ARGV[1]) or f[2] ~= ARGV[2] then return {'lost'} end
+local p = cjson.decode(ARGV[4])
+local new_status = p.set and p.set.status
+if new_status and f[3] == 'canceling' and new_status ~= 'failed' and new_status ~= 'canceled' then
+  -- A cancel that arrived mid-step wins over the step's own ending: its work is undone too.
+  p.set.status = nil
+  p.set.phase = nil
+end
+if new_status == 'paused' and f[3] == 'stopping' then
+  -- A stop that arrived mid-step wins over a pause; the next step stops the job.
+  p.set.status = nil
+end
+if new_status == 'paused' and f[3] == 'running' and f[4] ~= 'pause' then
+  -- A resume that arrived mid-step withdrew the pause this step answers: the job goes on.
+  p.set.status = nil
+  p.messages = nil
+end
+apply(job, KEYS[6], p, ARGV[3], ARGV[8])
+if p.results then for _, r in ipairs(p.results) do redis.call('HSET', KEYS[3], r[1], r[2]) end end
+if p.errors then for _, e in ipairs(p.errors) do redis.call('HSET', KEYS[4], e[1], e[2]) end end
+if p.undo_errors then
+  for _, e in ipairs(p.undo_errors) do redis.call('HSET', KEYS[5], e[1], e[2]) end
+end
+local seq = redis.call('HINCRBY', job, 'seq', 1)
+redis.call('HSET', job, 'attempts', 0, 'lease_owner', '', 'lease_until', ARGV[5])
+local status = redis.call('HGET', job, 'status')
+if status == 'completed' or status == 'failed' or status == 'stopped' or status == 'canceled' then
+  redis.call('HSET', job, 'finished_at', ARGV[3], 'signal', '')
+  redis.call('DEL', KEYS[2])
+  for i = 1, 6 do
+    if i ~= 2 then redis.call('EXPIRE', KEYS[i], ARGV[6]) end
+  end
+end
+publish(job, KEYS[6], ARGV[7], tonumber(ARGV[9]))
+return {'ok', seq, status}
+"""
+)
+
+REPORT = (
+    _APPLY
+    + """
+-- KEYS[1] = job hash, KEYS[2] = messages list
+-- ARGV[1] = seq, ARGV[2] = worker id, ARGV[3] = now (s), ARGV[4] = payload (JSON, '' = none),
+-- ARGV[5] = new lease expiry (ms), ARGV[6] = channel, ARGV[7] = messages kept,
+-- ARGV[8] = messages shown in an event
+-- Renews a running step's lease and applies its live progress (one-shot jobs report as they go).
+-- Returns {'ok', status, signal} or {'lost'}.
+local job = KEYS[1]
+local f = redis.call('HMGET', job, 'seq', 'lease_owner', 'status', 'signal')
+if not f[1] or tonumber(f[1]) ~= tonumber(ARGV[1]) or f[2] ~= ARGV[2] then return {'lost'} end
+redis.call('HSET', job, 'lease_until', ARGV[5])
+if ARGV[4] ~= '' then
+  apply(job, KEYS[2], cjson.decode(ARGV[4]), ARGV[3], ARGV[7])
+  publish(job, KEYS[2], ARGV[6], tonumber(ARGV[8]))
+end
+return {'ok', f[3], f[4]}
+"""
+)
+
+SIGNAL = (
+    _APPLY
+    + """
+-- KEYS[1] = job hash, KEYS[2] = messages list
+-- ARGV[1] = stop | cancel | pause | resume, ARGV[2] = now (s), ARGV[3] = deadline for the step
+-- that a resume enqueues (ms), ARGV[4] = channel, ARGV[5] = messages kept, ARGV[6] = shown
+-- Returns {code, status, seq}: code 'ok' (recorded), 'enqueue' (recorded; the job has no step in
+-- flight, so the caller must enqueue step `seq`), 'same' (already so), 'missing', 'terminal',
+-- 'refused' (not allowed in this state), 'ending' (a cancel, after the step in flight began to
+-- end the job).
+local job, what = KEYS[1], ARGV[1]
+local f = redis.call('HMGET', job, 'status', 'seq', 'signal')
+local status, seq, signal = f[1], f[2], f[3]
+if not status then return {'missing', '', 0} end
+if status == 'completed' or status == 'failed' or status == 'stopped' or status == 'canceled' then
+  return {'terminal', status, seq}
+end
+local function set(new_status, new_signal, text)
+  redis.call('HSET', job, 'status', new_status, 'signal', new_signal)
+  apply(job, KEYS[2], {messages = {text}}, ARGV[2], ARGV[5])
+  publish(job, KEYS[2], ARGV[4], tonumber(ARGV[6]))
+end
+local code = 'ok'
+if status == 'paused' and what ~= 'pause' then
+  code = 'enqueue'
+  redis.call('HSET', job, 'lease_owner', '', 'lease_until', ARGV[3])
+end
+if what == 'stop' then
+  if status == 'stopping' then return {'same', status, seq} end
+  if status == 'canceling' then return {'refused', status, seq} end
+  set('stopping', '', 'Stop requested')
+elseif what == 'cancel' then
+  if status == 'canceling' then return {'same', status, seq} end
+  -- The step in flight ends the job and has run its callbacks (the engine set `ending`): too late.
+  if redis.call('HGET', job, 'ending') == seq then return {'ending', status, seq} end
+  set('canceling', '', 'Cancel requested: undoing the work done so far')
+elseif what == 'pause' then
+  if status == 'paused' or signal == 'pause' then return {'same', status, seq} end
+  if status ~= 'running' and status ~= 'pending' then return {'refused', status, seq} end
+  redis.call('HSET', job, 'signal', 'pause')
+  apply(job, KEYS[2], {messages = {'Pause requested'}}, ARGV[2], ARGV[5])
+  publish(job, KEYS[2], ARGV[4], tonumber(ARGV[6]))
+elseif what == 'resume' then
+  if status == 'paused' then
+    set('running', '', 'Resumed')
+  elseif signal == 'pause' then
+    redis.call('HSET', job, 'signal', '')
+    apply(job, KEYS[2], {messages = {'Resumed'}}, ARGV[2], ARGV[5])
+    publish(job, KEYS[2], ARGV[4], tonumber(ARGV[6]))
+  else
+    return {'same', status, seq}
+  end
+end
+return {code, redis.call('HGET', job, 'status'), seq}
+"""
+)
+
+RECOVER = """
+-- KEYS[1] = job hash
+-- ARGV[1] = now (ms), ARGV[2] = deadline to set for the re-enqueued step (ms)
+-- A job whose step deadline passed (its worker died holding the lease, or its next step never
+-- reached a worker) gets a fresh deadline; the caller re-enqueues step `seq`.
+-- Returns {'requeue', seq, lost (1 if a claimed step was lost)} or {'skip'}.
+local f = redis.call('HMGET', KEYS[1], 'status', 'seq', 'lease_owner', 'lease_until')
+local status = f[1]
+if not status or status == 'paused' or status == 'completed' or status == 'failed'
+   or status == 'stopped' or status == 'canceled' then
+  return {'skip'}
+end
+if tonumber(f[4]) > tonumber(ARGV[1]) then return {'skip'} end
+local lost = 0
+if f[3] ~= '' then lost = 1 end
+redis.call('HSET', KEYS[1], 'lease_owner', '', 'lease_until', ARGV[2])
+if lost == 1 then redis.call('HINCRBY', KEYS[1], 'recoveries', 1) end
+return {'requeue', f[2], lost}
+"""
+
+MARK_CLEANED = """
+-- KEYS[1] = job hash
+-- Sets cleaned = 1 once; returns the job hash to the one caller that set it, else {}.
+if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
+if redis.call('HSETNX', KEYS[1], 'cleaned', 1) == 0 then
+  if redis.call('HGET', KEYS[1], 'cleaned') == '1' then return {} end
+  redis.call('HSET', KEYS[1], 'cleaned', 1)
+end
+return redis.call('HGETALL', KEYS[1])
+"""
