@@ -62,7 +62,8 @@ class Count(Handler):
     def cleanup_job(self, job: Job) -> None:
         with _cleanup_lock:
             CLEANUPS[job.id] = CLEANUPS.get(job.id, 0) + 1
-        side.incr(f"{job.params.get('prefix', 'bft')}:cleanups:{job.id}")
+        if "prefix" in job.params:  # side effects only ever go under the test's own prefix
+            side.incr(f"{job.params['prefix']}:cleanups:{job.id}")
 
 
 class Boom(Handler):
@@ -77,7 +78,8 @@ class Boom(Handler):
         raise ValueError("boom: " + str(job.params.get("why", "no reason")))
 
     def on_failure(self, job: Job) -> None:
-        side.incr(f"{job.params.get('prefix', 'bft')}:failures:{job.id}")
+        if "prefix" in job.params:
+            side.incr(f"{job.params['prefix']}:failures:{job.id}")
 
 
 class Report(FileJob):
