@@ -48,6 +48,7 @@ from .exceptions import (
     JobNotFound,
     TooManyItems,
     Unavailable,
+    UnknownHandler,
 )
 from .handlers import Handler, ItemsJob, StepResult, error_message
 from .job import Job, JobState, Status, StepResponse, labels_for
@@ -387,14 +388,14 @@ class Engine:
         )
         started = time.monotonic()
         interval = s.progress_interval if live else s.lease_seconds / 3
+        spec = self.registry.find(job.handler)
         with self.heartbeat.watch(self, job, worker, interval):
-            updates = self._advance(job)
-        if not job.ended:
-            with contextlib.suppress(BatchflowError):
-                job.defer(self.registry.get(job.handler).handler_class.step_delay)
-        elapsed = time.monotonic() - started
-        if fields.get("phase") != "create" and not job.ended:
-            updates["batch_size"] = self._next_batch(job, elapsed)
+            updates = self._advance(spec, job)
+        if spec is not None and not job.ended:
+            job.defer(spec.handler_class.step_delay)
+            if fields.get("phase") != "create":
+                elapsed = time.monotonic() - started
+                updates["batch_size"] = self._next_batch(spec, job, elapsed)
         now = time.time()
         deadline = _ms(now + job._defer + s.queue_timeout)
         committed = self.store.commit(
@@ -415,12 +416,10 @@ class Engine:
                 )
         return status
 
-    def _advance(self, job: Job) -> dict[str, Any]:
+    def _advance(self, spec: HandlerSpec | None, job: Job) -> dict[str, Any]:
         """Run the handler's part of the step; returns fields for the commit to set."""
-        try:
-            spec = self.registry.get(job.handler)
-        except BatchflowError as exc:
-            job.fail(f"This worker cannot run the job: {exc}")
+        if spec is None:
+            job.fail(f"This worker cannot run the job: {UnknownHandler(job.handler)}")
             return self._end(None, job, Status.FAILED)
         handler = spec.create()
         try:
@@ -474,15 +473,13 @@ class Engine:
         careful = int(f.get("careful_until") or 0) > int(f.get("processed") or 0)
         return 1 if job.attempt > 1 or careful else int(f.get("batch_size") or 1)
 
-    def _next_batch(self, job: Job, elapsed: float) -> int:
+    def _next_batch(self, spec: HandlerSpec, job: Job, elapsed: float) -> int:
         """Aim the next step at ``BATCHFLOW_STEP_TARGET`` seconds: at most doubling, at least
         halving, within the configured bounds. A fixed ``batch_size`` never moves."""
         s, current = self.settings, self._batch(job)
-        spec_fixed = None
-        with contextlib.suppress(BatchflowError):
-            spec_fixed = self.registry.get(job.handler).handler_class.batch_size
-        if spec_fixed:
-            return s.clamp_batch(spec_fixed)
+        fixed = spec.handler_class.batch_size
+        if fixed:
+            return s.clamp_batch(fixed)
         ideal = current * s.step_target / max(elapsed, 1e-4)
         return s.clamp_batch(int(max(current / 2, min(current * 2, math.floor(ideal))) or 1))
 

@@ -88,6 +88,10 @@ class Registry:
             raise UnknownHandler(str(name)[:80])
         return spec
 
+    def find(self, name: str) -> HandlerSpec | None:
+        """The handler registered as ``name``, or None."""
+        return self._specs.get(name)
+
     def __contains__(self, name: object) -> bool:
         return name in self._specs
 
