@@ -26,8 +26,9 @@ from .exceptions import (
     UnknownHandler,
 )
 from .handlers import FileJob, Handler, ItemsJob, TaskJob
-from .job import Job, JobState, Status, StepResponse
+from .job import Job, JobState, StepResponse
 from .registry import Registry, registry
+from .schema import Status
 
 __all__ = [
     "BatchFlow",

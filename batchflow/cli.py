@@ -15,7 +15,8 @@ from flask import current_app
 from flask.cli import with_appcontext
 
 from .exceptions import BatchflowError, InvalidTransition, JobNotFound
-from .job import JobState, Status
+from .job import JobState
+from .schema import Status
 
 
 def _engine() -> Any:

@@ -41,6 +41,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
 
 from .config import Settings
+from .display import labels_for
 from .exceptions import (
     BatchflowError,
     InvalidParams,
@@ -51,8 +52,9 @@ from .exceptions import (
     UnknownHandler,
 )
 from .handlers import Handler, ItemsJob, StepResult, error_message
-from .job import Job, JobState, Status, StepResponse, labels_for
+from .job import Job, JobState, StepResponse
 from .registry import HandlerSpec, Registry
+from .schema import Status
 from .store import TERMINAL, Store, valid_job_id
 
 log = logging.getLogger("batchflow")

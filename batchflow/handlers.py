@@ -24,7 +24,8 @@ import shutil
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
-from .job import Job, Status, StepResponse
+from .job import Job, StepResponse
+from .schema import Status
 
 StepResult = StepResponse | str | None
 

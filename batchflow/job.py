@@ -10,7 +10,6 @@ again never counts twice. :class:`JobState` is the read-only view built from sto
 from __future__ import annotations
 
 import dataclasses
-import enum
 import json
 import math
 import threading
@@ -18,67 +17,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-
-class Status(str, enum.Enum):
-    """Where a job is in its life.
-
-    Allowed transitions::
-
-        pending   -> running                      (a worker claimed the first step)
-        running   -> completed | failed           (the handler said so, or raised)
-        pending   -> stopping | canceling         (asked before the first step ran)
-        running   -> stopping  -> stopped         (Stop: the work done is kept)
-        running   -> canceling -> canceled        (Cancel: the work done is undone, newest first)
-        running   -> paused    -> running         (Pause / Resume, between steps)
-        paused    -> stopping | canceling
-
-    ``completed``, ``failed``, ``stopped`` and ``canceled`` are terminal.
-    """
-
-    PENDING = "pending"
-    RUNNING = "running"
-    PAUSED = "paused"
-    STOPPING = "stopping"
-    CANCELING = "canceling"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    STOPPED = "stopped"
-    CANCELED = "canceled"
-
-    @property
-    def terminal(self) -> bool:
-        return self in (Status.COMPLETED, Status.FAILED, Status.STOPPED, Status.CANCELED)
-
-
-DEFAULT_LABELS: dict[str, str] = {
-    "title": "Working",
-    "pending": "Waiting for a worker…",
-    "running": "In progress",
-    "paused": "Paused",
-    "stopping": "Stopping after the current step…",
-    "canceling": "Canceling: undoing the work done so far…",
-    "completed": "Done",
-    "completed_with_failures": "Done, with some failures",
-    "failed": "Failed",
-    "stalled": "Stopped: the job kept losing its worker",
-    "stopped": "Stopped. The work done so far was kept.",
-    "canceled": "Canceled. The work done was undone.",
-    "good": "done",
-    "bad": "failed",
-    "skipped": "not reached",
-    "stop": "Stop",
-    "cancel": "Cancel",
-    "pause": "Pause",
-    "resume": "Resume",
-    "retry": "Retry failed",
-}
-
-
-def labels_for(handler_name: str, handler_labels: Mapping[str, str]) -> dict[str, str]:
-    """The labels a job shows: the handler's own over the defaults; the title defaults to the
-    handler's name made readable ("contacts-report" -> "Contacts report")."""
-    title = handler_name.replace("-", " ").replace("_", " ").strip().capitalize() or "Job"
-    return {**DEFAULT_LABELS, "title": title, **handler_labels}
+from .display import DEFAULT_LABELS
+from .schema import Status
 
 
 @dataclasses.dataclass

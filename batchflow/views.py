@@ -31,6 +31,7 @@ from flask import (
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException
 
+from .display import labels_for
 from .exceptions import (
     BatchflowError,
     InvalidParams,
@@ -38,7 +39,8 @@ from .exceptions import (
     PermissionDenied,
 )
 from .handlers import FileJob
-from .job import JobState, Status, labels_for
+from .job import JobState
+from .schema import Status
 
 if TYPE_CHECKING:
     from .engine import Engine
