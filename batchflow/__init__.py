@@ -26,9 +26,10 @@ from .exceptions import (
     UnknownHandler,
 )
 from .handlers import FileJob, Handler, ItemsJob, TaskJob
-from .job import Job, JobState, StepResponse
+from .job import Job, StepResponse
 from .registry import Registry, registry
 from .schema import Status
+from .state import JobState
 
 __all__ = [
     "BatchFlow",

@@ -15,8 +15,8 @@ from flask import current_app
 from flask.cli import with_appcontext
 
 from .exceptions import BatchflowError, InvalidTransition, JobNotFound
-from .job import JobState
 from .schema import Status
+from .state import JobState
 
 
 def _engine() -> Any:

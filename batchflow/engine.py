@@ -52,9 +52,10 @@ from .exceptions import (
     UnknownHandler,
 )
 from .handlers import Handler, ItemsJob, StepResult, error_message
-from .job import Job, JobState, StepResponse
+from .job import Job, StepResponse
 from .registry import HandlerSpec, Registry
 from .schema import Status
+from .state import JobState
 from .store import TERMINAL, Store, valid_job_id
 
 log = logging.getLogger("batchflow")

@@ -13,12 +13,10 @@ import dataclasses
 import json
 import math
 import threading
-import time
 from collections.abc import Mapping
 from typing import Any
 
-from .display import DEFAULT_LABELS
-from .schema import Status
+from .schema import Status, as_int, as_json
 
 
 @dataclasses.dataclass
@@ -32,29 +30,6 @@ class StepResponse:
 
     message: str | None = None
     data: dict[str, Any] | None = None
-
-
-def _int(value: str | None, default: int = 0) -> int:
-    try:
-        return int(float(value)) if value not in (None, "") else default
-    except ValueError:
-        return default
-
-
-def _float(value: str | None) -> float | None:
-    try:
-        return float(value) if value not in (None, "") else None
-    except ValueError:
-        return None
-
-
-def _json(value: str | None, default: Any) -> Any:
-    if not value:
-        return default
-    try:
-        return json.loads(value)
-    except ValueError:
-        return default
 
 
 class Job:
@@ -82,13 +57,13 @@ class Job:
         #: Who started the job (the identity hook's answer when it was started).
         self.owner: str = fields.get("owner", "")
         #: The parameters the job was started with, as validated by the handler.
-        self.params: dict[str, Any] = _json(fields.get("params"), {})
+        self.params: dict[str, Any] = as_json(fields.get("params"), {})
         #: Extra data that persists between steps (Event Espresso's extra data). Change it freely.
-        self.data: dict[str, Any] = _json(fields.get("data"), {})
+        self.data: dict[str, Any] = as_json(fields.get("data"), {})
         #: This step's position in the job's chain; each commit moves it on by one.
-        self.seq: int = _int(fields.get("seq"))
+        self.seq: int = as_int(fields.get("seq"))
         #: How many times this step has been claimed: more than 1 after a worker was lost.
-        self.attempt: int = _int(fields.get("attempts"), 1)
+        self.attempt: int = as_int(fields.get("attempts"), 1)
         #: The folder (``BATCHFLOW_FILES_DIR``) where a FileJob keeps its output.
         self.files_dir = files_dir
         #: The ids this step works on (item jobs; newest first while undoing).
@@ -124,10 +99,10 @@ class Job:
         if "total" in self._set:
             return int(self._set["total"]) if self._set["total"] != "" else None
         raw = self._fields.get("total", "")
-        return _int(raw) if raw != "" else None
+        return as_int(raw) if raw != "" else None
 
     def _count(self, name: str) -> int:
-        return _int(self._fields.get(name)) + self._incr.get(name, 0)
+        return as_int(self._fields.get(name)) + self._incr.get(name, 0)
 
     @property
     def units_processed(self) -> int:
@@ -255,7 +230,7 @@ class Job:
             if self._incr:
                 payload["incr"] = self._incr
                 for name, n in self._incr.items():
-                    self._fields[name] = str(_int(self._fields.get(name)) + n)
+                    self._fields[name] = str(as_int(self._fields.get(name)) + n)
             if self._set:
                 payload["set"] = self._set
                 self._fields.update(self._set)
@@ -289,142 +264,3 @@ class Job:
                 if value:
                     payload[key] = value
             return payload
-
-
-@dataclasses.dataclass(frozen=True)
-class JobState:
-    """A job as stored, for pages, the JSON API and the CLI. Build it with :meth:`from_stored`."""
-
-    fields: dict[str, str]
-    messages: list[dict[str, Any]]
-
-    @classmethod
-    def from_stored(cls, fields: Mapping[str, str], messages: list[str] | Any) -> JobState:
-        parsed = []
-        for raw in messages if isinstance(messages, list) else []:
-            entry = raw if isinstance(raw, dict) else _json(raw, None)
-            if isinstance(entry, dict):
-                parsed.append({"at": entry.get("at"), "text": str(entry.get("text", ""))})
-        return cls(dict(fields), parsed)
-
-    @property
-    def id(self) -> str:
-        return self.fields["id"]
-
-    @property
-    def owner(self) -> str:
-        return self.fields.get("owner", "")
-
-    @property
-    def status(self) -> Status:
-        return Status(self.fields.get("status", "pending"))
-
-    @property
-    def kind(self) -> str:
-        return self.fields.get("kind", "steps")
-
-    def count(self, name: str) -> int:
-        return _int(self.fields.get(name))
-
-    @property
-    def total(self) -> int | None:
-        raw = self.fields.get("total", "")
-        return _int(raw) if raw != "" else None
-
-    @property
-    def capabilities(self) -> set[str]:
-        return {c for c in self.fields.get("caps", "").split(",") if c}
-
-    @property
-    def outcome(self) -> str | None:
-        status = self.status
-        if not status.terminal:
-            return None
-        if status is Status.COMPLETED and self.count("bad"):
-            return "completed_with_failures"
-        if status is Status.FAILED and self.fields.get("stalled") == "1":
-            return "stalled"
-        return status.value
-
-    @property
-    def file_ready(self) -> bool:
-        return (
-            self.status is Status.COMPLETED
-            and bool(self.fields.get("file_path"))
-            and self.fields.get("cleaned") != "1"
-        )
-
-    def actions(self) -> list[str]:
-        """What a user may ask of the job now."""
-        status, caps = self.status, self.capabilities
-        if status.terminal:
-            retry = self.kind == "items" and self.count("bad") > 0 and "retry" in caps
-            return ["retry"] if retry else []
-        allowed: list[str] = []
-        if status in (Status.PENDING, Status.RUNNING, Status.PAUSED):
-            allowed += [a for a in ("stop", "cancel") if a in caps]
-        if "pause" in caps:
-            pausing = self.fields.get("signal") == "pause"
-            if status in (Status.PENDING, Status.RUNNING) and not pausing:
-                allowed.append("pause")
-            if status is Status.PAUSED or pausing:
-                allowed.append("resume")
-        return allowed
-
-    def to_dict(self, now: float | None = None) -> dict[str, Any]:
-        """The status JSON of the HTTP API, without URLs (the web layer adds those)."""
-        f = self.fields
-        now = time.time() if now is None else now
-        total, processed = self.total, self.count("processed")
-        started, finished = _float(f.get("started_at")), _float(f.get("finished_at"))
-        percent = rate = eta = None
-        if total:
-            percent = round(min(100.0, 100.0 * processed / total), 1)
-        elif total == 0 and self.status.terminal:
-            percent = 100.0
-        if started and processed:
-            elapsed = max((finished or now) - started, 1e-6)
-            rate = round(processed / elapsed, 2)
-            if total is not None and not self.status.terminal and rate > 0:
-                eta = round(max(0, total - processed) / rate, 1)
-        labels = dict(DEFAULT_LABELS)
-        labels.update(_json(f.get("labels"), {}))
-        params = _json(f.get("params"), {})
-        for name in _json(f.get("sensitive"), []):
-            if name in params:
-                params[name] = "••••••"
-        return {
-            "id": f["id"],
-            "handler": f.get("handler", ""),
-            "kind": self.kind,
-            "owner": self.owner,
-            "status": self.status.value,
-            "terminal": self.status.terminal,
-            "outcome": self.outcome,
-            "total": total,
-            "processed": processed,
-            "good": self.count("good"),
-            "bad": self.count("bad"),
-            "skipped": self.count("skipped"),
-            "undone": self.count("undone"),
-            "undo_failed": self.count("undo_failed"),
-            "percent": percent,
-            "rate": rate,
-            "eta_s": eta,
-            "message": f.get("message") or None,
-            "messages": self.messages,
-            "labels": labels,
-            "actions": self.actions(),
-            "error": f.get("error") or None,
-            "results": _json(f.get("results"), None),
-            "response": _json(f.get("response"), None),
-            "params": params,
-            "restarted": f.get("restarted") == "1",
-            "file_name": f.get("file_name") or None,
-            "file_ready": self.file_ready,
-            "redirect_url": f.get("redirect_url") or None,
-            "created_at": _float(f.get("created_at")),
-            "started_at": started,
-            "finished_at": finished,
-            "updated_at": _float(f.get("updated_at")),
-        }

@@ -6,6 +6,8 @@ Every other module, and the Lua scripts, take these names from here.
 from __future__ import annotations
 
 import enum
+import json
+from typing import Any
 
 
 class Status(str, enum.Enum):
@@ -37,3 +39,29 @@ class Status(str, enum.Enum):
     @property
     def terminal(self) -> bool:
         return self in (Status.COMPLETED, Status.FAILED, Status.STOPPED, Status.CANCELED)
+
+
+def as_int(value: str | None, default: int = 0) -> int:
+    """A counter field as stored (``""`` or missing is ``default``)."""
+    try:
+        return int(float(value)) if value not in (None, "") else default
+    except ValueError:
+        return default
+
+
+def as_float(value: str | None) -> float | None:
+    """A time field as stored, or None."""
+    try:
+        return float(value) if value not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def as_json(value: str | None, default: Any) -> Any:
+    """A JSON field as stored, or ``default`` when empty or malformed."""
+    if not value:
+        return default
+    try:
+        return json.loads(value)
+    except ValueError:
+        return default

@@ -39,8 +39,8 @@ from .exceptions import (
     PermissionDenied,
 )
 from .handlers import FileJob
-from .job import JobState
 from .schema import Status
+from .state import JobState
 
 if TYPE_CHECKING:
     from .engine import Engine
