@@ -127,7 +127,7 @@ def watch(job_id: str) -> None:
 
 def _signal(job_id: str, what: str) -> None:
     try:
-        state = _engine().request(job_id, what)
+        state = _engine().signal(job_id, what)
     except BatchflowError as exc:
         _fail(exc)
         return

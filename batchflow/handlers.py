@@ -1,12 +1,12 @@
 """The handler base classes users extend.
 
-- :class:`Handler`: Event Espresso's protocol. ``create_job`` runs once, ``continue_job`` step after
-  step until it calls ``job.complete()``, ``cleanup_job`` once when the output is no longer needed.
+- :class:`Handler`: ``create_job`` runs once, ``continue_job`` step after step until it calls
+  ``job.complete()``, ``cleanup_job`` once when the output is no longer needed.
 - :class:`FileJob`: writes a file (CSV by default) that the user downloads, exactly once per row
   even when a step is cut off and run again; the file is deleted by ``cleanup_job``.
-- :class:`ItemsJob`: Apostrophe's ``run(ids, change)``: one ``change`` per id, good and bad counts,
-  per-id results and errors, and ``undo`` for Cancel.
-- :class:`TaskJob`: Apostrophe's ``runNonBatch``: one ``run(job)`` call that reports as it goes.
+- :class:`ItemsJob`: one ``change`` per id, good and bad counts, per-id results and errors, and
+  ``undo`` for Cancel.
+- :class:`TaskJob`: one ``run(job)`` call that reports as it goes.
 
 Handlers are instantiated afresh for every step: keep state on the job (``job.data``), not on
 ``self``. Every step runs in a worker and may run again if its worker dies before the step's
@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
 from .job import Job, StepResponse
-from .schema import Status
+from .schema import Kind, Status
 
 StepResult = StepResponse | str | None
 
@@ -53,7 +53,7 @@ class Handler:
     :cvar sensitive_params: parameter names masked wherever the job is shown.
     """
 
-    kind: ClassVar[str] = "steps"
+    kind: ClassVar[Kind] = Kind.HANDLER
     labels: ClassVar[dict[str, str]] = {}
     can_stop: ClassVar[bool] = True
     can_cancel: ClassVar[bool] = False
@@ -119,7 +119,7 @@ class Handler:
 
 
 class FileJob(Handler):
-    """A job that writes a file for the user to download (Event Espresso's JobHandlerFile).
+    """A job that writes a file for the user to download.
 
     Write with :meth:`write_rows` (CSV) or :meth:`write` from ``create_job`` and ``continue_job``.
     Each commit records the file's length, and a step writes from the committed length on, at
@@ -136,7 +136,7 @@ class FileJob(Handler):
         (``=``, ``+``, ``-``, ``@``) with ``'``.
     """
 
-    kind: ClassVar[str] = "file"
+    kind: ClassVar[Kind] = Kind.FILE
     filename: ClassVar[str] = "export.csv"
     content_type: ClassVar[str] = "text/csv"
     neutralize_formulas: ClassVar[bool] = True
@@ -152,7 +152,7 @@ class FileJob(Handler):
 
     def before_step(self, job: Job) -> None:
         path = self.file_path(job)
-        committed = int(job._fields.get("file_size") or 0)
+        committed = job.committed_file_size
         if committed == 0:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             open(path, "ab").close()
@@ -163,28 +163,25 @@ class FileJob(Handler):
                 f"The job's file {path} is gone: every worker must share BATCHFLOW_FILES_DIR, "
                 "and a job's file is deleted only after the job ended."
             )
-        job._set.update(
-            file_path=path,
-            file_name=os.path.basename(path),
-            file_type=self.content_type,
-            file_size=str(committed),
+        job.record_file(
+            path, size=committed, name=os.path.basename(path), content_type=self.content_type
         )
 
     def write(self, job: Job, data: str | bytes) -> None:
         """Add ``data`` after what the job wrote so far (text is written as UTF-8)."""
         raw = data.encode() if isinstance(data, str) else data
-        path = job._set.get("file_path") or self.file_path(job)
-        offset = int(job._set.get("file_size") or job._fields.get("file_size") or 0)
+        path = job.file_path or self.file_path(job)
+        offset = job.file_size
         with open(path, "r+b") as handle:
             handle.seek(offset)
             handle.write(raw)
-        job._set["file_size"] = str(offset + len(raw))
+        job.record_file(path, size=offset + len(raw))
 
     def after_step(self, job: Job) -> None:
         # Only the completing step trims: a cut-off step may have written past the last row.
-        path = job._set.get("file_path")
-        if job._end is Status.COMPLETED and path and not job._lost:
-            os.truncate(path, int(job._set.get("file_size") or 0))
+        path = job.file_path
+        if job.buffer.ending is Status.COMPLETED and path and not job.lease_lost:
+            os.truncate(path, job.file_size)
 
     def write_rows(self, job: Job, rows: Iterable[Sequence[Any]]) -> None:
         """Append CSV rows to the job's file."""
@@ -195,20 +192,18 @@ class FileJob(Handler):
         self.write(job, buffer.getvalue())
 
     def _cell(self, value: Any) -> Any:
-        if self.neutralize_formulas and isinstance(value, str) and value.startswith(_FORMULA_START):
-            return "'" + value
-        return value
+        return neutralize_cell(value) if self.neutralize_formulas else value
 
     def cleanup_job(self, job: Job) -> None:
         """Delete the job's file and its folder."""
-        path = job._fields.get("file_path") or self.file_path(job)
+        path = job.file_path or self.file_path(job)
         folder = os.path.dirname(path)
         if os.path.basename(folder) == job.id:
             shutil.rmtree(folder, ignore_errors=True)
 
 
 class ItemsJob(Handler):
-    """The same change applied to many ids (Apostrophe's ``run``), counted good or bad.
+    """The same change applied to many ids, counted good or bad.
 
     Ids come with the start request (a form list or a JSON array), or from :meth:`items` for sets
     too large to post. Each step works on the next slice of ids.
@@ -218,7 +213,7 @@ class ItemsJob(Handler):
     offers Cancel, which undoes every id that was changed, newest first.
     """
 
-    kind: ClassVar[str] = "items"
+    kind: ClassVar[Kind] = Kind.ITEMS
     can_retry: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -240,7 +235,7 @@ class ItemsJob(Handler):
 
     def continue_job(self, job: Job, batch_size: int) -> StepResult:
         for item_id in job.items:
-            if job._lost:  # another worker took this step over: change nothing more
+            if job.lease_lost:  # another worker took this step over: change nothing more
                 return None
             try:
                 result = self.change(item_id, job)
@@ -259,7 +254,7 @@ class ItemsJob(Handler):
     def undo_job(self, job: Job, batch_size: int) -> StepResult:
         undone, failed = 0, []
         for index, item_id in enumerate(job.items):
-            if job._lost:
+            if job.lease_lost:
                 return None
             if job.item_was_bad(index):
                 continue
@@ -269,14 +264,14 @@ class ItemsJob(Handler):
                 failed.append([item_id, error_message(exc)])
             else:
                 undone += 1
-        job._undid(len(job.items), undone, failed)
+        job.record_undone(len(job.items), undone, failed)
         if not job.items or job.undo_position <= 0:
             job.complete()
         return None
 
 
 class TaskJob(Handler):
-    """One call that does the whole job and reports as it goes (Apostrophe's ``runNonBatch``).
+    """One call that does the whole job and reports as it goes.
 
     ``run(job)`` may call ``job.set_total``, ``job.good``/``job.bad``, ``job.add_message`` and
     ``job.set_results``; the page sees it live (throttled to ``BATCHFLOW_PROGRESS_INTERVAL``). A
@@ -285,7 +280,7 @@ class TaskJob(Handler):
     again from the beginning with its counters reset, and the page says so.
     """
 
-    kind: ClassVar[str] = "task"
+    kind: ClassVar[Kind] = Kind.TASK
     can_pause: ClassVar[bool] = False
     batch_size: ClassVar[int | None] = 1
 
@@ -298,6 +293,14 @@ class TaskJob(Handler):
         if not job.ended:
             job.complete()
         return response
+
+
+def neutralize_cell(value: Any) -> Any:
+    """``value`` made safe for a CSV cell that a spreadsheet opens: text starting with ``=``,
+    ``+``, ``-``, ``@``, a tab or a carriage return is prefixed with ``'`` so it is not run."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
 
 
 def error_message(exc: BaseException) -> str:

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 from .exceptions import ConfigurationError, UnknownHandler
 from .handlers import Handler, ItemsJob, TaskJob
+from .schema import Kind
 
 H = TypeVar("H", bound=type[Handler])
 Permission = Callable[[Any], bool]
@@ -25,8 +26,8 @@ class HandlerSpec:
     permission: Permission | None = None
 
     @property
-    def kind(self) -> str:
-        return self.handler_class.kind
+    def kind(self) -> Kind:
+        return Kind(self.handler_class.kind)
 
     def allows(self, user: Any) -> bool:
         """Whether ``user`` may start this job (True when there is no permission hook)."""

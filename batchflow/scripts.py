@@ -1,13 +1,23 @@
 """The Lua scripts of the step protocol, registered on the store's client (see store.py).
 
 Each opens with its KEYS and ARGV slots. Every script touches the keys of one job only (one
-Redis Cluster slot); global indexes are written by plain commands outside them.
+Redis Cluster slot); global indexes are written by plain commands outside them. Field names are
+those of :class:`batchflow.schema.F`; the terminal statuses come from :class:`~batchflow.schema.
+Status` through ``TERMINAL`` below; return codes are :class:`~batchflow.schema.ClaimCode` and
+:class:`~batchflow.schema.SignalCode`.
 """
 
-# The status update shared by COMMIT and REPORT. `p` is the decoded payload:
+from .schema import LUA_TERMINAL
+
+# Every script starts with the terminal set, from the one Python definition.
+_PRELUDE = f"local TERMINAL = {LUA_TERMINAL}\n"
+
+# The status update shared by COMMIT, RENEW and SIGNAL. `p` is the decoded payload:
 #   incr: {field: delta}, set: {field: value}, messages: [text], results: [[id, json]],
 #   errors: [[id, message]], undo_errors: [[id, message]].
-_APPLY = """
+_APPLY = (
+    _PRELUDE
+    + """
 local function apply(job, msgs, p, now, cap)
   if p.incr then for k, v in pairs(p.incr) do redis.call('HINCRBY', job, k, v) end end
   if p.set then for k, v in pairs(p.set) do redis.call('HSET', job, k, v) end end
@@ -27,8 +37,11 @@ local function publish(job, msgs, channel, shown)
   redis.call('PUBLISH', channel, cjson.encode(event))
 end
 """
+)
 
-CLAIM = """
+CLAIM = (
+    _PRELUDE
+    + """
 -- KEYS[1] = job hash, KEYS[2] = items list, KEYS[3] = errors hash
 -- ARGV[1] = seq the step carries, ARGV[2] = worker id, ARGV[3] = now (ms), ARGV[4] = lease (ms)
 -- Returns {code, job hash (flat, JSON), slice of ids (JSON), flags (1 = that id ended bad)};
@@ -40,7 +53,7 @@ local job = KEYS[1]
 local f = redis.call('HMGET', job, 'status', 'seq', 'lease_owner', 'lease_until', 'kind', 'phase')
 local status, seq, owner, lease_until, kind, phase = f[1], f[2], f[3], f[4], f[5], f[6]
 if not status then return {'missing'} end
-if status == 'completed' or status == 'failed' or status == 'stopped' or status == 'canceled' then
+if TERMINAL[status] then
   return {'terminal'}
 end
 if tonumber(seq) ~= tonumber(ARGV[1]) then return {'stale'} end
@@ -93,6 +106,7 @@ end
 -- JSON, not arrays: one string is far cheaper for the client to read than hundreds of items.
 return {'ok', cjson.encode(redis.call('HGETALL', job)), cjson.encode(ids), flags}
 """
+)
 
 COMMIT = (
     _APPLY
@@ -132,7 +146,7 @@ end
 local seq = redis.call('HINCRBY', job, 'seq', 1)
 redis.call('HSET', job, 'attempts', 0, 'lease_owner', '', 'lease_until', ARGV[5])
 local status = redis.call('HGET', job, 'status')
-if status == 'completed' or status == 'failed' or status == 'stopped' or status == 'canceled' then
+if TERMINAL[status] then
   redis.call('HSET', job, 'finished_at', ARGV[3], 'signal', '')
   redis.call('DEL', KEYS[2])
   for i = 1, 6 do
@@ -144,14 +158,15 @@ return {'ok', seq, status}
 """
 )
 
-REPORT = (
+RENEW = (
     _APPLY
     + """
 -- KEYS[1] = job hash, KEYS[2] = messages list
 -- ARGV[1] = seq, ARGV[2] = worker id, ARGV[3] = now (s), ARGV[4] = payload (JSON, '' = none),
 -- ARGV[5] = new lease expiry (ms), ARGV[6] = channel, ARGV[7] = messages kept,
 -- ARGV[8] = messages shown in an event
--- Renews a running step's lease and applies its live progress (one-shot jobs report as they go).
+-- Renews a running step's lease (the heartbeat), applies its live progress (one-shot jobs report
+-- as they go) or marks it as the step that ends the job (`ending`).
 -- Returns {'ok', status, signal} or {'lost'}.
 local job = KEYS[1]
 local f = redis.call('HMGET', job, 'seq', 'lease_owner', 'status', 'signal')
@@ -179,7 +194,7 @@ local job, what = KEYS[1], ARGV[1]
 local f = redis.call('HMGET', job, 'status', 'seq', 'signal')
 local status, seq, signal = f[1], f[2], f[3]
 if not status then return {'missing', '', 0} end
-if status == 'completed' or status == 'failed' or status == 'stopped' or status == 'canceled' then
+if TERMINAL[status] then
   return {'terminal', status, seq}
 end
 local function set(new_status, new_signal, text)
@@ -222,7 +237,9 @@ return {code, redis.call('HGET', job, 'status'), seq}
 """
 )
 
-RECOVER = """
+RECOVER = (
+    _PRELUDE
+    + """
 -- KEYS[1] = job hash
 -- ARGV[1] = now (ms), ARGV[2] = deadline to set for the re-enqueued step (ms)
 -- A job whose step deadline passed (its worker died holding the lease, or its next step never
@@ -230,8 +247,7 @@ RECOVER = """
 -- Returns {'requeue', seq, lost (1 if a claimed step was lost)} or {'skip'}.
 local f = redis.call('HMGET', KEYS[1], 'status', 'seq', 'lease_owner', 'lease_until')
 local status = f[1]
-if not status or status == 'paused' or status == 'completed' or status == 'failed'
-   or status == 'stopped' or status == 'canceled' then
+if not status or status == 'paused' or TERMINAL[status] then
   return {'skip'}
 end
 if tonumber(f[4]) > tonumber(ARGV[1]) then return {'skip'} end
@@ -241,6 +257,7 @@ redis.call('HSET', KEYS[1], 'lease_owner', '', 'lease_until', ARGV[2])
 if lost == 1 then redis.call('HINCRBY', KEYS[1], 'recoveries', 1) end
 return {'requeue', f[2], lost}
 """
+)
 
 MARK_CLEANED = """
 -- KEYS[1] = job hash

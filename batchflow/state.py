@@ -41,7 +41,7 @@ class JobState:
 
     @property
     def kind(self) -> str:
-        return self.fields.get("kind", "steps")
+        return self.fields.get("kind", "handler")
 
     def count(self, name: str) -> int:
         return as_int(self.fields.get(name))

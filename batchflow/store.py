@@ -1,13 +1,18 @@
-"""All Redis access: key names, Lua scripts, atomic transitions, events.
+"""All Redis access: key names, the Lua scripts' calls, atomic transitions, indexes.
 
-Nothing else in batchflow talks to Redis. Every key of one job carries the job id as a hash tag
-(``prefix:{job_id}:job``), so every multi-key script below touches one Cluster slot. Global
-indexes are sorted sets outside any job's slot and are only ever written by plain commands.
+Nothing else in batchflow talks to Redis (events have their own connection, in :mod:`.events`).
+Every key of one job carries the job id as a hash tag (``prefix:{job_id}:job``), so every
+multi-key script touches one Cluster slot. Global indexes are sorted sets outside any job's slot
+and are only ever written by plain commands.
 
 The scripts implement the step protocol's fence: a step carries ``(job_id, seq)``; CLAIM takes a
 lease only if ``seq`` matches and no live lease is held; COMMIT applies a step's whole buffer only
 if ``seq`` and the lease still match, then bumps ``seq``. A duplicate or stale delivery changes
 nothing.
+
+Errors: every public method raises :class:`~batchflow.exceptions.Unavailable` when Redis does not
+answer (never a raw redis-py error), so callers handle one exception. Job ids reach this module
+already validated (:meth:`Engine <batchflow.engine.Engine>` checks them once, at its boundary).
 """
 
 from __future__ import annotations
@@ -15,39 +20,39 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import inspect
 import json
-import logging
-import os
 import queue
 import re
-import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar, cast
 
 import redis
 import redis.exceptions
 
+from .events import RESYNC, EventHub, decode_event
 from .exceptions import JobNotFound, Unavailable
-from .scripts import CLAIM, COMMIT, MARK_CLEANED, RECOVER, REPORT, SIGNAL
+from .schema import ClaimCode, F, Signal, SignalCode
+from .scripts import CLAIM, COMMIT, MARK_CLEANED, RECOVER, RENEW, SIGNAL
 
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
-TERMINAL = ("completed", "failed", "stopped", "canceled")
 MESSAGES_KEPT = 100
 MESSAGES_SHOWN = 20
 ITEM_CHUNK = 5000
 
-F = TypeVar("F", bound=Callable[..., Any])
-log = logging.getLogger("batchflow")
+Snapshot = tuple[dict[str, str], list[str]]
+Fn = TypeVar("Fn", bound=Callable[..., Any])
 
 
-def valid_job_id(job_id: str) -> bool:
+def valid_job_id(job_id: object) -> bool:
     """Whether ``job_id`` has the shape of an id batchflow issues; anything else is unknown."""
-    return bool(JOB_ID_RE.match(job_id))
+    return isinstance(job_id, str) and bool(JOB_ID_RE.match(job_id))
 
 
 class Keys:
     """Builds every Redis key batchflow uses; no other code formats a key.
+
+    Job ids must have been checked with :func:`valid_job_id` (the engine does, once).
 
     :param prefix: the configured ``BATCHFLOW_KEY_PREFIX``.
     """
@@ -56,8 +61,6 @@ class Keys:
         self.prefix = prefix
 
     def _job_key(self, job_id: str, part: str) -> str:
-        if not valid_job_id(job_id):
-            raise JobNotFound(job_id)
         return f"{self.prefix}:{{{job_id}}}:{part}"
 
     def job(self, job_id: str) -> str:
@@ -80,6 +83,10 @@ class Keys:
 
     def channel(self, job_id: str) -> str:
         return self._job_key(job_id, "events")
+
+    def events_pattern(self) -> str:
+        """The pattern every job's event channel matches."""
+        return f"{self.prefix}:*:events"
 
     def all_of(self, job_id: str) -> list[str]:
         """Every key one job may own (the channel is not a key)."""
@@ -115,35 +122,61 @@ class Keys:
         return f"{self.prefix}:lock:{name}"
 
 
-def _translating(method: F) -> F:
-    """Turn redis-py's connection errors into :class:`Unavailable` with a message to act on."""
+def _unavailable(exc: Exception) -> Unavailable:
+    if "No connection available" in str(exc) or "Too many connections" in str(exc):
+        return Unavailable(
+            "Every Redis connection of this process is busy. Raise the pool size with "
+            "?max_connections=N in BATCHFLOW_REDIS_URL."
+        )
+    return Unavailable(
+        f"Redis does not answer ({exc}). Check that it runs and that "
+        "BATCHFLOW_REDIS_URL points at it."
+    )
+
+
+_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
+def _translating(method: Fn) -> Fn:
+    """Turn redis-py's connection errors into :class:`Unavailable`, for plain methods and for
+    generators alike (a generator's errors happen while it is iterated)."""
+    if inspect.isgeneratorfunction(method):
+
+        @functools.wraps(method)
+        def generator(self: Store, *args: Any, **kwargs: Any) -> Any:
+            try:
+                yield from method(self, *args, **kwargs)
+            except _DOWN as exc:
+                raise _unavailable(exc) from exc
+
+        return cast(Fn, generator)
 
     @functools.wraps(method)
     def wrapper(self: Store, *args: Any, **kwargs: Any) -> Any:
         try:
             return method(self, *args, **kwargs)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            if "No connection available" in str(exc) or "Too many connections" in str(exc):
-                raise Unavailable(
-                    "Every Redis connection of this process is busy. Raise the pool size with "
-                    "?max_connections=N in BATCHFLOW_REDIS_URL."
-                ) from exc
-            raise Unavailable(
-                f"Redis does not answer ({exc}). Check that it runs and that "
-                "BATCHFLOW_REDIS_URL points at it."
-            ) from exc
+        except _DOWN as exc:
+            raise _unavailable(exc) from exc
 
-    return cast(F, wrapper)
+    return cast(Fn, wrapper)
 
 
 @dataclasses.dataclass
 class Claim:
-    """What CLAIM returned: ``code`` and, when it is ``ok``, the job and this step's ids."""
+    """What CLAIM returned: ``code`` and, when it is ``OK``, the job and this step's ids."""
 
-    code: str
+    code: ClaimCode
     fields: dict[str, str] = dataclasses.field(default_factory=dict)
     ids: list[str] = dataclasses.field(default_factory=list)
     bad_flags: list[bool] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
+class Seen:
+    """What a renewal of a step's lease saw of the job: its status and pending signal."""
+
+    status: str
+    signal: str
 
 
 def _pairs(flat: list[Any]) -> dict[str, str]:
@@ -162,11 +195,11 @@ class Store:
         self.keys = Keys(prefix)
         self._claim = client.register_script(CLAIM)
         self._commit = client.register_script(COMMIT)
-        self._report = client.register_script(REPORT)
+        self._renew = client.register_script(RENEW)
         self._signal = client.register_script(SIGNAL)
         self._recover = client.register_script(RECOVER)
         self._mark_cleaned = client.register_script(MARK_CLEANED)
-        self.events = EventHub(client, f"{prefix}:*:events")
+        self.events = EventHub(client, self.keys.events_pattern())
 
     @classmethod
     def from_url(cls, url: str, prefix: str) -> Store:
@@ -200,27 +233,21 @@ class Store:
         with self.client.pipeline(transaction=True) as pipe:
             pipe.delete(*keys.all_of(job_id))
             if ids is not None:
-                chunk: list[str] = []
-                for item in ids:
-                    chunk.append(item)
-                    if len(chunk) == ITEM_CHUNK:
-                        pipe.rpush(keys.items(job_id), *chunk)
-                        chunk = []
-                if chunk:
+                for chunk in _chunks(ids):
                     pipe.rpush(keys.items(job_id), *chunk)
             pipe.hset(keys.job(job_id), mapping={k: _text(v) for k, v in fields.items()})
             pipe.execute()
         with self.client.pipeline(transaction=False) as pipe:
             pipe.zadd(keys.active, {job_id: created_ms})
             pipe.zadd(keys.all_jobs, {job_id: created_ms})
-            pipe.zadd(keys.owner(str(fields["owner"])), {job_id: created_ms})
+            pipe.zadd(keys.owner(str(fields[F.OWNER])), {job_id: created_ms})
             pipe.execute()
 
     @_translating
-    def snapshot(self, job_id: str) -> tuple[dict[str, str], list[str]]:
+    def snapshot(self, job_id: str) -> Snapshot:
         """The job hash and its latest messages, in one round trip.
 
-        :raises JobNotFound: no such job (or a malformed id).
+        :raises JobNotFound: no such job.
         """
         with self.client.pipeline(transaction=False) as pipe:
             pipe.hgetall(self.keys.job(job_id))
@@ -231,7 +258,7 @@ class Store:
         return fields, messages
 
     @_translating
-    def snapshots(self, job_ids: list[str]) -> list[tuple[dict[str, str], list[str]]]:
+    def snapshots(self, job_ids: list[str]) -> list[Snapshot]:
         """Snapshots of many jobs in one round trip; jobs that are gone are left out."""
         with self.client.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
@@ -246,45 +273,41 @@ class Store:
         key = self.keys.all_jobs if owner is None else self.keys.owner(owner)
         return cast(list[str], self.client.zrevrange(key, offset, offset + limit - 1))
 
-    @_translating
-    def results_page(
-        self, job_id: str, which: str, cursor: int, count: int
-    ) -> tuple[int, dict[str, str]]:
-        """A page of per-id results (``which="results"``) or errors (``"errors"``)."""
-        key = self.keys.results(job_id) if which == "results" else self.keys.errors(job_id)
-        next_cursor, page = self.client.hscan(key, cursor=cursor, count=count)
-        return int(next_cursor), cast(dict[str, str], page)
-
-    @_translating
-    def iter_hash(self, job_id: str, which: str) -> Iterator[tuple[str, str]]:
-        """Every (id, value) of a job's results, errors or undo errors, in pages."""
-        key = {
+    def _outcomes_key(self, job_id: str, which: str) -> str:
+        return {
             "results": self.keys.results,
             "errors": self.keys.errors,
             "undo_errors": self.keys.undo_errors,
         }[which](job_id)
-        yield from self.client.hscan_iter(key, count=1000)
 
     @_translating
-    def push_items(self, job_id: str, ids: Iterable[str]) -> int:
-        """Append ids a handler produced server-side (ItemsJob.items); returns the list length."""
-        key, length, chunk = self.keys.items(job_id), 0, []
-        for item in ids:
-            chunk.append(item)
-            if len(chunk) == ITEM_CHUNK:
-                length = self.client.rpush(key, *chunk)
-                chunk = []
-        if chunk:
+    def results_page(
+        self, job_id: str, which: str, cursor: int, count: int
+    ) -> tuple[int, dict[str, str]]:
+        """A page of per-id ``results``, ``errors`` or ``undo_errors``."""
+        next_cursor, page = self.client.hscan(
+            self._outcomes_key(job_id, which), cursor=cursor, count=count
+        )
+        return int(next_cursor), cast(dict[str, str], page)
+
+    @_translating
+    def iter_hash(self, job_id: str, which: str) -> Iterator[tuple[str, str]]:
+        """Every (id, value) of a job's ``results``, ``errors`` or ``undo_errors``, in pages."""
+        yield from self.client.hscan_iter(self._outcomes_key(job_id, which), count=1000)
+
+    @_translating
+    def replace_items(self, job_id: str, ids: Iterable[str]) -> int:
+        """Store the ids a handler produced server-side (``ItemsJob.items``) in place of any
+        stored before (a create step run again); returns how many there are."""
+        key = self.keys.items(job_id)
+        self.client.delete(key)
+        length = 0
+        for chunk in _chunks(ids):
             length = self.client.rpush(key, *chunk)
-        return length or int(self.client.llen(key))
-
-    def reset_items(self, job_id: str) -> None:
-        self.client.delete(self.keys.items(job_id))
+        return length
 
     @_translating
-    def follow(
-        self, job_id: str, timeout: float
-    ) -> Iterator[tuple[dict[str, str], list[str]] | None]:
+    def follow(self, job_id: str, timeout: float) -> Iterator[Snapshot | None]:
         """Yield the job's state now and after every commit, in commit order; None after
         ``timeout`` seconds of silence (then the state is read again, in case an event was lost
         while the event connection reconnected). Never yields a state older than one it yielded.
@@ -293,11 +316,11 @@ class Store:
         inbox = self.events.join(channel)  # subscribed before the first read: no commit is missed
         try:
             last = (-1, -1.0)
-            snapshot: tuple[dict[str, str], list[str]] | None = self.snapshot(job_id)
+            snapshot: Snapshot | None = self.snapshot(job_id)
             while True:
                 if snapshot is not None:
                     fields = snapshot[0]
-                    mark = (int(fields.get("seq") or 0), float(fields.get("updated_at") or 0))
+                    mark = (int(fields.get(F.SEQ) or 0), float(fields.get(F.UPDATED_AT) or 0))
                     if mark >= last:  # an event queued before a newer read is old news: drop it
                         last = mark
                         yield snapshot
@@ -307,23 +330,27 @@ class Store:
                     yield None
                     snapshot = self.snapshot(job_id)
                     continue
-                snapshot = self.snapshot(job_id) if raw is _RESYNC else _event(raw)
+                snapshot = self.snapshot(job_id) if raw is RESYNC else decode_event(raw)
         finally:
             self.events.leave(channel, inbox)
 
     # -- the step protocol ------------------------------------------------------------------
 
+    @_translating
     def claim(self, job_id: str, seq: int, worker: str, now_ms: int, lease_ms: int) -> Claim:
+        """Take step ``seq``'s lease for ``worker`` if the step is due (see CLAIM)."""
         k = self.keys
         reply = self._claim(
             keys=[k.job(job_id), k.items(job_id), k.errors(job_id)],
             args=[seq, worker, now_ms, lease_ms],
         )
-        if reply[0] != "ok":
-            return Claim(reply[0])
+        code = ClaimCode(reply[0])
+        if code is not ClaimCode.OK:
+            return Claim(code)
         ids = json.loads(reply[2])  # cjson writes an empty table as {}
-        return Claim("ok", _pairs(json.loads(reply[1])), ids or [], [bool(x) for x in reply[3]])
+        return Claim(code, _pairs(json.loads(reply[1])), ids or [], [bool(x) for x in reply[3]])
 
+    @_translating
     def commit(
         self,
         job_id: str,
@@ -361,18 +388,20 @@ class Store:
             return None
         return int(reply[1]), reply[2]
 
-    def report(
+    @_translating
+    def renew(
         self,
         job_id: str,
         seq: int,
         worker: str,
         now: float,
-        payload: dict[str, Any] | None,
         lease_until_ms: int,
-    ) -> tuple[str, str] | None:
-        """Renew a step's lease and apply live progress; ``(status, signal)`` or None if lost."""
+        payload: dict[str, Any] | None = None,
+    ) -> Seen | None:
+        """Renew a running step's lease, applying ``payload`` (live progress, or the mark that
+        this step ends the job) with it; what it saw of the job, or None if the lease is lost."""
         k = self.keys
-        reply = self._report(
+        reply = self._renew(
             keys=[k.job(job_id), k.messages(job_id)],
             args=[
                 seq,
@@ -387,18 +416,28 @@ class Store:
         )
         if reply[0] != "ok":
             return None
-        return reply[1], reply[2]
+        return Seen(reply[1], reply[2])
 
     @_translating
-    def signal(self, job_id: str, what: str, now: float, deadline_ms: int) -> tuple[str, str, int]:
-        """Record a stop/cancel/pause/resume request; see SIGNAL for the codes."""
+    def signal(
+        self, job_id: str, what: Signal, now: float, deadline_ms: int
+    ) -> tuple[SignalCode, str, int]:
+        """Record a stop/cancel/pause/resume request: ``(code, status, seq)`` (see SIGNAL)."""
         k = self.keys
         code, status, seq = self._signal(
             keys=[k.job(job_id), k.messages(job_id)],
-            args=[what, repr(now), deadline_ms, k.channel(job_id), MESSAGES_KEPT, MESSAGES_SHOWN],
+            args=[
+                what.value,
+                repr(now),
+                deadline_ms,
+                k.channel(job_id),
+                MESSAGES_KEPT,
+                MESSAGES_SHOWN,
+            ],
         )
-        return code, status, int(seq or 0)
+        return SignalCode(code), status, int(seq or 0)
 
+    @_translating
     def recover(self, job_id: str, now_ms: int, deadline_ms: int) -> tuple[int, bool] | None:
         """Give an overdue job a fresh deadline: ``(seq to enqueue, a claimed step was lost)``."""
         reply = self._recover(keys=[self.keys.job(job_id)], args=[now_ms, deadline_ms])
@@ -406,6 +445,7 @@ class Store:
             return None
         return int(reply[1]), bool(reply[2])
 
+    @_translating
     def mark_cleaned(self, job_id: str) -> dict[str, str] | None:
         """Take the one right to run a job's cleanup; the job hash, or None if already taken."""
         reply = self._mark_cleaned(keys=[self.keys.job(job_id)])
@@ -413,6 +453,7 @@ class Store:
 
     # -- indexes and maintenance --------------------------------------------------------------
 
+    @_translating
     def finish(self, job_id: str, clean_at: float) -> None:
         """Move a terminal job from the active index to the expiring one."""
         with self.client.pipeline(transaction=False) as pipe:
@@ -420,6 +461,7 @@ class Store:
             pipe.zadd(self.keys.expiring, {job_id: clean_at})
             pipe.execute()
 
+    @_translating
     def active_jobs(self, page: int = 1000) -> list[tuple[str, str | None, int]]:
         """Every job not yet seen terminal, as ``(id, status or None if gone, step deadline in
         ms)``: one ZRANGE and one pipelined HMGET per ``page`` jobs, however many there are."""
@@ -429,13 +471,15 @@ class Store:
             chunk = ids[start : start + page]
             with self.client.pipeline(transaction=False) as pipe:
                 for job_id in chunk:
-                    pipe.hmget(self.keys.job(job_id), "status", "lease_until")
+                    pipe.hmget(self.keys.job(job_id), F.STATUS, F.LEASE_UNTIL)
                 replies = pipe.execute()
             for job_id, (status, lease_until) in zip(chunk, replies, strict=True):
                 found.append((job_id, status, int(float(lease_until or 0))))
         return found
 
+    @_translating
     def due_for_cleaning(self, now: float, limit: int = 500) -> list[str]:
+        """Terminal jobs whose time to be cleaned has come."""
         return cast(
             list[str], self.client.zrangebyscore(self.keys.expiring, 0, now, start=0, num=limit)
         )
@@ -452,6 +496,7 @@ class Store:
                 pipe.zrem(self.keys.owner(owner), job_id)
             pipe.execute()
 
+    @_translating
     def try_lock(self, name: str, seconds: float) -> bool:
         """A lock that expires by itself: the first caller in each period gets True."""
         return bool(self.client.set(self.keys.lock(name), "1", nx=True, px=int(seconds * 1000)))
@@ -461,98 +506,15 @@ class Store:
         return bool(self.client.ping())
 
 
-_RESYNC = object()  # put in every inbox after the event connection came back: read the state anew
-
-
-def _event(raw: str) -> tuple[dict[str, str], list[str]]:
-    """A progress event as COMMIT, REPORT and SIGNAL publish it: the job hash and messages."""
-    event = json.loads(raw)
-    messages = event.get("messages")
-    return _pairs(event["job"]), messages if isinstance(messages, list) else []
-
-
-class EventHub:
-    """Every job's progress events through one pattern subscription per process, fanned out to
-    the followers' queues: a web process serving many event streams holds one Redis connection
-    for all of them, not one each.
-
-    :param client: the store's client.
-    :param pattern: the pattern of every job's event channel under the store's prefix.
-    """
-
-    def __init__(self, client: redis.Redis, pattern: str) -> None:
-        self._client = client
-        self._pattern = pattern
-        self._inboxes: dict[str, set[queue.Queue[Any]]] = {}
-        self._lock = threading.Lock()
-        self._ready = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._pid = 0
-
-    def join(self, channel: str, wait: float = 5.0) -> queue.Queue[Any]:
-        """A new inbox for ``channel``'s events, once the subscription is live (or ``wait``)."""
-        inbox: queue.Queue[Any] = queue.Queue()
-        with self._lock:
-            self._inboxes.setdefault(channel, set()).add(inbox)
-            if self._thread is None or not self._thread.is_alive() or self._pid != os.getpid():
-                self._pid = os.getpid()
-                self._ready.clear()
-                self._thread = threading.Thread(
-                    target=self._run, name="batchflow-events", daemon=True
-                )
-                self._thread.start()
-        self._ready.wait(wait)
-        return inbox
-
-    def leave(self, channel: str, inbox: queue.Queue[Any]) -> None:
-        with self._lock:
-            inboxes = self._inboxes.get(channel)
-            if inboxes is not None:
-                inboxes.discard(inbox)
-                if not inboxes:
-                    del self._inboxes[channel]
-
-    def _deliver(self, channel: str | None, item: Any) -> None:
-        with self._lock:
-            targets = [
-                inbox
-                for name, inboxes in self._inboxes.items()
-                if channel is None or name == channel
-                for inbox in inboxes
-            ]
-        for inbox in targets:
-            inbox.put(item)
-
-    def _run(self) -> None:
-        backoff, reconnecting = 0.1, False
-        while True:
-            pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]
-            try:
-                pubsub.psubscribe(self._pattern)
-                while True:
-                    message = pubsub.get_message(timeout=1.0)
-                    if message is None:
-                        with self._lock:
-                            if not self._inboxes:  # nobody follows: stop; the next join restarts
-                                self._thread = None
-                                return
-                        continue
-                    if message["type"] == "psubscribe":
-                        self._ready.set()
-                        backoff = 0.1
-                        if reconnecting:  # events may have been lost meanwhile
-                            self._deliver(None, _RESYNC)
-                            reconnecting = False
-                    elif message["type"] == "pmessage":
-                        self._deliver(message["channel"], message["data"])
-            except redis.exceptions.RedisError:
-                log.warning("the event connection to Redis broke; reconnecting", exc_info=True)
-                self._ready.clear()
-                reconnecting = True
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-            finally:
-                pubsub.close()
+def _chunks(ids: Iterable[str]) -> Iterator[list[str]]:
+    chunk: list[str] = []
+    for item in ids:
+        chunk.append(item)
+        if len(chunk) == ITEM_CHUNK:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _text(value: Any) -> str:

@@ -100,7 +100,7 @@ def make_celery(
     def step(job_id: str, seq: int) -> str:
         """Run one step of a job (a duplicate or stale delivery does nothing)."""
         with enter():
-            return engine.run_step(job_id, int(seq))
+            return str(engine.run_step(job_id, int(seq)))
 
     @app.task(name=CLEANUP_TASK, ignore_result=True, shared=False)  # type: ignore[untyped-decorator]
     def cleanup(job_id: str) -> bool:

@@ -351,7 +351,7 @@ def make_blueprint(extension: BatchFlow) -> Blueprint:
             engine.request_cleanup(job_id)
             new_state = engine.state(job_id)
         else:
-            new_state = engine.request(state.id, action)
+            new_state = engine.signal(state.id, action)
         if _wants_json():
             return jsonify(status_json(new_state)), 202
         return redirect(url_for("batchflow.progress", job_id=job_id), code=303)

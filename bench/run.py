@@ -812,7 +812,7 @@ def bench_latency(ctx: Context, opts: argparse.Namespace, rep: Report) -> None:
         )
         time.sleep(offset)
         t0 = time.time()
-        ctx.engine.request(job_id, "stop")
+        ctx.engine.signal(job_id, "stop")
         fields = wait_job(ctx, job_id, 30 + step * 3, 0.01)
         assert fields["status"] == "stopped", fields["status"]
         e_stop.append(float(fields["finished_at"]) - t0)
@@ -854,7 +854,7 @@ def bench_latency(ctx: Context, opts: argparse.Namespace, rep: Report) -> None:
         f"Stop: a job of one-unit steps that each take the step target "
         f"({step:g} s, BATCHFLOW_STEP_TARGET); stop requested {k} times at "
         f"{', '.join(f'{o:.2f}' for o in offsets)} s into the first running step "
-        f"(stratified); latency = engine.request(job, 'stop') -> the commit that set "
+        f"(stratified); latency = engine.signal(job, 'stop') -> the commit that set "
         f"status stopped (its finished_at): {', '.join(ms(x) for x in e_stop)}. Peer: "
         f"the hand-written chain with the same pretend work, checking a stop flag "
         f"(HGET) at the start of each link: {', '.join(ms(x) for x in p_stop)}. Goal "

@@ -33,6 +33,7 @@ from typing import Any
 
 from batchflow import Engine, FileJob, Handler, ItemsJob, Registry, TaskJob
 from batchflow.job import Job
+from batchflow.steps import StepOutcome
 from tests.handlers import make_registry, side
 
 _local = threading.local()
@@ -272,13 +273,13 @@ def instrument(engine: Engine, prefix: str) -> None:
         )
         real_enqueue(job_id, seq, countdown)
 
-    def run_step(job_id: str, seq: int) -> str:
+    def run_step(job_id: str, seq: int) -> StepOutcome:
         _local.step = (job_id, seq)
         try:
             outcome = real_run_step(job_id, seq)
         finally:
             _local.step = None
-        record = {"job": job_id, "seq": seq, "outcome": outcome, "pid": os.getpid()}
+        record = {"job": job_id, "seq": seq, "outcome": str(outcome), "pid": os.getpid()}
         side.rpush(f"{prefix}:outcomes", json.dumps(record))
         return outcome
 

@@ -23,7 +23,8 @@ from batchflow import (
     Unavailable,
     UnknownHandler,
 )
-from batchflow.store import Store
+from batchflow.schema import ClaimCode
+from batchflow.store import Store, valid_job_id
 from tests.handlers import CLEANUPS, HOOKS, Crash, make_registry, row, side
 from tests.helpers import ROOT, ListDispatcher
 
@@ -46,15 +47,15 @@ def test_a_job_runs_to_completion_with_exact_counters(engine: Engine, manual: Li
 def test_the_same_step_twice_and_a_stale_step_change_nothing(engine, manual):
     job_id = engine.start("count", owner="alice", params={"n": 100})
     ((_, seq, _),) = manual.steps
-    assert engine.run_step(job_id, 0) == "running"  # create_job
+    assert engine.run_step(job_id, 0).status is Status.RUNNING  # create_job
     before = engine.state(job_id).fields
-    assert engine.run_step(job_id, 0) == "stale"  # duplicate delivery of the same step
-    assert engine.run_step(job_id, 0) == "stale"
+    assert engine.run_step(job_id, 0).refused is ClaimCode.STALE  # a duplicate delivery
+    assert engine.run_step(job_id, 0).refused is ClaimCode.STALE
     assert engine.state(job_id).fields["seq"] == before["seq"] == "1"
     manual.steps.clear()
-    assert engine.run_step(job_id, 1) in ("running", "completed")
+    assert engine.run_step(job_id, 1).status in (Status.RUNNING, Status.COMPLETED)
     after = engine.state(job_id)
-    assert engine.run_step(job_id, 1) == "stale"  # an old seq
+    assert engine.run_step(job_id, 1).refused is ClaimCode.STALE  # an old seq
     assert engine.state(job_id).count("processed") == after.count("processed")
     assert len(manual.steps) <= 1  # one successor, not a forked chain
 
@@ -71,7 +72,7 @@ def test_a_live_lease_blocks_a_concurrent_claim(engine, manual):
     HOOKS[f"{job_id}:step"] = slow
     try:
         threads = [
-            threading.Thread(target=lambda: results.append(engine.run_step(job_id, seq)))
+            threading.Thread(target=lambda: results.append(str(engine.run_step(job_id, seq))))
             for _ in range(4)
         ]
         for t in threads:
@@ -214,7 +215,7 @@ def test_a_file_step_cut_off_after_writing_is_truncated_and_written_once(engine,
         job, seq, _ = manual.steps.pop(0)
         with pytest.raises(Crash):
             engine.run_step(job, seq)  # rows written, worker "dies" before the commit
-        assert engine.run_step(job, seq) == "busy"  # its lease is still live
+        assert engine.run_step(job, seq).refused is ClaimCode.BUSY  # its lease is still live
         done = engine.maintain(time.time() + engine.settings.lease_seconds + 1, force=True)
         assert done["requeued"] == 1 and done["lost"] == 1
         manual.drain(engine)
@@ -266,24 +267,24 @@ def test_batch_size_adapts_toward_the_step_target(engine, manual):
 def test_stop_pause_resume_and_signals_on_a_finished_job(engine, manual):
     job_id = engine.start("count", owner="a", params={"n": 1000})
     manual.drain(engine, limit=2)
-    engine.request(job_id, "pause")
+    engine.signal(job_id, "pause")
     assert engine.state(job_id).actions() == ["stop", "cancel", "resume"]
     manual.drain(engine, limit=1)
     assert engine.state(job_id).status is Status.PAUSED
     assert manual.steps == []  # nothing runs while paused
-    engine.request(job_id, "pause")  # idempotent
-    engine.request(job_id, "resume")
+    engine.signal(job_id, "pause")  # idempotent
+    engine.signal(job_id, "resume")
     assert engine.state(job_id).status is Status.RUNNING and len(manual.steps) == 1
-    engine.request(job_id, "stop")
-    engine.request(job_id, "stop")  # idempotent
+    engine.signal(job_id, "stop")
+    engine.signal(job_id, "stop")  # idempotent
     manual.drain(engine)
     state = engine.state(job_id)
     assert state.status is Status.STOPPED
     assert state.count("skipped") == 1000 - state.count("processed") > 0
     with pytest.raises(InvalidTransition, match="already ended"):
-        engine.request(job_id, "stop")
+        engine.signal(job_id, "stop")
     with pytest.raises(JobNotFound):
-        engine.request("nope" * 5, "stop")
+        engine.signal("nope" * 5, "stop")
 
 
 def test_keys_share_one_hash_tag_and_bad_ids_are_unknown(engine):
@@ -300,10 +301,20 @@ def test_keys_share_one_hash_tag_and_bad_ids_are_unknown(engine):
         "x" * 20 + ":a",
         "../" * 8,
     ):
-        with pytest.raises(JobNotFound):
-            keys.job(bad)
-        with pytest.raises(JobNotFound):
-            engine.state(bad)
+        # Ids are checked once, where they enter the engine; the key builder trusts them.
+        assert not valid_job_id(bad)
+        for entry in (
+            engine.state,
+            engine.request_cleanup,
+            lambda job_id: engine.signal(job_id, "stop"),
+            lambda job_id: engine.results(job_id, "errors"),
+            lambda job_id: list(engine.report_rows(job_id)),
+            lambda job_id: next(engine.follow(job_id)),
+        ):
+            with pytest.raises(JobNotFound):
+                entry(bad)
+        assert engine.run_step(bad, 0).refused is ClaimCode.MISSING
+        assert engine.cleanup(bad) is False
 
 
 def test_engine_and_store_import_no_flask():

@@ -504,9 +504,9 @@ def test_a_lost_successor_is_re_enqueued_from_the_committed_state(engine, worker
     job_id = local.start("f-items", owner="a", ids=ids, params={"prefix": prefix})
     workers.start()
     dispatcher.refuse = True
-    assert local.run_step(job_id, 0) == "running"  # committed; enqueueing step 1 failed
+    assert local.run_step(job_id, 0).status is Status.RUNNING  # committed; enqueueing failed
     lost_at = time.time()
-    assert local.run_step(job_id, 1) == "running"  # even a second step by hand: still fenced
+    assert local.run_step(job_id, 1).status is Status.RUNNING  # a second step: still fenced
     state = terminal(engine, job_id, timeout=60)
     d = state.to_dict()
     assert (d["status"], d["good"], d["bad"], d["processed"]) == ("completed", 3000, 0, 3000)
@@ -530,11 +530,11 @@ def test_a_stop_recorded_while_the_broker_is_down_is_still_obeyed(engine, worker
     local.dispatcher = dispatcher = RefusingDispatcher()
     job_id = local.start("f-fixed", owner="a", ids=IDS, params={"prefix": prefix})
     dispatcher.drain(local, limit=3)
-    local.request(job_id, "pause")
+    local.signal(job_id, "pause")
     dispatcher.drain(local, limit=1)
     assert local.state(job_id).status is Status.PAUSED and dispatcher.steps == []
     dispatcher.refuse = True
-    asked = local.request(job_id, "stop")  # recorded, although nothing could be enqueued
+    asked = local.signal(job_id, "stop")  # recorded, although nothing could be enqueued
     assert asked.status is Status.STOPPING
     workers.start()
     state = terminal(engine, job_id, timeout=RECOVERY_BOUND + 5)
@@ -835,8 +835,8 @@ def changed_ids(prefix: str) -> dict[str, int]:
 def test_stop_or_cancel_before_the_first_step_runs_nothing(engine, workers, prefix, what):
     job_id = engine.start("f-fixed", owner="a", ids=IDS, params={"prefix": prefix})
     asked = "stopping" if what == "stop" else "canceling"
-    assert engine.request(job_id, what).status.value == asked
-    assert engine.request(job_id, what).status.value == asked  # twice: the same
+    assert engine.signal(job_id, what).status.value == asked
+    assert engine.signal(job_id, what).status.value == asked  # twice: the same
     workers.start()
     state = terminal(engine, job_id)
     d = state.to_dict()
@@ -853,9 +853,9 @@ def test_stop_or_cancel_mid_step_lets_only_the_step_in_flight_finish(engine, wor
     job_id = engine.start("f-fixed", owner="a", ids=IDS, params={"prefix": prefix})
     (hit,) = fired(prefix, "change")
     assert hit["seq"] == 6
-    asked = engine.request(job_id, what)
+    asked = engine.signal(job_id, what)
     assert asked.status.value == ("stopping" if what == "stop" else "canceling")
-    engine.request(job_id, what)  # twice
+    engine.signal(job_id, what)  # twice
     release(prefix, "change")
     state = terminal(engine, job_id)
     d = state.to_dict()
@@ -882,7 +882,7 @@ def test_stop_or_cancel_during_and_after_the_last_step(engine, workers, prefix, 
     job_id = engine.start("f-fixed", owner="a", ids=IDS, params={"prefix": prefix})
     (hit,) = fired(prefix, "step")
     assert hit["seq"] == 20
-    engine.request(job_id, what)
+    engine.signal(job_id, what)
     release(prefix, "step")
     state = terminal(engine, job_id)
     d = state.to_dict()
@@ -902,7 +902,7 @@ def test_stop_or_cancel_during_and_after_the_last_step(engine, workers, prefix, 
     assert_one_chain(prefix, job_id, state)
     for again in ("stop", "cancel"):  # after the end: a clear refusal, nothing changes
         with pytest.raises(InvalidTransition, match="already ended"):
-            engine.request(job_id, again)
+            engine.signal(job_id, again)
     assert engine.state(job_id).fields["seq"] == state.fields["seq"]
 
 
@@ -911,12 +911,12 @@ def test_a_resume_that_races_the_step_answering_the_pause_is_not_lost(engine, wo
     arm(prefix, "step", action="block", left=1, min_seq=3)
     job_id = engine.start("f-fixed", owner="a", ids=IDS, params={"prefix": prefix})
     fired(prefix, "step")
-    engine.request(job_id, "pause")  # step 3 is in flight: step 4 will answer the pause
+    engine.signal(job_id, "pause")  # step 3 is in flight: step 4 will answer the pause
     arm(prefix, "commit", action="block", left=1, min_seq=4)
     release(prefix, "step")
     (hit,) = fired(prefix, "commit")  # step 4 decided to pause and is about to commit that
     assert hit["seq"] == 4
-    assert engine.request(job_id, "resume").status is Status.RUNNING  # the user resumes now
+    assert engine.signal(job_id, "resume").status is Status.RUNNING  # the user resumes now
     release(prefix, "commit")
     state = terminal(engine, job_id, timeout=30)  # a lost resume would leave it paused
     d = state.to_dict()
@@ -932,7 +932,7 @@ def test_a_cancel_after_the_last_step_ran_its_callbacks_is_refused(engine, worke
     job_id = engine.start("f-fixed", owner="a", ids=IDS, params={"prefix": prefix})
     fired(prefix, "commit")
     with pytest.raises(InvalidTransition, match="finishing"):
-        engine.request(job_id, "cancel")
+        engine.signal(job_id, "cancel")
     release(prefix, "commit")
     state = terminal(engine, job_id)
     assert (state.status, state.count("good")) == (Status.COMPLETED, 200)
@@ -947,7 +947,7 @@ def test_a_stop_with_every_worker_down_is_obeyed_when_one_comes_back(engine, wor
     job_id = engine.start("f-fixed", owner="a", ids=IDS, params={"prefix": prefix})
     (hit,) = fired(prefix, "change")
     first.kill()  # every worker is down, mid-step
-    assert engine.request(job_id, "stop").status is Status.STOPPING  # recorded
+    assert engine.signal(job_id, "stop").status is Status.STOPPING  # recorded
     time.sleep(LEASE + 2 * MAINTENANCE)
     assert engine.state(job_id).status is Status.STOPPING  # nobody to obey it yet
     # The next worker claims the stop step and dies at once; the stop survives that too.

@@ -53,7 +53,7 @@ def test_stop_keeps_the_work_and_changes_nothing_after_the_stop_point(engine, wo
     ids = [f"i{n:05d}" for n in range(3000)]
     job_id = engine.start("archive", owner="a", ids=ids, params={"prefix": prefix, "sleep": 0.002})
     wait_for(lambda: engine.state(job_id).count("processed") >= 100)
-    asked = engine.request(job_id, "stop")
+    asked = engine.signal(job_id, "stop")
     assert asked.status in (Status.STOPPING, Status.STOPPED)
     state = wait_terminal(engine, job_id)
     processed = state.count("processed")
@@ -68,8 +68,8 @@ def test_cancel_undoes_every_changed_id_exactly_once(engine, worker, prefix):
     ids = [f"c{n:05d}" for n in range(2000)] + ["bad-x"]
     job_id = engine.start("archive", owner="a", ids=ids, params={"prefix": prefix, "sleep": 0.002})
     wait_for(lambda: engine.state(job_id).count("processed") >= 300)
-    engine.request(job_id, "cancel")
-    engine.request(job_id, "cancel")  # idempotent
+    engine.signal(job_id, "cancel")
+    engine.signal(job_id, "cancel")  # idempotent
     state = wait_terminal(engine, job_id, timeout=60)
     d = state.to_dict()
     assert d["status"] == "canceled" and d["undo_failed"] == 0
@@ -83,13 +83,13 @@ def test_pause_then_resume(engine, worker, prefix):
     ids = [str(n) for n in range(1500)]
     job_id = engine.start("archive", owner="a", ids=ids, params={"prefix": prefix, "sleep": 0.002})
     wait_for(lambda: engine.state(job_id).count("processed") >= 50)
-    engine.request(job_id, "pause")
+    engine.signal(job_id, "pause")
     paused = wait_for(lambda: (s := engine.state(job_id)).status is Status.PAUSED and s)
     assert paused.actions() == ["stop", "cancel", "resume"]
     time.sleep(1.0)
     assert engine.state(job_id).count("processed") == paused.count("processed")  # no step ran
     assert len(archived(prefix)) == paused.count("processed")
-    engine.request(job_id, "resume")
+    engine.signal(job_id, "resume")
     state = wait_terminal(engine, job_id, timeout=60)
     assert state.status is Status.COMPLETED and state.count("good") == 1500
     assert archived(prefix) == {i: 1 for i in ids}
@@ -105,7 +105,7 @@ def test_a_stop_from_another_process_is_obeyed(engine, worker, prefix, files_dir
         "from tests.handlers import make_registry\n"
         "s = Settings.from_mapping()\n"
         "e = Engine(s, Store.from_url(s.redis_url, s.key_prefix), make_registry())\n"
-        f"print(e.request({job_id!r}, 'stop').status.value)\n"
+        f"print(e.signal({job_id!r}, 'stop').status.value)\n"
     )
     env = {**__import__("os").environ, **{k: str(v) for k, v in config.items()}, "PYTHONPATH": ROOT}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
@@ -119,7 +119,7 @@ def test_a_one_shot_job_is_live_and_stops_mid_run(engine, worker):
     job_id = engine.start("rebuild", owner="a", params={"n": 2000, "sleep": 0.005})
     seen = set()
     wait_for(lambda: seen.add(engine.state(job_id).count("processed")) or len(seen - {0}) >= 3)
-    engine.request(job_id, "stop")
+    engine.signal(job_id, "stop")
     state = wait_terminal(engine, job_id)
     d = state.to_dict()
     assert d["status"] == "stopped" and 0 < d["processed"] < 2000

@@ -1,0 +1,116 @@
+"""The heartbeat: one daemon thread per process that keeps running steps' leases alive and sends
+one-shot jobs' live progress, so that a long step is not taken for a dead one."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+from .job import Job
+from .schema import ms
+from .store import Store
+
+log = logging.getLogger("batchflow")
+
+_worker: tuple[int, str] | None = None
+
+
+def worker_id() -> str:
+    """This process's identity in leases: host, pid and a random tag (fork-safe)."""
+    global _worker
+    pid = os.getpid()
+    if _worker is None or _worker[0] != pid:
+        _worker = (pid, f"{socket.gethostname()}:{pid}:{secrets.token_hex(4)}")
+    return _worker[1]
+
+
+@dataclasses.dataclass
+class _Watched:
+    job: Job
+    worker: str
+    interval: float
+    live: bool
+    due: float
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+
+class Heartbeat:
+    """Renews the lease of every step this process runs, every ``interval`` of that step.
+
+    :param store: where the leases are.
+    :param lease_seconds: how long each renewal extends a lease (``BATCHFLOW_LEASE_SECONDS``).
+    """
+
+    def __init__(self, store: Store, lease_seconds: float) -> None:
+        self.store = store
+        self.lease_seconds = lease_seconds
+        self._watched: dict[int, _Watched] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._next_wake = 0.0
+        self._pid: int | None = None
+
+    @contextlib.contextmanager
+    def watch(self, job: Job, worker: str, interval: float, *, live: bool) -> Iterator[None]:
+        """Keep ``job``'s lease while the block runs; with ``live``, also send what the job
+        reported since the last beat (a one-shot job's progress)."""
+        entry = _Watched(job, worker, interval, live, time.monotonic() + interval)
+        with self._lock:
+            self._watched[id(entry)] = entry
+            if self._pid != os.getpid():
+                self._pid = os.getpid()
+                self._next_wake = 0.0
+                threading.Thread(target=self._run, name="batchflow-heartbeat", daemon=True).start()
+            # Most steps end long before their first beat: wake the thread only if this one is
+            # due before the thread means to wake anyway (a thread switch per step costs).
+            wake = entry.due < self._next_wake
+        if wake:
+            self._wake.set()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._watched.pop(id(entry), None)
+            with entry.lock:  # a beat in progress finishes before the step commits
+                pass
+
+    def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            with self._lock:
+                entries = list(self._watched.values())
+            now = time.monotonic()
+            for entry in entries:
+                if entry.due <= now:
+                    entry.due = now + entry.interval
+                    self._beat(entry)
+            with self._lock:
+                upcoming = [e.due for e in self._watched.values()]
+                # Sleep until the next beat is due, or until a step due sooner is watched.
+                wait = max(0.005, min(upcoming) - time.monotonic() if upcoming else 5.0)
+                self._next_wake = time.monotonic() + wait
+            self._wake.wait(wait)
+
+    def _beat(self, entry: _Watched) -> None:
+        with entry.lock:
+            job = entry.job
+            payload = job.buffer.drain_live() if entry.live else None
+            now = time.time()
+            try:
+                seen = self.store.renew(
+                    job.id, job.seq, entry.worker, now, ms(now + self.lease_seconds), payload
+                )
+            except Exception:  # noqa: BLE001 - a missed beat is retried at the next interval
+                log.warning("heartbeat for job %s failed", job.id, exc_info=True)
+                return
+            if seen is None:
+                job.lease.mark_lost()
+            else:
+                job.lease.saw(seen.status, seen.signal)

@@ -1,0 +1,106 @@
+"""Maintenance: what keeps jobs moving when workers die and cleans up after jobs that ended.
+
+Every worker runs it every ``BATCHFLOW_MAINTENANCE_INTERVAL`` (a lock in Redis lets one of them do
+the work per interval), ``flask batchflow maintain`` runs it by hand. It
+
+- re-enqueues a step whose worker died (its lease expired) or that never reached a worker
+  (``BATCHFLOW_QUEUE_TIMEOUT``);
+- moves jobs that ended out of the active index;
+- runs ``cleanup_job`` for jobs past ``BATCHFLOW_JOB_TTL`` and deletes their state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+
+from .config import Settings
+from .schema import Status, is_terminal, ms
+from .store import Store
+
+log = logging.getLogger("batchflow")
+
+
+@dataclasses.dataclass
+class Done:
+    """What one round of maintenance did."""
+
+    requeued: int = 0  # steps enqueued again
+    lost: int = 0  # ... of which a worker had claimed and lost
+    cleaned: int = 0  # expired jobs cleaned and deleted
+    finished: int = 0  # ended (or vanished) jobs taken out of the active index
+
+    def as_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+
+class Maintenance:
+    """One round of maintenance at a time.
+
+    :param settings: deployment settings.
+    :param store: job state.
+    :param enqueue_step: sends step ``seq`` of a job to the workers.
+    :param cleanup: runs an expired job's ``cleanup_job`` (once); returns the job's owner, or None
+        if its state is gone.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        enqueue_step: Callable[[str, int], None],
+        cleanup: Callable[[str], str | None],
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.enqueue_step = enqueue_step
+        self.cleanup = cleanup
+
+    def run(self, now: float | None = None, *, force: bool = False) -> Done:
+        """One round; unless ``force``, only the first caller per interval (across every worker)
+        does the work."""
+        now = time.time() if now is None else now
+        done = Done()
+        interval = self.settings.maintenance_interval
+        if not force and not self.store.try_lock("maintenance", interval * 0.8):
+            return done
+        self._recover_overdue(now, done)
+        self._clean_expired(now, done)
+        return done
+
+    def _recover_overdue(self, now: float, done: Done) -> None:
+        s = self.settings
+        for job_id, status, deadline_ms in self.store.active_jobs():
+            if status is None or is_terminal(status):
+                self.store.finish(job_id, now if status is None else now + s.job_ttl)
+                done.finished += 1
+                continue
+            if status == Status.PAUSED.value or deadline_ms > ms(now):
+                continue  # the common case costs nothing more than the pipelined read
+            recovered = self.store.recover(job_id, ms(now), ms(now + s.queue_timeout))
+            if recovered is None:
+                continue
+            seq, lost = recovered
+            done.requeued += 1
+            done.lost += lost
+            why = "its worker was lost" if lost else "it was never claimed"
+            try:
+                self.enqueue_step(job_id, seq)
+            except Exception:  # noqa: BLE001 - overdue again after the fresh deadline
+                log.exception(
+                    "job %s: step %s is overdue (%s) and could not be re-enqueued; "
+                    "maintenance tries again after BATCHFLOW_QUEUE_TIMEOUT",
+                    job_id,
+                    seq,
+                    why,
+                )
+                continue
+            log.warning("job %s: step %s was overdue (%s); re-enqueued", job_id, seq, why)
+
+    def _clean_expired(self, now: float, done: Done) -> None:
+        for job_id in self.store.due_for_cleaning(now):
+            owner = self.cleanup(job_id)
+            self.store.delete_job(job_id, owner)
+            done.cleaned += 1

@@ -1,0 +1,310 @@
+"""The step runner, the heart of batchflow: claim a step, run the handler, commit the step's
+buffer, enqueue the next step.
+
+Guarantees, as users meet them:
+
+- A step carries ``(job_id, seq)``. Only the delivery whose ``seq`` matches the job's, with no live
+  lease held, runs; a duplicate or stale delivery does nothing. Steps are at-least-once, commits
+  exactly-once: counters never double-count.
+- A step whose worker dies is run again after its lease expires (maintenance re-enqueues it). Only
+  the step cut off may repeat its side effects; a FileJob writes from the committed length at
+  fixed offsets, so rows land exactly once.
+- A step that keeps killing its worker is not retried forever: after a lost step, the rest of its
+  slice runs one unit per step, so the unit that kills is met alone; after
+  ``BATCHFLOW_MAX_ATTEMPTS`` tries an item job records that item as bad and goes on, any other job
+  fails as *stalled*.
+- A worker that lost its lease while still alive (frozen, or cut off from Redis for longer than the
+  lease) cannot commit; as soon as its heartbeat learns it, an item job stops changing ids and a
+  one-shot job's ``stop_requested()`` turns True, so two copies do not run on.
+- Stop, cancel and pause are answered between steps, by whichever worker claims the next step. A
+  cancel that arrives while the last step ends the job wins if that step has not run its callbacks
+  yet (the work is undone); after that it is refused: callbacks run for the job's real ending only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from .config import Settings
+from .exceptions import UnknownHandler
+from .handlers import Handler, StepResult, error_message
+from .heartbeat import Heartbeat, worker_id
+from .job import Job, StepResponse
+from .registry import HandlerSpec, Registry
+from .schema import ClaimCode, F, Kind, Phase, Status, ms
+from .store import Store
+
+log = logging.getLogger("batchflow")
+
+#: Endings that a cancel arriving during the ending step turns into an undo (see COMMIT).
+CANCELABLE_ENDINGS = (Status.COMPLETED, Status.STOPPED)
+#: How much longer than the TTL a terminal job's keys live, so maintenance can clean up first.
+CLEANUP_GRACE = 3600
+
+
+class Dispatcher(Protocol):
+    """How the engine reaches workers; the Celery layer provides it (tests provide their own)."""
+
+    def enqueue_step(self, job_id: str, seq: int, countdown: float = 0.0) -> None: ...
+
+    def enqueue_cleanup(self, job_id: str) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class StepOutcome:
+    """What one delivery of a step did: either it did not run (``refused`` says why), or it ran
+    and its commit was refused because another worker holds the step now (``lost``), or it ran
+    and committed, leaving the job in ``status``."""
+
+    refused: ClaimCode | None = None
+    lost: bool = False
+    status: Status | None = None
+
+    @property
+    def committed(self) -> bool:
+        return self.status is not None
+
+    def __str__(self) -> str:
+        """One word for logs: the claim's refusal, ``lost``, or the status after the commit."""
+        if self.refused is not None:
+            return self.refused.value
+        return "lost" if self.lost or self.status is None else self.status.value
+
+
+class StepRunner:
+    """Runs one step of a job, from claim to commit.
+
+    :param settings: deployment settings.
+    :param store: job state.
+    :param registry: the handlers jobs name.
+    :param dispatcher: returns the dispatcher that enqueues the next step.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        registry: Registry,
+        dispatcher: Callable[[], Dispatcher],
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.registry = registry
+        self.dispatcher = dispatcher
+        self.heartbeat = Heartbeat(store, settings.lease_seconds)
+
+    def run(self, job_id: str, seq: int) -> StepOutcome:
+        """Run step ``seq`` of a job (a valid id), if it is still due.
+
+        Never raises for a handler's error: the job fails with the error's message and the
+        traceback goes to the log.
+        """
+        s = self.settings
+        worker = worker_id()
+        claim = self.store.claim(job_id, seq, worker, ms(time.time()), ms(s.lease_seconds))
+        if claim.code is not ClaimCode.OK:
+            log.debug("step %s/%s not run: %s", job_id, seq, claim.code.value)
+            return StepOutcome(refused=claim.code)
+        fields = claim.fields
+        phase = fields.get(F.PHASE)
+        live = fields.get(F.KIND) == Kind.TASK and phase == Phase.RUN
+        job = Job(fields, items=claim.ids, bad_flags=claim.bad_flags, files_dir=s.files_dir)
+        started = time.monotonic()
+        interval = s.progress_interval if live else s.lease_seconds / 3
+        spec = self.registry.find(job.handler)
+        with self.heartbeat.watch(job, worker, interval, live=live):
+            updates = self._advance(spec, job)
+        if spec is not None and not job.ended:
+            job.defer(spec.handler_class.step_delay)
+            if phase != Phase.CREATE:
+                elapsed = time.monotonic() - started
+                updates[F.BATCH_SIZE] = self._next_batch(spec, job, elapsed)
+        now = time.time()
+        deferred = job.buffer.deferred
+        committed = self.store.commit(
+            job_id,
+            seq,
+            worker,
+            now,
+            job.buffer.payload(job.data, updates),
+            ms(now + deferred + s.queue_timeout),
+            s.job_ttl + CLEANUP_GRACE,
+        )
+        if committed is None:
+            log.warning("step %s/%s lost its lease before committing; discarded", job_id, seq)
+            return StepOutcome(lost=True)
+        new_seq, status = committed[0], Status(committed[1])
+        if status.terminal:
+            self.store.finish(job_id, now + s.job_ttl)
+        elif status is not Status.PAUSED:
+            try:
+                self.dispatcher().enqueue_step(job_id, new_seq, deferred)
+            except Exception:  # noqa: BLE001 - maintenance re-enqueues after the deadline
+                log.exception(
+                    "could not enqueue step %s/%s; maintenance will retry", job_id, new_seq
+                )
+        return StepOutcome(status=status)
+
+    # -- the handler's part ------------------------------------------------------------------
+
+    def _advance(self, spec: HandlerSpec | None, job: Job) -> dict[str, Any]:
+        """Run the handler's part of the step; returns fields for the commit to set."""
+        if spec is None:
+            log.error(
+                "job %s: %s (this worker does not import the module that registers it)",
+                job.id,
+                UnknownHandler(job.handler),
+            )
+            job.fail(f"This worker cannot run the job: {UnknownHandler(job.handler)}")
+            return self._end(None, job, Status.FAILED)
+        handler = spec.create()
+        try:
+            return self._run_handler(spec, handler, job)
+        except Exception as exc:  # noqa: BLE001 - a handler's error fails its job, not the worker
+            log.exception("job %s (%s) failed", job.id, job.handler)
+            job.fail(error_message(exc))
+            return self._end(handler, job, Status.FAILED)
+
+    def _run_handler(self, spec: HandlerSpec, handler: Handler, job: Job) -> dict[str, Any]:
+        status, phase = job.status, job.buffer.committed(F.PHASE) or Phase.CREATE.value
+        if status is Status.STOPPING:
+            return self._end(handler, job, Status.STOPPED)
+        if job.lease.signal == "pause":
+            job.add_message("Paused")
+            return {F.STATUS: Status.PAUSED.value, F.SIGNAL: ""}
+        if job.attempt > self.settings.max_attempts:
+            return self._give_up(handler, job, phase)
+        if status is Status.CANCELING:
+            if phase == Phase.UNDO and spec.kind is not Kind.TASK:
+                self._respond(job, handler.undo_job(job, self._batch(job)))
+                if not job.ended:
+                    return {}
+            return self._end(handler, job, Status.CANCELED)
+        handler.before_step(job)
+        updates: dict[str, Any] = {}
+        if phase == Phase.CREATE:
+            if job.buffer.committed(F.ITEMS_SOURCE) == "handler":
+                self._load_items(handler, job)
+            self._respond(job, handler.create_job(job))
+            updates[F.PHASE] = Phase.RUN.value
+        else:
+            self._respond(job, handler.continue_job(job, self._batch(job)))
+        handler.after_step(job)
+        if job.lease_lost:
+            # Another worker holds the lease now: this step's ending is not the job's (its commit
+            # will be refused), so it runs no callbacks.
+            return updates
+        if spec.kind is Kind.TASK and job.stop_seen:
+            ending = Status.CANCELED if job.cancel_requested() else Status.STOPPED
+            return {**updates, **self._end(handler, job, ending)}
+        if job.buffer.ending is not None:
+            return {**updates, **self._end(handler, job, job.buffer.ending)}
+        return updates
+
+    def _batch(self, job: Job) -> int:
+        """One unit while retrying a lost step and through the rest of its slice (CLAIM sets
+        ``careful_until``), so a unit that kills its worker is found alone; else the batch."""
+        b = job.buffer
+        careful = int(b.committed(F.CAREFUL_UNTIL) or 0) > int(b.committed(F.PROCESSED) or 0)
+        return 1 if job.attempt > 1 or careful else int(b.committed(F.BATCH_SIZE) or 1)
+
+    def _next_batch(self, spec: HandlerSpec, job: Job, elapsed: float) -> int:
+        """Aim the next step at ``BATCHFLOW_STEP_TARGET`` seconds: at most doubling, at least
+        halving, within the configured bounds. A fixed ``batch_size`` never moves."""
+        s, current = self.settings, self._batch(job)
+        fixed = spec.handler_class.batch_size
+        if fixed:
+            return s.clamp_batch(fixed)
+        ideal = current * s.step_target / max(elapsed, 1e-4)
+        return s.clamp_batch(int(max(current / 2, min(current * 2, math.floor(ideal))) or 1))
+
+    def _respond(self, job: Job, response: StepResult) -> None:
+        if isinstance(response, str):
+            job.add_message(response)
+        elif isinstance(response, StepResponse):
+            if response.message:
+                job.add_message(response.message)
+            if response.data is not None:
+                job.respond(response.data)
+
+    def _load_items(self, handler: Handler, job: Job) -> None:
+        """Store the ids an item job produces server-side, in chunks, and set the total."""
+        produced = handler.items(job)  # type: ignore[attr-defined]
+        count = self.store.replace_items(job.id, (str(item) for item in produced or ()))
+        job.set_total(count)
+
+    def _give_up(self, handler: Handler, job: Job, phase: str) -> dict[str, Any]:
+        lost = job.attempt - 1
+        if job.buffer.committed(F.KIND) == Kind.ITEMS and job.items and phase != Phase.CREATE:
+            item = job.items[0]
+            reason = f"The worker was lost {lost} times while working on this id; it was skipped."
+            if job.status is Status.CANCELING:
+                job.record_undone(1, 0, [[item, reason]])
+            else:
+                job.record_error(item, reason)
+                job.bad()
+            return {}
+        job.fail(
+            f"The worker running this job was lost {lost} times in a row; batchflow stopped "
+            "retrying so that it cannot loop forever."
+        )
+        return {**self._end(handler, job, Status.FAILED), F.STALLED: 1}
+
+    # -- the job's ending --------------------------------------------------------------------
+
+    def _end(self, handler: Handler | None, job: Job, status: Status) -> dict[str, Any]:
+        """The fields that end a job, after its handler's callbacks (part of this last step)."""
+        updates: dict[str, Any] = {F.STATUS: status.value}
+        if handler is not None and status in CANCELABLE_ENDINGS and not self._seal(job):
+            # A cancel came first: the commit turns this ending into the undo it asked for, so
+            # the job did not complete (or stop) and those callbacks must not run.
+            return updates
+        total = job.total
+        if status in (Status.STOPPED, Status.CANCELED) and total is not None:
+            updates[F.SKIPPED] = max(0, total - job.units_processed)
+        if status is Status.STOPPED:
+            job.add_message(f"Stopped after {job.units_processed} units; the work done is kept.")
+        elif status is Status.CANCELED:
+            job.add_message("Canceled; the work done was undone.")
+        if handler is not None:
+            self._run_callbacks(handler, job, status)
+        return updates
+
+    def _run_callbacks(self, handler: Handler, job: Job, status: Status) -> None:
+        hooks = {
+            Status.COMPLETED: [handler.on_complete],
+            Status.FAILED: [handler.on_failure],
+        }.get(status, [])
+        for hook in [*hooks, handler.on_finish]:
+            try:
+                hook(job)
+            except Exception as exc:  # noqa: BLE001 - a callback cannot undo the ending
+                log.exception("%s of job %s raised", hook.__name__, job.id)
+                job.add_message(f"{hook.__name__} failed: {error_message(exc)}")
+
+    def _seal(self, job: Job) -> bool:
+        """Record that this step ends the job, so that a cancel arriving from now on is refused
+        rather than turning an ending whose callbacks already ran into an undo. False if a cancel
+        came first or the lease is gone: then the ending's callbacks must not run."""
+        now = time.time()
+        try:
+            seen = self.store.renew(
+                job.id,
+                job.seq,
+                worker_id(),
+                now,
+                ms(now + self.settings.lease_seconds),
+                {"set": {F.ENDING: str(job.seq)}},
+            )
+        except Exception:  # noqa: BLE001 - Redis blinked: end anyway; the commit still decides
+            log.warning("could not mark job %s as ending", job.id, exc_info=True)
+            return True
+        if seen is None:
+            job.lease.mark_lost()
+            return False
+        return seen.status != Status.CANCELING.value
