@@ -33,12 +33,13 @@ from .exceptions import (
 )
 from .handlers import Handler, ItemsJob
 from .job import Job
+from .keys import valid_job_id
 from .maintenance import Maintenance
 from .registry import HandlerSpec, Registry
 from .schema import ClaimCode, F, Kind, Signal, SignalCode, initial_fields, ms
 from .state import JobState
 from .steps import CLEANUP_GRACE, Dispatcher, StepOutcome, StepRunner
-from .store import Store, valid_job_id
+from .store import Store
 
 __all__ = ["CLEANUP_GRACE", "Dispatcher", "Engine", "Page", "StepOutcome"]
 

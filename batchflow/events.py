@@ -14,11 +14,9 @@ from typing import Any
 import redis
 import redis.exceptions
 
+from .schema import flat_pairs
+
 log = logging.getLogger("batchflow")
-
-
-def _pairs(flat: list[Any]) -> dict[str, str]:
-    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 RESYNC = object()  # put in every inbox after the event connection came back: read the state anew
@@ -28,7 +26,7 @@ def decode_event(raw: str) -> tuple[dict[str, str], list[str]]:
     """A progress event as COMMIT, RENEW and SIGNAL publish it: the job hash and messages."""
     event = json.loads(raw)
     messages = event.get("messages")
-    return _pairs(event["job"]), messages if isinstance(messages, list) else []
+    return flat_pairs(event["job"]), messages if isinstance(messages, list) else []
 
 
 class EventHub:

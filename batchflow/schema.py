@@ -264,3 +264,8 @@ def as_json(value: str | None, default: Any) -> Any:
         return json.loads(value)
     except ValueError:
         return default
+
+
+def flat_pairs(flat: list[Any]) -> dict[str, str]:
+    """A hash as Redis and the scripts return it, ``[k1, v1, k2, v2...]``, as a dict."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))

@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import inspect
 import json
 import queue
-import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar, cast
 
@@ -32,94 +30,16 @@ import redis.exceptions
 
 from .events import RESYNC, EventHub, decode_event
 from .exceptions import JobNotFound, Unavailable
-from .schema import ClaimCode, F, Signal, SignalCode
+from .keys import Keys
+from .schema import ClaimCode, F, Signal, SignalCode, flat_pairs
 from .scripts import CLAIM, COMMIT, MARK_CLEANED, RECOVER, RENEW, SIGNAL
 
-JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 MESSAGES_KEPT = 100
 MESSAGES_SHOWN = 20
 ITEM_CHUNK = 5000
 
 Snapshot = tuple[dict[str, str], list[str]]
 Fn = TypeVar("Fn", bound=Callable[..., Any])
-
-
-def valid_job_id(job_id: object) -> bool:
-    """Whether ``job_id`` has the shape of an id batchflow issues; anything else is unknown."""
-    return isinstance(job_id, str) and bool(JOB_ID_RE.match(job_id))
-
-
-class Keys:
-    """Builds every Redis key batchflow uses; no other code formats a key.
-
-    Job ids must have been checked with :func:`valid_job_id` (the engine does, once).
-
-    :param prefix: the configured ``BATCHFLOW_KEY_PREFIX``.
-    """
-
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-
-    def _job_key(self, job_id: str, part: str) -> str:
-        return f"{self.prefix}:{{{job_id}}}:{part}"
-
-    def job(self, job_id: str) -> str:
-        return self._job_key(job_id, "job")
-
-    def items(self, job_id: str) -> str:
-        return self._job_key(job_id, "items")
-
-    def results(self, job_id: str) -> str:
-        return self._job_key(job_id, "results")
-
-    def errors(self, job_id: str) -> str:
-        return self._job_key(job_id, "errors")
-
-    def undo_errors(self, job_id: str) -> str:
-        return self._job_key(job_id, "undo_errors")
-
-    def messages(self, job_id: str) -> str:
-        return self._job_key(job_id, "messages")
-
-    def channel(self, job_id: str) -> str:
-        return self._job_key(job_id, "events")
-
-    def events_pattern(self) -> str:
-        """The pattern every job's event channel matches."""
-        return f"{self.prefix}:*:events"
-
-    def all_of(self, job_id: str) -> list[str]:
-        """Every key one job may own (the channel is not a key)."""
-        return [
-            self.job(job_id),
-            self.items(job_id),
-            self.results(job_id),
-            self.errors(job_id),
-            self.undo_errors(job_id),
-            self.messages(job_id),
-        ]
-
-    @property
-    def active(self) -> str:
-        """Jobs not yet terminal, scored by creation time: what maintenance watches."""
-        return f"{self.prefix}:index:active"
-
-    @property
-    def expiring(self) -> str:
-        """Terminal jobs, scored by the time their state and output should be cleaned."""
-        return f"{self.prefix}:index:expiring"
-
-    @property
-    def all_jobs(self) -> str:
-        return f"{self.prefix}:index:all"
-
-    def owner(self, owner: str) -> str:
-        # Owners are arbitrary strings (emails, ids); a digest keeps the key's alphabet fixed.
-        digest = hashlib.sha256(owner.encode()).hexdigest()[:32]
-        return f"{self.prefix}:index:owner:{digest}"
-
-    def lock(self, name: str) -> str:
-        return f"{self.prefix}:lock:{name}"
 
 
 def _unavailable(exc: Exception) -> Unavailable:
@@ -177,10 +97,6 @@ class Seen:
 
     status: str
     signal: str
-
-
-def _pairs(flat: list[Any]) -> dict[str, str]:
-    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 class Store:
@@ -348,7 +264,7 @@ class Store:
         if code is not ClaimCode.OK:
             return Claim(code)
         ids = json.loads(reply[2])  # cjson writes an empty table as {}
-        return Claim(code, _pairs(json.loads(reply[1])), ids or [], [bool(x) for x in reply[3]])
+        return Claim(code, flat_pairs(json.loads(reply[1])), ids or [], [bool(x) for x in reply[3]])
 
     @_translating
     def commit(
@@ -449,7 +365,7 @@ class Store:
     def mark_cleaned(self, job_id: str) -> dict[str, str] | None:
         """Take the one right to run a job's cleanup; the job hash, or None if already taken."""
         reply = self._mark_cleaned(keys=[self.keys.job(job_id)])
-        return _pairs(reply) if reply else None
+        return flat_pairs(reply) if reply else None
 
     # -- indexes and maintenance --------------------------------------------------------------
 

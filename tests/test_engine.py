@@ -23,8 +23,9 @@ from batchflow import (
     Unavailable,
     UnknownHandler,
 )
+from batchflow.keys import valid_job_id
 from batchflow.schema import ClaimCode
-from batchflow.store import Store, valid_job_id
+from batchflow.store import Store
 from tests.handlers import CLEANUPS, HOOKS, Crash, make_registry, row, side
 from tests.helpers import ROOT, ListDispatcher
 

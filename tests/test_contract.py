@@ -1,0 +1,289 @@
+"""The engine's contract, stated once and run against every job kind.
+
+Each kind below does the same work, twelve units, through one function that leaves a mark per
+unit in Redis (under the test's prefix), so a test sees what really happened, not only what was
+counted. Steps are driven by hand (a list dispatcher), against the real Redis:
+
+- a live lease fences a second delivery of the same step;
+- duplicate and stale deliveries change nothing;
+- every unit is counted exactly once, whatever was delivered twice;
+- a step lost with its worker runs again and its units are committed once;
+- stop, cancel and pause are answered between steps (or refused by kinds that do not offer them);
+- cleanup runs once, however many ask at once.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from batchflow import FileJob, Handler, InvalidTransition, ItemsJob, Registry, Status, TaskJob
+from batchflow.config import Settings
+from batchflow.engine import Engine
+from batchflow.job import Job
+from batchflow.schema import ClaimCode, F
+from batchflow.store import Store
+from tests.handlers import Crash, side
+from tests.helpers import ListDispatcher
+
+UNITS = 12
+BATCH = 3
+#: Job id -> the unit whose first attempt kills its worker.
+CRASH_AT: dict[str, str] = {}
+
+
+def do_unit(job: Job, unit: str) -> None:
+    if CRASH_AT.get(job.id) == unit:
+        del CRASH_AT[job.id]  # once: the step that runs it again gets through
+        raise Crash(unit)
+    side.hincrby(f"{job.params['prefix']}:done", unit, 1)
+
+
+def undo_unit(job: Job, unit: str) -> None:
+    side.hincrby(f"{job.params['prefix']}:done", unit, -1)
+
+
+def note_cleanup(job: Job) -> None:
+    side.incr(f"{job.params['prefix']}:cleanups")
+
+
+class PlainKind(Handler):
+    batch_size = BATCH
+    can_cancel = True
+
+    def create_job(self, job: Job) -> None:
+        job.set_total(UNITS)
+
+    def continue_job(self, job: Job, batch_size: int) -> None:
+        start = job.units_processed
+        for unit in range(start, min(start + batch_size, UNITS)):
+            do_unit(job, str(unit))
+            job.mark_processed()
+        if job.units_processed >= UNITS:
+            job.complete()
+
+    def undo_job(self, job: Job, batch_size: int) -> None:
+        stop = job.undo_position
+        start = max(0, stop - batch_size)
+        for unit in range(start, stop):
+            undo_unit(job, str(unit))
+        job.record_undone(stop - start, stop - start, [])
+        if start == 0:
+            job.complete()
+
+    def cleanup_job(self, job: Job) -> None:
+        note_cleanup(job)
+
+
+class FileKind(FileJob):
+    batch_size = BATCH
+
+    def create_job(self, job: Job) -> None:
+        job.set_total(UNITS)
+        self.write_rows(job, [["unit"]])
+
+    def continue_job(self, job: Job, batch_size: int) -> None:
+        start = job.units_processed
+        units = range(start, min(start + batch_size, UNITS))
+        self.write_rows(job, [[unit] for unit in units])
+        for unit in units:
+            do_unit(job, str(unit))
+            job.mark_processed()
+        if job.units_processed >= UNITS:
+            job.complete()
+
+    def cleanup_job(self, job: Job) -> None:
+        note_cleanup(job)
+        super().cleanup_job(job)
+
+
+class ItemsKind(ItemsJob):
+    batch_size = BATCH
+
+    def change(self, item_id: str, job: Job) -> Any:
+        do_unit(job, item_id)
+
+    def undo(self, item_id: str, job: Job) -> None:
+        undo_unit(job, item_id)
+
+    def cleanup_job(self, job: Job) -> None:
+        note_cleanup(job)
+
+
+class TaskKind(TaskJob):
+    def run(self, job: Job) -> None:
+        job.set_total(UNITS)
+        for unit in range(UNITS):
+            if job.stop_requested():
+                return
+            do_unit(job, str(unit))
+            job.good()
+
+    def cleanup_job(self, job: Job) -> None:
+        note_cleanup(job)
+
+
+KINDS = {"handler": PlainKind, "file": FileKind, "items": ItemsKind, "task": TaskKind}
+
+
+@pytest.fixture(params=sorted(KINDS))
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def engine(settings: Settings) -> Iterator[Engine]:
+    registry = Registry()
+    for name, cls in KINDS.items():
+        registry.add(name, cls)
+    yield Engine(settings, Store.from_url(settings.redis_url, settings.key_prefix), registry)
+    CRASH_AT.clear()
+
+
+class TestEngineContract:
+    """What every kind of job guarantees."""
+
+    def start(self, engine: Engine, kind: str, prefix: str) -> str:
+        ids = [str(unit) for unit in range(UNITS)] if kind == "items" else None
+        return engine.start(kind, owner="contract", params={"prefix": prefix}, ids=ids)
+
+    def marks(self, prefix: str) -> dict[str, int]:
+        return {k: int(v) for k, v in side.hgetall(f"{prefix}:done").items()}
+
+    def step(self, engine: Engine, manual: ListDispatcher, n: int = 1) -> None:
+        assert manual.drain(engine, limit=n) == n
+
+    def first_steps(self, engine: Engine, manual: ListDispatcher, kind: str) -> None:
+        """Run up to a point between steps with work done (a one-shot job: before its run)."""
+        self.step(engine, manual, 1 if kind == "task" else 2)
+
+    def assert_exact(self, engine: Engine, job_id: str, kind: str, prefix: str) -> None:
+        state = engine.state(job_id)
+        assert state.status is Status.COMPLETED
+        assert state.count("processed") == state.total == UNITS
+        if kind in ("items", "task"):
+            assert state.count("good") == UNITS and state.count("bad") == 0
+        if kind == "file":
+            with open(state.fields[F.FILE_PATH], newline="") as handle:
+                rows = list(csv.reader(io.StringIO(handle.read())))
+            assert rows == [["unit"]] + [[str(unit)] for unit in range(UNITS)]
+
+    def test_every_unit_is_done_and_counted_once(self, engine, manual, kind, prefix):
+        job_id = self.start(engine, kind, prefix)
+        manual.drain(engine)
+        self.assert_exact(engine, job_id, kind, prefix)
+        assert self.marks(prefix) == {str(unit): 1 for unit in range(UNITS)}
+
+    def test_a_live_lease_fences_a_second_delivery(self, engine, manual, kind, prefix):
+        job_id = self.start(engine, kind, prefix)
+        self.step(engine, manual)
+        ((_, seq, _),) = manual.steps
+        now_ms = int(time.time() * 1000)
+        assert (
+            engine.store.claim(job_id, seq, "another-worker", now_ms, 60_000).code is ClaimCode.OK
+        )
+        before = engine.state(job_id).fields
+        assert engine.run_step(job_id, seq).refused is ClaimCode.BUSY
+        after = engine.state(job_id).fields
+        assert after[F.SEQ] == before[F.SEQ] and after[F.PROCESSED] == before[F.PROCESSED]
+        assert self.marks(prefix) == {}
+
+    def test_duplicate_and_stale_deliveries_change_nothing(self, engine, manual, kind, prefix):
+        job_id = self.start(engine, kind, prefix)
+        self.step(engine, manual)
+        before = engine.state(job_id).fields
+        assert engine.run_step(job_id, 0).refused is ClaimCode.STALE  # the same step again
+        assert engine.state(job_id).fields == before
+        manual.drain(engine)
+        done = engine.state(job_id).fields
+        for seq in range(int(done[F.SEQ]) + 1):  # every old step delivered late
+            assert engine.run_step(job_id, seq).refused in (ClaimCode.STALE, ClaimCode.TERMINAL)
+        assert engine.state(job_id).fields == done
+        self.assert_exact(engine, job_id, kind, prefix)
+        assert self.marks(prefix) == {str(unit): 1 for unit in range(UNITS)}
+
+    def test_a_lost_step_runs_again_and_commits_once(self, engine, manual, kind, prefix):
+        job_id = self.start(engine, kind, prefix)
+        CRASH_AT[job_id] = "4"  # in the second slice of three (a one-shot job: mid-run)
+        with pytest.raises(Crash):
+            manual.drain(engine)
+        lost = engine.state(job_id)
+        assert lost.fields[F.LEASE_OWNER]  # the dead worker's lease is still held
+        lease = engine.settings.lease_seconds
+        done = engine.maintain(time.time() + lease + 1, force=True)
+        assert (done["requeued"], done["lost"]) == (1, 1)
+        manual.drain(engine)
+        self.assert_exact(engine, job_id, kind, prefix)
+        marks = self.marks(prefix)
+        assert set(marks) == {str(unit) for unit in range(UNITS)}
+        # Only the lost step's units ran twice (steps are at-least-once, commits exactly-once).
+        repeated = {unit for unit, n in marks.items() if n > 1}
+        committed_before = lost.count("processed")
+        assert all(committed_before <= int(unit) < 4 for unit in repeated), marks
+        assert all(n <= 2 for n in marks.values()), marks
+
+    def test_stop_keeps_the_work_and_answers_between_steps(self, engine, manual, kind, prefix):
+        job_id = self.start(engine, kind, prefix)
+        self.first_steps(engine, manual, kind)
+        processed = engine.state(job_id).count("processed")
+        assert engine.signal(job_id, "stop").status is Status.STOPPING
+        manual.drain(engine)
+        state = engine.state(job_id)
+        assert state.status is Status.STOPPED
+        assert state.count("processed") == processed
+        # Units never reached are skipped; a one-shot job stopped before it ran knows no total.
+        expected = UNITS - processed if state.total is not None else 0
+        assert state.count("skipped") == expected
+        assert sum(self.marks(prefix).values()) == processed  # nothing done after the stop
+
+    def test_cancel_undoes_the_work_or_is_refused(self, engine, manual, kind, prefix):
+        job_id = self.start(engine, kind, prefix)
+        self.first_steps(engine, manual, kind)
+        if "cancel" not in engine.state(job_id).capabilities:
+            with pytest.raises(InvalidTransition, match="does not support cancel"):
+                engine.signal(job_id, "cancel")
+            return
+        done_before = sum(self.marks(prefix).values())
+        assert done_before > 0
+        assert engine.signal(job_id, "cancel").status is Status.CANCELING
+        manual.drain(engine)
+        assert engine.state(job_id).status is Status.CANCELED
+        assert all(n == 0 for n in self.marks(prefix).values())  # every changed unit undone
+
+    def test_pause_holds_between_steps_and_resume_goes_on(self, engine, manual, kind, prefix):
+        job_id = self.start(engine, kind, prefix)
+        self.first_steps(engine, manual, kind)
+        if "pause" not in engine.state(job_id).capabilities:
+            with pytest.raises(InvalidTransition, match="does not support pause"):
+                engine.signal(job_id, "pause")
+            return
+        engine.signal(job_id, "pause")
+        manual.drain(engine)
+        paused = engine.state(job_id)
+        assert paused.status is Status.PAUSED and manual.steps == []  # no worker is held
+        assert engine.signal(job_id, "resume").status is Status.RUNNING
+        assert len(manual.steps) == 1
+        manual.drain(engine)
+        self.assert_exact(engine, job_id, kind, prefix)
+
+    def test_cleanup_runs_once_however_many_ask(self, engine, manual, kind, prefix):
+        job_id = self.start(engine, kind, prefix)
+        manual.drain(engine)
+        results: list[bool] = []
+        threads = [
+            threading.Thread(target=lambda: results.append(engine.cleanup(job_id)))
+            for _ in range(4)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sorted(results) == [False, False, False, True]
+        assert side.get(f"{prefix}:cleanups") == "1"
+        assert engine.state(job_id).fields[F.CLEANED] == "1"

@@ -1,0 +1,67 @@
+"""The house rules that keep the code readable, checked on every run: modules and functions of a
+size one can hold in mind, no module reading another's private names, and one vocabulary for the
+job hash shared by Python and Lua."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+import re
+
+import pytest
+
+from batchflow import scripts
+from batchflow.schema import LUA_TERMINAL, ClaimCode, F, Kind, Phase, Signal, SignalCode, Status
+
+PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "batchflow"
+MODULES = sorted(PACKAGE.rglob("*.py"))
+MAX_MODULE_LINES = 500
+MAX_FUNCTION_LINES = 80
+
+
+def _tree(path: pathlib.Path) -> ast.Module:
+    return ast.parse(path.read_text(), filename=str(path))
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: p.name)
+def test_modules_and_functions_stay_small(path):
+    assert len(path.read_text().splitlines()) <= MAX_MODULE_LINES, f"split {path.name}"
+    for node in ast.walk(_tree(path)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            length = (node.end_lineno or node.lineno) - node.lineno + 1
+            assert length <= MAX_FUNCTION_LINES, f"{path.name}: {node.name} is {length} lines"
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: p.name)
+def test_no_module_reads_another_objects_private_names(path):
+    for node in ast.walk(_tree(path)):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level:
+            private = [a.name for a in node.names if a.name.startswith("_")]
+            assert not private, f"{path.name} imports {private} from .{node.module}"
+        if isinstance(node, ast.Attribute) and re.match(r"_[^_]", node.attr):
+            owner = node.value
+            mine = isinstance(owner, ast.Name) and owner.id in ("self", "cls")
+            assert mine, f"{path.name}:{node.lineno} reads {ast.unparse(node)}"
+
+
+def test_the_lua_scripts_speak_the_schemas_vocabulary():
+    """Every quoted word in the scripts is a field of the hash, a status, a signal, a phase, a
+    kind or a return code defined in schema.py: a field renamed in Python cannot drift in Lua."""
+    known = set(F.names())
+    for vocabulary in (Status, Signal, Phase, Kind, ClaimCode, SignalCode):
+        known |= {member.value for member in vocabulary}
+    known |= {"lost", "requeue", "skip", "handler"}  # RECOVER's and COMMIT's own codes
+    texts = [getattr(scripts, name) for name in dir(scripts) if name.isupper()]
+    used = {
+        word for text in texts if isinstance(text, str) for word in re.findall(r"'([a-z_]+)'", text)
+    }
+    assert used, "no script found"
+    assert used <= known, f"words in the Lua scripts that schema.py does not define: {used - known}"
+
+
+def test_the_scripts_take_the_terminal_set_from_status():
+    assert LUA_TERMINAL == "{canceled = true, completed = true, failed = true, stopped = true}"
+    for name in ("CLAIM", "COMMIT", "RENEW", "SIGNAL", "RECOVER"):
+        text = getattr(scripts, name)
+        assert text.startswith(f"local TERMINAL = {LUA_TERMINAL}")
+        assert "'completed' or" not in text  # no second, hand-written copy of the set
