@@ -33,6 +33,15 @@ _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._ -]+")
 
 
+def neutralize_cell(value: Any) -> Any:
+    """``value`` for a CSV cell: text that a spreadsheet would run as a formula (it starts with
+    ``=``, ``+``, ``-``, ``@``, a tab or a carriage return) gets a leading ``'``; anything else is
+    returned as it is."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
 class Handler:
     """Base class of every job handler; subclass it (or a kind below) and register it by name.
 
@@ -195,9 +204,7 @@ class FileJob(Handler):
         self.write(job, buffer.getvalue())
 
     def _cell(self, value: Any) -> Any:
-        if self.neutralize_formulas and isinstance(value, str) and value.startswith(_FORMULA_START):
-            return "'" + value
-        return value
+        return neutralize_cell(value) if self.neutralize_formulas else value
 
     def cleanup_job(self, job: Job) -> None:
         """Delete the job's file and its folder."""

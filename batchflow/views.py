@@ -38,7 +38,7 @@ from .exceptions import (
     JobNotFound,
     PermissionDenied,
 )
-from .handlers import FileJob
+from .handlers import neutralize_cell
 from .schema import Status
 from .state import JobState
 
@@ -390,14 +390,13 @@ def make_blueprint(extension: BatchFlow) -> Blueprint:
 
     def _csv_report(state: JobState) -> Response:
         engine = _engine()
-        neutral = FileJob()
 
         def rows() -> Iterator[str]:
             buffer = io.StringIO()
             writer = csv.writer(buffer)
             writer.writerow(["id", "outcome", "detail"])
             for row in engine.report_rows(state.id):
-                writer.writerow([neutral._cell(cell) for cell in row])
+                writer.writerow([neutralize_cell(cell) for cell in row])
                 if buffer.tell() > 64_000:
                     yield buffer.getvalue()
                     buffer.seek(0)
