@@ -148,3 +148,27 @@ def test_the_library_has_no_import_cycle_and_never_imports_its_demo():
 
     for module in sorted(graph):
         visit(module, [])
+
+
+def test_the_demo_uses_only_the_public_api():
+    import batchflow
+
+    folder = os.path.join(ROOT, "batchflow_demo")
+    used: dict[str, set[str]] = {}
+    for name in sorted(os.listdir(folder)):
+        if not name.endswith(".py"):
+            continue
+        path = os.path.join(folder, name)
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read(), path)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+                assert not [m for m in modules if m.startswith("batchflow.")], (name, modules)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                if node.module.split(".")[0] == "batchflow":
+                    assert node.module == "batchflow", f"{name} imports from {node.module}"
+                    used.setdefault(name, set()).update(a.name for a in node.names)
+    assert used, "the demo should use batchflow"
+    for name, names in used.items():
+        assert names <= set(batchflow.__all__), (name, names - set(batchflow.__all__))
