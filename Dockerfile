@@ -25,4 +25,4 @@ ENV BATCHFLOW_FILES_DIR=/data/files \
     BATCHFLOW_DEMO_DATA=/data/demo
 
 EXPOSE 8000
-CMD ["gunicorn", "--bind", "0.0.0.0:8000", "-k", "gthread", "--threads", "32", "batchflow.demo:create_app()"]
+CMD ["gunicorn", "--bind", "0.0.0.0:8000", "-k", "gthread", "--threads", "32", "batchflow_demo:create_app()"]

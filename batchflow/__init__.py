@@ -9,11 +9,18 @@ A user writes a handler class, registers it by name, mounts the extension, and r
         ...
 
     batchflow = BatchFlow(app)
-    celery = batchflow.make_celery(app)     # celery -A yourmodule worker
+    celery = batchflow.celery(app)     # celery -A yourmodule worker
+
+``__all__`` is the user's vocabulary. Lower layers have modules of their own (``batchflow.engine``
+for :class:`~batchflow.engine.Engine`, ``batchflow.config`` for
+:class:`~batchflow.config.Settings`...).
 """
 
-from .config import Settings
-from .engine import Engine
+# Engine and Settings are not the user's vocabulary (not in __all__): import them from
+# batchflow.engine and batchflow.config. They stay importable from here until the last callers
+# (tests/conftest.py, tests/helpers.py, tests/test_faults.py, tests/test_load.py) move.
+from .config import Settings  # noqa: F401
+from .engine import Engine  # noqa: F401
 from .exceptions import (
     BatchflowError,
     ConfigurationError,
@@ -25,6 +32,7 @@ from .exceptions import (
     Unavailable,
     UnknownHandler,
 )
+from .extension import BatchFlow
 from .handlers import FileJob, Handler, ItemsJob, TaskJob
 from .job import Job, StepResponse
 from .registry import Registry, registry
@@ -35,7 +43,6 @@ __all__ = [
     "BatchFlow",
     "BatchflowError",
     "ConfigurationError",
-    "Engine",
     "FileJob",
     "Handler",
     "InvalidParams",
@@ -46,7 +53,6 @@ __all__ = [
     "JobState",
     "PermissionDenied",
     "Registry",
-    "Settings",
     "Status",
     "StepResponse",
     "TaskJob",
@@ -56,13 +62,3 @@ __all__ = [
     "registry",
 ]
 __version__ = "0.1.0.dev0"
-
-
-def __getattr__(name: str) -> object:
-    # The Flask extension is imported on first use, so that workers and scripts importing
-    # batchflow.engine do not pay for (or depend on) Flask's import.
-    if name == "BatchFlow":
-        from .extension import BatchFlow
-
-        return BatchFlow
-    raise AttributeError(f"module 'batchflow' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""Command line: ``flask batchflow ...`` inside an app, and the ``batchflow`` console script.
+"""Command line: ``flask batchflow ...`` inside an app (``batchflow demo`` is the demo's own).
 
 Exit codes: 0 success; 1 the job ended badly (``watch``: failed/stalled); 2 usage errors and
 unknown jobs (Click's convention); 3 the request is not allowed now (stop a finished job...).
@@ -11,16 +11,17 @@ import time
 from typing import Any
 
 import click
-from flask import current_app
 from flask.cli import with_appcontext
 
+from .context import get_state
+from .engine import Engine
 from .exceptions import BatchflowError, InvalidTransition, JobNotFound
 from .schema import Status
 from .state import JobState
 
 
-def _engine() -> Any:
-    return current_app.extensions["batchflow"].engine
+def _engine() -> Engine:
+    return get_state().engine
 
 
 def _fail(exc: BatchflowError) -> None:
@@ -183,23 +184,21 @@ def retry(job_id: str) -> None:
 
 @cli.command()
 @with_appcontext
-def prune() -> None:
+def maintain() -> None:
     """Recover overdue steps and clean expired jobs now (what workers do every few seconds)."""
+    _maintain()
+
+
+@cli.command("prune", hidden=True)
+@with_appcontext
+def prune() -> None:
+    """The old name of ``maintain``."""
+    _maintain()
+
+
+def _maintain() -> None:
     done = _engine().maintain(time.time(), force=True)
     click.echo(
         f"requeued {done['requeued']} overdue steps, cleaned {done['cleaned']} expired jobs, "
         f"tidied {done['finished']} index entries"
     )
-
-
-def main(argv: list[str] | None = None) -> None:
-    """The ``batchflow`` console script: ``batchflow demo``."""
-    from .demo.cli import demo
-
-    group = click.Group("batchflow", help="batchflow: long-running jobs for Flask apps.")
-    group.add_command(demo)
-    group.main(args=argv, prog_name="batchflow")
-
-
-if __name__ == "__main__":
-    main()

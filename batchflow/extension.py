@@ -2,57 +2,26 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
-from collections.abc import Callable
+import warnings
 from typing import Any
 
 from celery import Celery
-from flask import Flask, current_app, session
+from flask import Flask
 from flask_wtf.csrf import CSRFProtect
 
+from .cli import cli
 from .config import DEFAULTS, Settings
+from .context import AdminCheck, Identity, State, default_identity, get_state
 from .engine import Engine
 from .exceptions import ConfigurationError
 from .registry import Registry
 from .registry import registry as default_registry
 from .store import Store
 from .tasks import make_celery
+from .views import blueprint
 
-Identity = Callable[[], str | None]
-AdminCheck = Callable[[str], bool]
-
-_SESSION_KEY = "batchflow_anon"
-
-
-def default_identity() -> str:
-    """The current user's id: Flask-Login's ``current_user`` when the app uses it, else an
-    anonymous id kept in the signed session (so each browser sees only its own jobs)."""
-    login_manager = getattr(current_app, "login_manager", None)
-    if login_manager is not None:
-        from flask_login import current_user
-
-        if current_user.is_authenticated:
-            return f"user:{current_user.get_id()}"
-    if _SESSION_KEY not in session:
-        import secrets
-
-        session[_SESSION_KEY] = secrets.token_urlsafe(12)
-    return f"anon:{session[_SESSION_KEY]}"
-
-
-@dataclasses.dataclass
-class State:
-    """What one app's batchflow holds: in ``app.extensions["batchflow"]``."""
-
-    extension: BatchFlow
-    settings: Settings
-    engine: Engine
-    celery: Celery
-
-    @property
-    def registry(self) -> Registry:
-        return self.engine.registry
+__all__ = ["BatchFlow", "State", "default_identity"]
 
 
 class BatchFlow:
@@ -89,6 +58,9 @@ class BatchFlow:
     def init_app(self, app: Flask) -> None:
         """Read ``BATCHFLOW_*`` config, connect to Redis, build the Celery app, mount the blueprint.
 
+        The options given to ``BatchFlow(...)`` are copied into the app's :class:`State`, which
+        the blueprint's views read: one ``BatchFlow`` may serve several apps.
+
         :raises ConfigurationError: a bad setting, or batchflow set up on this app twice.
         """
         if "batchflow" in app.extensions:
@@ -108,47 +80,55 @@ class BatchFlow:
             context=app.app_context,
             config=app.config.get("BATCHFLOW_CELERY"),
         )
-        app.extensions["batchflow"] = State(self, settings, engine, celery)
-
-        from .views import make_blueprint
-
-        app.register_blueprint(make_blueprint(self), url_prefix=self.url_prefix)
+        app.extensions["batchflow"] = State(
+            settings=settings,
+            engine=engine,
+            celery=celery,
+            identity=self.identity,
+            can_admin=self.can_admin,
+            csrf=self.csrf,
+        )
+        app.register_blueprint(blueprint, url_prefix=self.url_prefix)
         if self.csrf and "csrf" not in app.extensions:
             # Protect batchflow's routes (its blueprint calls protect()); the app's own views stay
             # as they were unless the app turned the global check on itself.
             app.config.setdefault("WTF_CSRF_CHECK_DEFAULT", False)
             CSRFProtect(app)
-        from .cli import cli
-
         app.cli.add_command(cli)
 
     @staticmethod
     def state(app: Flask | None = None) -> State:
-        """This app's batchflow state.
+        """This app's batchflow state (default: the current app's).
 
         :raises ConfigurationError: batchflow was not set up on the app.
         """
-        app = app or current_app
-        try:
-            return app.extensions["batchflow"]  # type: ignore[no-any-return]
-        except KeyError:
-            raise ConfigurationError(
-                "batchflow is not set up on this app: call BatchFlow().init_app(app)."
-            ) from None
+        return get_state(app)
 
     def engine(self, app: Flask | None = None) -> Engine:
         """The app's engine: start jobs, read them, signal them, from any code."""
         return self.state(app).engine
 
-    def make_celery(self, app: Flask) -> Celery:
-        """The Celery app that runs this Flask app's jobs; a worker module exposes it::
+    def celery(self, app: Flask) -> Celery:
+        """The Celery app that ``init_app`` built to run this Flask app's jobs; a worker module
+        exposes it::
 
             # worker/__init__.py  ->  celery -A worker worker
-            celery = batchflow.make_celery(create_app())
+            celery = batchflow.celery(create_app())
 
         Tasks run inside ``app.app_context()``.
+
+        :raises ConfigurationError: batchflow was not set up on the app.
         """
         return self.state(app).celery
+
+    def make_celery(self, app: Flask) -> Celery:
+        """Deprecated name of :meth:`celery` (it builds nothing: ``init_app`` did)."""
+        warnings.warn(
+            "BatchFlow.make_celery(app) is renamed BatchFlow.celery(app).",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.celery(app)
 
     def start(self, handler: str, *, owner: str, app: Flask | None = None, **kwargs: Any) -> str:
         """Start a job from code (a CLI command, another task); see :meth:`Engine.start`."""

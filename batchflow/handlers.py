@@ -33,6 +33,15 @@ _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._ -]+")
 
 
+def neutralize_cell(value: Any) -> Any:
+    """``value`` for a CSV cell: text that a spreadsheet would run as a formula (it starts with
+    ``=``, ``+``, ``-``, ``@``, a tab or a carriage return) gets a leading ``'``; anything else is
+    returned as it is."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
 class Handler:
     """Base class of every job handler; subclass it (or a kind below) and register it by name.
 
@@ -293,14 +302,6 @@ class TaskJob(Handler):
         if not job.ended:
             job.complete()
         return response
-
-
-def neutralize_cell(value: Any) -> Any:
-    """``value`` made safe for a CSV cell that a spreadsheet opens: text starting with ``=``,
-    ``+``, ``-``, ``@``, a tab or a carriage return is prefixed with ``'`` so it is not run."""
-    if isinstance(value, str) and value.startswith(_FORMULA_START):
-        return "'" + value
-    return value
 
 
 def error_message(exc: BaseException) -> str:

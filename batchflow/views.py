@@ -12,7 +12,7 @@ import io
 import json
 import os
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 from flask import (
@@ -31,6 +31,7 @@ from flask import (
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException
 
+from .context import current_identity, get_state, is_admin, permission_subject
 from .display import labels_for
 from .exceptions import (
     BatchflowError,
@@ -38,13 +39,9 @@ from .exceptions import (
     JobNotFound,
     PermissionDenied,
 )
-from .handlers import FileJob
+from .handlers import neutralize_cell
 from .schema import Status
 from .state import JobState
-
-if TYPE_CHECKING:
-    from .engine import Engine
-    from .extension import BatchFlow, State
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -59,16 +56,6 @@ TEMPLATES = _resource_dir("templates")
 STATIC = _resource_dir("static")
 _RESERVED_FIELDS = {"csrf_token", "ids", "ids[]", "redirect_url", "submit"}
 _UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
-
-
-def _state() -> State:
-    return current_app.extensions["batchflow"]  # type: ignore[no-any-return]
-
-
-def _engine() -> Engine:
-    return _state().engine
-
-
 _API_ENDPOINTS = {"batchflow.status", "batchflow.events", "batchflow.results"}
 
 
@@ -81,31 +68,11 @@ def _wants_json() -> bool:
     return best == "application/json"
 
 
-def _user() -> str:
-    user = _state().extension.identity()
-    if not user:
-        raise PermissionDenied("Sign in to use jobs.")
-    return str(user)
-
-
-def _is_admin(user: str) -> bool:
-    return bool(_state().extension.can_admin(user))
-
-
-def _permission_subject() -> Any:
-    """What a handler's permission hook receives: Flask-Login's user if the app has one."""
-    if getattr(current_app, "login_manager", None) is not None:
-        from flask_login import current_user
-
-        return current_user
-    return _user()
-
-
 def _visible(job_id: str) -> JobState:
     """The job, if the current user may see it; otherwise the same 404 as an unknown id."""
-    user = _user()
-    state = _engine().state(job_id)
-    if state.owner != user and not _is_admin(user):
+    user = current_identity()
+    state = get_state().engine.state(job_id)
+    if state.owner != user and not is_admin(user):
         raise JobNotFound(job_id)
     return state
 
@@ -191,227 +158,233 @@ def _validate_form(form_class: type, params: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(data, default=str))  # type: ignore[no-any-return]
 
 
-def make_blueprint(extension: BatchFlow) -> Blueprint:
-    """The blueprint ``BatchFlow.init_app`` mounts (named ``batchflow``)."""
-    bp = Blueprint(
-        "batchflow",
-        __name__,
-        template_folder=TEMPLATES,
-        static_folder=STATIC,
-        static_url_path="/static",
+#: The blueprint ``BatchFlow.init_app`` registers (at ``BatchFlow(url_prefix=...)``). One object
+#: serves every app it is registered on: a view reads its app's options from :func:`get_state`.
+blueprint = Blueprint(
+    "batchflow",
+    __name__,
+    template_folder=TEMPLATES,
+    static_folder=STATIC,
+    static_url_path="/static",
+)
+
+
+@blueprint.app_context_processor
+def template_globals() -> dict[str, Any]:
+    # Any page of the app may use the widget; it finds the routes through this prefix.
+    # url_for includes the script root, so this holds when the app is mounted under a path.
+    return {"batchflow_prefix": url_for("batchflow.jobs").rstrip("/")}
+
+
+@blueprint.before_request
+def check_csrf() -> None:
+    if request.method in _UNSAFE:
+        # Refuse an oversized body before anything reads it (413), whatever the app's limit.
+        request.max_content_length = get_state().settings.max_body
+    csrf = current_app.extensions.get("csrf")
+    enabled = current_app.config.get("WTF_CSRF_ENABLED", True)
+    if get_state().csrf and csrf and enabled and request.method in _UNSAFE:
+        if not g.get("csrf_valid"):
+            csrf.protect()
+
+
+@blueprint.errorhandler(BatchflowError)
+def batchflow_error(exc: BatchflowError) -> Any:
+    code = exc.http_status
+    body: dict[str, Any] = {"error": str(exc)}
+    if isinstance(exc, InvalidParams) and exc.errors:
+        body["errors"] = exc.errors
+    if _wants_json():
+        return jsonify(body), code
+    return render_template("batchflow/error.html", error=str(exc), code=code), code
+
+
+@blueprint.errorhandler(HTTPException)
+def http_error(exc: HTTPException) -> Any:
+    code = exc.code or 500
+    message = exc.description or exc.name
+    if _wants_json():
+        return jsonify({"error": message}), code
+    return render_template("batchflow/error.html", error=message, code=code), code
+
+
+@blueprint.get("/")
+def jobs() -> Any:
+    user = current_identity()
+    admin = is_admin(user)
+    status_filter = request.args.get("status") or None
+    if status_filter and status_filter not in {s.value for s in Status}:
+        raise InvalidParams(f"Unknown status {status_filter!r}.")
+    page = max(1, request.args.get("page", 1, type=int) or 1)
+    per_page = max(1, min(100, request.args.get("per_page", 25, type=int) or 25))
+    states = get_state().engine.jobs(
+        None if admin else user,
+        offset=(page - 1) * per_page,
+        limit=per_page + 1,
+        status=status_filter,
+    )
+    has_next = len(states) > per_page
+    listed = [status_json(s) for s in states[:per_page]]
+    if _wants_json():
+        return jsonify({"jobs": listed, "page": page, "has_next": has_next})
+    return render_template(
+        "batchflow/jobs.html",
+        jobs=listed,
+        status_filter=status_filter,
+        statuses=[s.value for s in Status],
+        page=page,
+        has_next=has_next,
+        is_admin=admin,
     )
 
-    @bp.app_context_processor
-    def template_globals() -> dict[str, Any]:
-        # Any page of the app may use the widget; it finds the routes through this prefix.
-        # url_for includes the script root, so this holds when the app is mounted under a path.
-        return {"batchflow_prefix": url_for("batchflow.jobs").rstrip("/")}
 
-    @bp.before_request
-    def check_csrf() -> None:
-        if request.method in _UNSAFE:
-            # Refuse an oversized body before anything reads it (413), whatever the app's limit.
-            request.max_content_length = _state().settings.max_body
-        csrf = current_app.extensions.get("csrf")
-        enabled = current_app.config.get("WTF_CSRF_ENABLED", True)
-        if extension.csrf and csrf and enabled and request.method in _UNSAFE:
-            if not g.get("csrf_valid"):
-                csrf.protect()
-
-    @bp.errorhandler(BatchflowError)
-    def batchflow_error(exc: BatchflowError) -> Any:
-        code = exc.http_status
-        body: dict[str, Any] = {"error": str(exc)}
-        if isinstance(exc, InvalidParams) and exc.errors:
-            body["errors"] = exc.errors
-        if _wants_json():
-            return jsonify(body), code
-        return render_template("batchflow/error.html", error=str(exc), code=code), code
-
-    @bp.errorhandler(HTTPException)
-    def http_error(exc: HTTPException) -> Any:
-        code = exc.code or 500
-        message = exc.description or exc.name
-        if _wants_json():
-            return jsonify({"error": message}), code
-        return render_template("batchflow/error.html", error=message, code=code), code
-
-    @bp.get("/")
-    def jobs() -> Any:
-        user = _user()
-        admin = _is_admin(user)
-        status_filter = request.args.get("status") or None
-        if status_filter and status_filter not in {s.value for s in Status}:
-            raise InvalidParams(f"Unknown status {status_filter!r}.")
-        page = max(1, request.args.get("page", 1, type=int) or 1)
-        per_page = max(1, min(100, request.args.get("per_page", 25, type=int) or 25))
-        states = _engine().jobs(
-            None if admin else user,
-            offset=(page - 1) * per_page,
-            limit=per_page + 1,
-            status=status_filter,
+@blueprint.route("/start/<handler>", methods=["GET", "POST"])
+def start(handler: str) -> Any:
+    spec = get_state().registry.get(handler)
+    user = current_identity()
+    if not spec.allows(permission_subject()):
+        raise PermissionDenied("You are not allowed to start this job.")
+    form_class = spec.handler_class.params_form
+    labels = labels_for(spec.name, spec.handler_class.labels)
+    if request.method == "GET":
+        return _start_page(handler, labels, _blank_form(form_class))
+    params, ids, redirect_url = _read_start_request()
+    try:
+        if form_class is not None:
+            params = _validate_form(form_class, params)
+        job_id = get_state().engine.start(
+            handler,
+            owner=user,
+            params=params,
+            ids=ids,
+            redirect_url=_safe_redirect(redirect_url),
         )
-        has_next = len(states) > per_page
-        listed = [status_json(s) for s in states[:per_page]]
-        if _wants_json():
-            return jsonify({"jobs": listed, "page": page, "has_next": has_next})
-        return render_template(
-            "batchflow/jobs.html",
-            jobs=listed,
-            status_filter=status_filter,
-            statuses=[s.value for s in Status],
-            page=page,
-            has_next=has_next,
-            is_admin=admin,
-        )
+    except InvalidParams as exc:
+        if form_class is None or _wants_json():
+            raise
+        form = form_class()  # bound to the posted form, so it re-renders with its CSRF token
+        form.validate()
+        return _start_page(handler, labels, form, error=str(exc)), 400
+    return _job_response(job_id)
 
-    @bp.route("/start/<handler>", methods=["GET", "POST"])
-    def start(handler: str) -> Any:
-        spec = _state().registry.get(handler)
-        user = _user()
-        if not spec.allows(_permission_subject()):
-            raise PermissionDenied("You are not allowed to start this job.")
-        form_class = spec.handler_class.params_form
-        labels = labels_for(spec.name, spec.handler_class.labels)
-        if request.method == "GET":
-            form = _blank_form(form_class)
-            return render_template(
-                "batchflow/start.html",
-                handler_name=handler,
-                labels=labels,
-                form=form,
-                action_url=url_for("batchflow.start", handler=handler),
-            )
-        params, ids, redirect_url = _read_start_request()
-        try:
-            if form_class is not None:
-                params = _validate_form(form_class, params)
-            job_id = _engine().start(
-                handler,
-                owner=user,
-                params=params,
-                ids=ids,
-                redirect_url=_safe_redirect(redirect_url),
-            )
-        except InvalidParams as exc:
-            if form_class is None or _wants_json():
-                raise
-            form = form_class()  # bound to the posted form, so it re-renders with its CSRF token
-            form.validate()
-            return (
-                render_template(
-                    "batchflow/start.html",
-                    handler_name=handler,
-                    labels=labels,
-                    form=form,
-                    action_url=url_for("batchflow.start", handler=handler),
-                    error=str(exc),
-                ),
-                400,
-            )
-        return _job_response(job_id)
 
-    @bp.get("/<job_id>")
-    def progress(job_id: str) -> Any:
-        state = _visible(job_id)
-        return render_template("batchflow/progress.html", job=status_json(state))
+def _start_page(handler: str, labels: dict[str, str], form: Any, **context: Any) -> str:
+    """The start page of ``handler``: its parameters form (or a Start button)."""
+    return render_template(
+        "batchflow/start.html",
+        handler_name=handler,
+        labels=labels,
+        form=form,
+        action_url=url_for("batchflow.start", handler=handler),
+        **context,
+    )
 
-    @bp.get("/<job_id>/status")
-    def status(job_id: str) -> Any:
-        response = jsonify(status_json(_visible(job_id)))
-        response.headers["Cache-Control"] = "no-store"
-        return response
 
-    @bp.get("/<job_id>/events")
-    def events(job_id: str) -> Response:
-        _visible(job_id)
-        follow = _engine().follow(job_id, keepalive=15.0)
+@blueprint.get("/<job_id>")
+def progress(job_id: str) -> Any:
+    state = _visible(job_id)
+    return render_template("batchflow/progress.html", job=status_json(state))
 
-        def stream() -> Iterator[str]:
-            yield "retry: 2000\n\n"
-            for state in follow:
-                if state is None:
-                    yield ": keep-alive\n\n"
-                    continue
-                yield f"data: {json.dumps(status_json(state))}\n\n"
 
-        return Response(
-            stream_with_context(stream()),
-            mimetype="text/event-stream",
-            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-        )
+@blueprint.get("/<job_id>/status")
+def status(job_id: str) -> Any:
+    response = jsonify(status_json(_visible(job_id)))
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
-    @bp.post("/<job_id>/<any(stop, cancel, pause, resume, cleanup, retry):action>")
-    def action(job_id: str, action: str) -> Any:
-        state = _visible(job_id)
-        engine = _engine()
-        if action == "retry":
-            return _job_response(engine.retry_failed(job_id, owner=_user()))
-        if action == "cleanup":
-            engine.request_cleanup(job_id)
-            new_state = engine.state(job_id)
-        else:
-            new_state = engine.signal(state.id, action)
-        if _wants_json():
-            return jsonify(status_json(new_state)), 202
-        return redirect(url_for("batchflow.progress", job_id=job_id), code=303)
 
-    @bp.get("/<job_id>/download")
-    def download(job_id: str) -> Any:
-        state = _visible(job_id)
-        if not state.file_ready:
-            raise JobNotFound(job_id)
-        root = os.path.realpath(_state().settings.files_dir)
-        path = os.path.realpath(state.fields["file_path"])
-        if os.path.commonpath([root, path]) != root or not os.path.isfile(path):
-            raise JobNotFound(job_id)
-        return send_file(
-            path,
-            mimetype=state.fields.get("file_type") or "application/octet-stream",
-            as_attachment=True,
-            download_name=state.fields.get("file_name") or os.path.basename(path),
-            max_age=0,
-        )
+@blueprint.get("/<job_id>/events")
+def events(job_id: str) -> Response:
+    _visible(job_id)
+    follow = get_state().engine.follow(job_id, keepalive=15.0)
 
-    @bp.get("/<job_id>/results")
-    def results(job_id: str) -> Any:
-        state = _visible(job_id)
-        if request.args.get("format") == "csv":
-            return _csv_report(state)
-        which = request.args.get("which", "results")
-        if which not in ("results", "errors"):
-            raise InvalidParams("which must be 'results' or 'errors'.")
-        cursor = request.args.get("cursor", 0, type=int) or 0
-        count = request.args.get("count", 100, type=int) or 100
-        if cursor < 0 or count < 1:
-            raise InvalidParams("cursor must be >= 0 and count >= 1.")
-        page = _engine().results(job_id, which, cursor, count)
-        return jsonify({"which": which, "items": page.items, "cursor": page.cursor})
+    def stream() -> Iterator[str]:
+        yield "retry: 2000\n\n"
+        for state in follow:
+            if state is None:
+                yield ": keep-alive\n\n"
+                continue
+            yield f"data: {json.dumps(status_json(state))}\n\n"
 
-    def _csv_report(state: JobState) -> Response:
-        engine = _engine()
-        neutral = FileJob()
+    return Response(
+        stream_with_context(stream()),
+        mimetype="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
 
-        def rows() -> Iterator[str]:
-            buffer = io.StringIO()
-            writer = csv.writer(buffer)
-            writer.writerow(["id", "outcome", "detail"])
-            for row in engine.report_rows(state.id):
-                writer.writerow([neutral._cell(cell) for cell in row])
-                if buffer.tell() > 64_000:
-                    yield buffer.getvalue()
-                    buffer.seek(0)
-                    buffer.truncate()
-            yield buffer.getvalue()
 
-        name = f"{state.fields.get('handler', 'job')}-{state.id[:8]}-report.csv"
-        return Response(
-            stream_with_context(rows()),
-            mimetype="text/csv",
-            headers={"Content-Disposition": f'attachment; filename="{name}"'},
-        )
+@blueprint.post("/<job_id>/<any(stop, cancel, pause, resume, cleanup, retry):action>")
+def action(job_id: str, action: str) -> Any:
+    state = _visible(job_id)
+    engine = get_state().engine
+    if action == "retry":
+        return _job_response(engine.retry_failed(job_id, owner=current_identity()))
+    if action == "cleanup":
+        engine.request_cleanup(job_id)
+        new_state = engine.state(job_id)
+    else:
+        new_state = engine.signal(state.id, action)
+    if _wants_json():
+        return jsonify(status_json(new_state)), 202
+    return redirect(url_for("batchflow.progress", job_id=job_id), code=303)
 
-    return bp
+
+@blueprint.get("/<job_id>/download")
+def download(job_id: str) -> Any:
+    state = _visible(job_id)
+    if not state.file_ready:
+        raise JobNotFound(job_id)
+    root = os.path.realpath(get_state().settings.files_dir)
+    path = os.path.realpath(state.fields["file_path"])
+    if os.path.commonpath([root, path]) != root or not os.path.isfile(path):
+        raise JobNotFound(job_id)
+    return send_file(
+        path,
+        mimetype=state.fields.get("file_type") or "application/octet-stream",
+        as_attachment=True,
+        download_name=state.fields.get("file_name") or os.path.basename(path),
+        max_age=0,
+    )
+
+
+@blueprint.get("/<job_id>/results")
+def results(job_id: str) -> Any:
+    state = _visible(job_id)
+    if request.args.get("format") == "csv":
+        return _csv_report(state)
+    which = request.args.get("which", "results")
+    if which not in ("results", "errors"):
+        raise InvalidParams("which must be 'results' or 'errors'.")
+    cursor = request.args.get("cursor", 0, type=int) or 0
+    count = request.args.get("count", 100, type=int) or 100
+    if cursor < 0 or count < 1:
+        raise InvalidParams("cursor must be >= 0 and count >= 1.")
+    page = get_state().engine.results(job_id, which, cursor, count)
+    return jsonify({"which": which, "items": page.items, "cursor": page.cursor})
+
+
+def _csv_report(state: JobState) -> Response:
+    """Every per-id outcome of ``state``'s job as a CSV download, streamed."""
+    engine = get_state().engine
+
+    def rows() -> Iterator[str]:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["id", "outcome", "detail"])
+        for row in engine.report_rows(state.id):
+            writer.writerow([neutralize_cell(cell) for cell in row])
+            if buffer.tell() > 64_000:
+                yield buffer.getvalue()
+                buffer.seek(0)
+                buffer.truncate()
+        yield buffer.getvalue()
+
+    name = f"{state.fields.get('handler', 'job')}-{state.id[:8]}-report.csv"
+    return Response(
+        stream_with_context(rows()),
+        mimetype="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
 
 
 def _blank_form(form_class: type | None) -> Any:

@@ -29,7 +29,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from batchflow import Engine, Settings  # noqa: E402
+from batchflow.config import Settings  # noqa: E402
+from batchflow.engine import Engine  # noqa: E402
 from batchflow.store import Store  # noqa: E402
 from batchflow.tasks import make_celery  # noqa: E402
 from bench.handlers import REDIS_URL, make_registry  # noqa: E402

@@ -33,7 +33,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from batchflow import Engine  # noqa: E402
+from batchflow.engine import Engine  # noqa: E402
 from batchflow.store import TERMINAL, Store  # noqa: E402
 from bench import harness  # noqa: E402
 from bench.handlers import BATCHES, make_registry  # noqa: E402

@@ -7,7 +7,8 @@ one app, so both run on the same broker, settings and worker.
 
 from __future__ import annotations
 
-from batchflow import Engine, Settings
+from batchflow.config import Settings
+from batchflow.engine import Engine
 from batchflow.store import Store
 from batchflow.tasks import make_celery
 from bench.handlers import make_registry

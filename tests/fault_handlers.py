@@ -31,7 +31,8 @@ import threading
 import time
 from typing import Any
 
-from batchflow import Engine, FileJob, Handler, ItemsJob, Registry, TaskJob
+from batchflow import FileJob, Handler, ItemsJob, Registry, TaskJob
+from batchflow.engine import Engine
 from batchflow.job import Job
 from batchflow.steps import StepOutcome
 from tests.handlers import make_registry, side

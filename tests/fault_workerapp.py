@@ -13,7 +13,8 @@ from typing import Any
 
 from celery.signals import worker_ready
 
-from batchflow import Engine, Settings
+from batchflow.config import Settings
+from batchflow.engine import Engine
 from batchflow.store import Store
 from batchflow.tasks import make_celery
 from tests.fault_handlers import instrument, make_fault_registry

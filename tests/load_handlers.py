@@ -59,7 +59,8 @@ def __getattr__(name: str) -> Any:
     if name != "celery":
         raise AttributeError(name)
     if _app is None:
-        from batchflow import Engine, Settings
+        from batchflow.config import Settings
+        from batchflow.engine import Engine
         from batchflow.store import Store
         from batchflow.tasks import make_celery
 

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from batchflow import BatchFlow, ConfigurationError, FileJob, Settings
+from batchflow import BatchFlow, ConfigurationError, FileJob
+from batchflow.config import Settings
 from tests.test_web import ALICE, BOB, JOB_ROUTES, finish, start, token
 from tests.webapp import create_app
 

@@ -1,5 +1,6 @@
 """``flask batchflow ...``: every command through Flask's CLI runner, against real Redis and a real
-in-process Celery worker (or, for ``prune``, steps run by hand so that nothing else tidies up)."""
+in-process Celery worker (or, for ``maintain``, steps run by hand so that nothing else tidies
+up)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import pytest
 from click.testing import Result
 from flask import Flask
 
-from batchflow import BatchFlow, Engine, Status
+from batchflow import BatchFlow, Status
+from batchflow.engine import Engine
 from tests.handlers import make_registry
 from tests.helpers import broker_options, make_config, wait_for, wait_terminal
 
@@ -69,8 +71,11 @@ def flask_batchflow(app: Flask) -> Invoke:
 def test_the_group_lists_its_commands(flask_batchflow: Invoke):
     result = flask_batchflow("--help")
     assert result.exit_code == 0
-    for command in ("list", "show", "watch", "stop", "cancel", "pause", "resume", "retry", "prune"):
+    commands = ("list", "show", "watch", "stop", "cancel", "pause", "resume", "retry", "maintain")
+    for command in commands:
         assert re.search(rf"^\s+{command}\s", result.output, re.M), command
+    # `prune`, maintain's old name, still runs (below) but is not offered.
+    assert not re.search(r"^\s+prune\s", result.output, re.M)
 
 
 def test_list_says_when_there_are_no_jobs(flask_batchflow: Invoke):
@@ -207,8 +212,8 @@ def test_retry_starts_a_job_over_the_failed_ids(flask_batchflow, jobs, running, 
     assert flask_batchflow("retry", UNKNOWN).exit_code == 2
 
 
-def test_prune_requeues_overdue_steps_and_cleans_expired_jobs(prefix, files_dir):
-    # No worker: steps run by hand, so only prune recovers and cleans (a worker would do it too).
+def test_maintain_requeues_overdue_steps_and_cleans_expired_jobs(prefix, files_dir):
+    # No worker: steps run by hand, so only maintain recovers and cleans (a worker would do it too).
     app = _app(prefix, files_dir, BATCHFLOW_JOB_TTL=1, BATCHFLOW_QUEUE_TIMEOUT=0.2)
     engine = BatchFlow.state(app).engine
     runner = app.test_cli_runner()
@@ -221,7 +226,7 @@ def test_prune_requeues_overdue_steps_and_cleans_expired_jobs(prefix, files_dir)
     never_claimed = engine.start("count", owner="a", params={"n": 3, "prefix": prefix})
     time.sleep(1.3)  # past the queue timeout of the one, and the TTL of the other
 
-    result = runner.invoke(args=["batchflow", "prune"])
+    result = runner.invoke(args=["batchflow", "maintain"])
     assert result.exit_code == 0, result.output
     assert re.fullmatch(
         r"requeued 1 overdue steps, cleaned 1 expired jobs, tidied \d+ index entries\n",
@@ -229,6 +234,6 @@ def test_prune_requeues_overdue_steps_and_cleans_expired_jobs(prefix, files_dir)
     )
     assert runner.invoke(args=["batchflow", "show", done]).exit_code == 2
     assert engine.state(never_claimed).status is Status.PENDING
-    # Nothing more to do the second time.
+    # Nothing more to do the second time (asked by the old name, `prune`, which still works).
     again = runner.invoke(args=["batchflow", "prune"])
     assert again.output.startswith("requeued 0 overdue steps, cleaned 0 expired jobs")

@@ -57,14 +57,14 @@ def test_redis_web_and_worker_share_settings_and_files(services):
     assert " ".join(worker["command"]) == "celery -A worker worker --loglevel=INFO"
     command = " ".join(web["command"])
     assert command.startswith("gunicorn ") and "--worker-class=gthread" in command
-    assert web["command"][-1] == "batchflow.demo:create_app()"
+    assert web["command"][-1] == "batchflow_demo:create_app()"
 
 
 def test_the_containers_entry_points_load(prefix, monkeypatch):
-    # What `gunicorn 'batchflow.demo:create_app()'` and `celery -A worker worker` import.
+    # What `gunicorn 'batchflow_demo:create_app()'` and `celery -A worker worker` import.
     gunicorn = pytest.importorskip("gunicorn.util")
     monkeypatch.setenv("BATCHFLOW_KEY_PREFIX", prefix)
-    app = gunicorn.import_app("batchflow.demo:create_app()")
+    app = gunicorn.import_app("batchflow_demo:create_app()")
     show = "import worker; print(worker.celery.main, worker.celery.conf.task_default_queue)"
     result = subprocess.run(
         [sys.executable, "-c", show],
@@ -73,10 +73,10 @@ def test_the_containers_entry_points_load(prefix, monkeypatch):
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": ROOT},
     )
-    assert app.name == "batchflow.demo"
+    assert app.name == "batchflow_demo"
     assert app.config["BATCHFLOW_KEY_PREFIX"] == prefix
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["batchflow.demo", prefix]
+    assert result.stdout.split() == ["batchflow_demo", prefix]
 
 
 def test_the_dockerfile_installs_declared_extras():
@@ -103,7 +103,8 @@ def test_dockerignore_keeps_what_the_image_needs():
         "pyproject.toml",
         "README.md",
         "batchflow/__init__.py",
-        "batchflow/demo/templates/demo/index.html",
+        "batchflow_demo/__init__.py",
+        "batchflow_demo/templates/demo/index.html",
         "templates/batchflow/base.html",
         "static/batchflow/batchflow.js",
         "worker/__init__.py",

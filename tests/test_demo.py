@@ -26,10 +26,10 @@ import pytest
 
 from batchflow import BatchFlow, ConfigurationError
 from batchflow import registry as global_registry
-from batchflow.demo import create_app
-from batchflow.demo.cli import find_redis_server
-from batchflow.demo.jobs import EMPTY_EVERY, LOCKED_EVERY, Posts
-from batchflow.examples.contacts import HEADER, contact_row
+from batchflow_demo import create_app
+from batchflow_demo.cli import find_redis_server
+from batchflow_demo.contacts import HEADER, contact_row
+from batchflow_demo.jobs import EMPTY_EVERY, LOCKED_EVERY, Posts
 from tests.handlers import REDIS_URL
 from tests.helpers import CHROMIUM, ROOT, launch_chromium, wait_for
 
@@ -218,14 +218,19 @@ def test_the_demo_pages_ship_in_the_wheel(tmp_path):
     (wheel,) = tmp_path.glob("batchflow-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for name in (
-        "batchflow/demo/__init__.py",
-        "batchflow/demo/cli.py",
-        "batchflow/demo/jobs.py",
-        "batchflow/demo/templates/demo/index.html",
-        "batchflow/examples/contacts.py",
+        "batchflow_demo/__init__.py",
+        "batchflow_demo/cli.py",
+        "batchflow_demo/jobs.py",
+        "batchflow_demo/contacts.py",
+        "batchflow_demo/templates/demo/index.html",
         "batchflow/templates/batchflow/base.html",
     ):
         assert name in names, f"{name} is missing from the wheel (setup.cfg package data?)"
+    # The library ships without its demo inside; the console script runs the demo's main.
+    assert not [n for n in names if n.startswith(("batchflow/demo/", "batchflow/examples/"))]
+    (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+    scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert re.search(r"^batchflow = batchflow_demo\.cli:main$", scripts, re.M), scripts
 
 
 # -- `batchflow demo` as a subprocess ------------------------------------------------------------
@@ -272,14 +277,15 @@ def _cmdline(pid: int) -> str:
 
 
 class DemoProcess:
-    """``batchflow demo`` run the way the README says (through batchflow.cli.main)."""
+    """``batchflow demo`` run the way the README says (through the console script's
+    batchflow_demo.cli.main)."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         # Only what the test says: none of the environment's BATCHFLOW_* settings leak in.
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHFLOW_")}
         full_env.update({"PYTHONPATH": ROOT, **(env or {})})
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from batchflow.cli import main; main()", "demo", *args],
+            [sys.executable, "-c", "from batchflow_demo.cli import main; main()", "demo", *args],
             cwd=ROOT,
             env=full_env,
             stdout=subprocess.PIPE,

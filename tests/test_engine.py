@@ -5,29 +5,27 @@ from __future__ import annotations
 
 import csv
 import io
-import subprocess
-import sys
 import threading
 import time
 
 import pytest
 
 from batchflow import (
-    Engine,
     InvalidParams,
     InvalidTransition,
     JobNotFound,
-    Settings,
     Status,
     TooManyItems,
     Unavailable,
     UnknownHandler,
 )
+from batchflow.config import Settings
+from batchflow.engine import Engine
 from batchflow.keys import valid_job_id
 from batchflow.schema import ClaimCode
 from batchflow.store import Store
 from tests.handlers import CLEANUPS, HOOKS, Crash, make_registry, row, side
-from tests.helpers import ROOT, ListDispatcher
+from tests.helpers import ListDispatcher
 
 
 def test_a_job_runs_to_completion_with_exact_counters(engine: Engine, manual: ListDispatcher):
@@ -316,10 +314,3 @@ def test_keys_share_one_hash_tag_and_bad_ids_are_unknown(engine):
                 entry(bad)
         assert engine.run_step(bad, 0).refused is ClaimCode.MISSING
         assert engine.cleanup(bad) is False
-
-
-def test_engine_and_store_import_no_flask():
-    code = "import sys, batchflow.engine, batchflow.store; print('flask' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "False"

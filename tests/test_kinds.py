@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from batchflow import Engine, InvalidTransition, Status
+from batchflow import InvalidTransition, Status
+from batchflow.engine import Engine
 from tests.handlers import side
 from tests.helpers import ROOT, make_config, wait_for, wait_terminal
 
@@ -100,7 +101,8 @@ def test_a_stop_from_another_process_is_obeyed(engine, worker, prefix, files_dir
     wait_for(lambda: engine.state(job_id).count("processed") > 0)
     config = make_config(prefix, files_dir)
     code = (
-        "from batchflow import Engine, Settings\n"
+        "from batchflow.config import Settings\n"
+        "from batchflow.engine import Engine\n"
         "from batchflow.store import Store\n"
         "from tests.handlers import make_registry\n"
         "s = Settings.from_mapping()\n"

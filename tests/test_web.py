@@ -345,3 +345,35 @@ def test_the_app_can_override_batchflow_templates(prefix, files_dir):
     page = app.test_client().get("/jobs/start/count")
     assert page.status_code == 200
     assert "The host app's own layout" in page.text and "Start" in page.text
+
+
+def test_one_blueprint_serves_several_apps_each_with_its_prefix_and_options(prefix, files_dir):
+    from flask import Flask
+
+    from tests.handlers import make_registry
+    from tests.helpers import make_config
+
+    def app_with(**options):
+        app = Flask(__name__)
+        app.config.update(SECRET_KEY="k", **make_config(prefix, files_dir))
+        BatchFlow(app, registry=make_registry(), **options)
+        return app
+
+    alice = app_with(identity=lambda: "alice")
+    nobody = app_with(url_prefix="/tasks", identity=lambda: None)
+    assert alice.test_client().get("/jobs/start/count").status_code == 200
+    refused = nobody.test_client().get("/tasks/start/count", headers={"Accept": "application/json"})
+    assert refused.status_code == 403 and refused.json["error"] == "Sign in to use jobs."
+    assert nobody.test_client().get("/jobs/start/count").status_code == 404
+    with nobody.test_request_context():
+        from flask import url_for
+
+        assert url_for("batchflow.progress", job_id="x") == "/tasks/x"
+    assert BatchFlow.state(alice).engine is not BatchFlow.state(nobody).engine
+
+
+def test_make_celery_is_the_deprecated_name_of_celery(app):
+    extension = BatchFlow()
+    with pytest.warns(DeprecationWarning, match=r"renamed BatchFlow\.celery"):
+        celery = extension.make_celery(app)
+    assert celery is extension.celery(app) is BatchFlow.state(app).celery

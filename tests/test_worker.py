@@ -6,7 +6,8 @@ import threading
 
 import pytest
 
-from batchflow import Engine, Status
+from batchflow import Status
+from batchflow.engine import Engine
 from tests.handlers import side
 from tests.helpers import WorkerProcess, make_config, wait_for, wait_terminal
 

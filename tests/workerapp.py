@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import os
 
-from batchflow import Engine, Settings
+from batchflow.config import Settings
+from batchflow.engine import Engine
 from batchflow.store import Store
 from batchflow.tasks import make_celery
 from tests.handlers import make_registry

@@ -1,4 +1,5 @@
-"""A contacts report: Event Espresso's ``AttendeesReport`` in Python.
+"""A contacts report: Event Espresso's ``AttendeesReport`` in Python. The demo's
+``export-contacts`` job runs it; copy it into your app to adapt it.
 
 The PHP original counts the contacts and writes the CSV header in ``create_job``, writes one batch
 of rows per ``continue_job``, calls the job complete when a batch comes back short, and deletes the
@@ -41,8 +42,10 @@ from __future__ import annotations
 import unicodedata
 from typing import Any, ClassVar
 
-from ..handlers import FileJob, StepResult
-from ..job import Job, StepResponse
+from batchflow import FileJob, Job, StepResponse
+
+#: What a step may return: a message for the page, a StepResponse, or nothing.
+StepResult = StepResponse | str | None
 
 #: The report's header row (Event Espresso writes it in ``create_job``).
 HEADER = ["ID", "First name", "Last name", "Email", "Phone", "City", "Country", "Notes"]

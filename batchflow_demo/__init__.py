@@ -3,8 +3,10 @@
 ``batchflow demo`` runs it with a Redis and a Celery worker of its own (see :mod:`.cli`). To run
 the parts yourself, as ``docker-compose.yml`` does::
 
-    gunicorn -k gthread --threads 32 'batchflow.demo:create_app()'
-    celery -A batchflow.demo worker        # or: celery -A worker worker, from the repository
+    gunicorn -k gthread --threads 32 'batchflow_demo:create_app()'
+    celery -A batchflow_demo worker        # or: celery -A worker worker, from the repository
+
+It is an app like yours: it uses only what ``from batchflow import ...`` offers.
 
 Settings come from ``create_app(config)``, then the environment, then the defaults below. Besides
 batchflow's own ``BATCHFLOW_*`` keys (``BATCHFLOW_REDIS_URL``...) the demo reads:
@@ -31,9 +33,8 @@ from typing import Any
 
 from flask import Flask, render_template, url_for
 
-from ..config import DEFAULTS
-from ..exceptions import ConfigurationError
-from ..extension import BatchFlow
+from batchflow import BatchFlow, ConfigurationError
+
 from .jobs import LOCKED_EVERY, posts, registry
 
 #: The demo's extension, with the demo's own registry (not the global one).
@@ -46,6 +47,9 @@ DEMO_DEFAULTS: dict[str, Any] = {
     "BATCHFLOW_DEMO_POSTS": 5_000,
     "BATCHFLOW_DEMO_ITEM_DELAY": 0.002,
 }
+# Read from the environment here because the demo derives other settings from them; init_app
+# reads every other BATCHFLOW_* key from the environment itself.
+_FROM_ENVIRONMENT = (*DEMO_DEFAULTS, "BATCHFLOW_FILES_DIR", "BATCHFLOW_QUEUE")
 _NUMBERS = {
     "BATCHFLOW_DEMO_CONTACTS": (int, 0),
     "BATCHFLOW_DEMO_POSTS": (int, 1),
@@ -55,9 +59,8 @@ _NUMBERS = {
 
 def _settings(config: Mapping[str, Any] | None) -> dict[str, Any]:
     """The demo's ``BATCHFLOW_*`` settings: ``config``, then the environment, then defaults."""
-    names = set(DEFAULTS) | set(DEMO_DEFAULTS)
     values: dict[str, Any] = dict(DEMO_DEFAULTS)
-    values.update({name: os.environ[name] for name in names if name in os.environ})
+    values.update({name: os.environ[name] for name in _FROM_ENVIRONMENT if name in os.environ})
     values.update(config or {})
     for name, (kind, minimum) in _NUMBERS.items():
         try:
@@ -112,10 +115,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
 
 def __getattr__(name: str) -> Any:
-    # ``celery -A batchflow.demo worker`` asks this module for ``celery``: build the demo app and
+    # ``celery -A batchflow_demo worker`` asks this module for ``celery``: build the demo app and
     # its Celery app on first use, so that importing the module has no side effects.
     if name == "celery":
-        celery = batchflow.make_celery(create_app())
+        celery = batchflow.celery(create_app())
         globals()["celery"] = celery
         return celery
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,13 +1,13 @@
 """The demo's three jobs, on the demo's own registry, and the SQLite data they work on.
 
-- ``export-contacts``: the contacts report (:mod:`batchflow.examples.contacts`), a FileJob.
+- ``export-contacts``: the contacts report (:mod:`batchflow_demo.contacts`), a FileJob.
 - ``archive-posts``: an ItemsJob over the posts table. Every 13th post is locked and fails with a
   message; Cancel undoes, newest first, exactly the archiving this job did.
 - ``rebuild-index``: a one-shot TaskJob that rebuilds a word index of the posts, reporting each
   post good or bad as it goes, and honouring Stop.
 
 Handlers run in the worker inside the Flask app's context, so they read the demo's settings from
-``current_app.config`` (``BATCHFLOW_DEMO_*``, see :func:`batchflow.demo.create_app`).
+``current_app.config`` (``BATCHFLOW_DEMO_*``, see :func:`batchflow_demo.create_app`).
 """
 
 from __future__ import annotations
@@ -22,10 +22,9 @@ from typing import Any, ClassVar
 
 from flask import current_app
 
-from ..examples.contacts import ContactsReport
-from ..handlers import ItemsJob, StepResult, TaskJob
-from ..job import Job
-from ..registry import Registry
+from batchflow import ItemsJob, Job, Registry, TaskJob
+
+from .contacts import ContactsReport, StepResult
 
 #: The demo's handlers. The demo app passes it to ``BatchFlow(registry=...)``; the global
 #: ``batchflow.registry`` stays untouched.

@@ -1,4 +1,5 @@
-"""``batchflow demo``: Redis, a Celery worker and the demo app, started and stopped by one command.
+"""The ``batchflow`` console script. ``batchflow demo``: Redis, a Celery worker and the demo app,
+started and stopped by one command.
 
 Redis, in this order: ``--redis-url``; else ``BATCHFLOW_REDIS_URL``; else a Redis on
 localhost:6379 if one answers; else an embedded ``redis-server`` of the demo's own (one on PATH,
@@ -125,9 +126,9 @@ def _die_with_parent() -> Callable[[], None] | None:
 
 
 def _worker_pythonpath() -> str:
-    """PYTHONPATH for the worker: the folder holding this ``batchflow`` package first, when it is
-    a source checkout rather than an installed package (an installed one is found anyway)."""
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    """PYTHONPATH for the worker: the folder holding this ``batchflow_demo`` package first, when
+    it is a source checkout rather than an installed package (an installed one is found anyway)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     installed = {sysconfig.get_path("purelib"), sysconfig.get_path("platlib")}
     current = os.environ.get("PYTHONPATH", "")
     if root in installed:
@@ -328,7 +329,7 @@ class Demo:
         env.update({key: str(value) for key, value in config.items()})
         env["PYTHONPATH"] = _worker_pythonpath()
         command = [
-            sys.executable, "-m", "celery", "-A", "batchflow.demo", "-q", "worker",
+            sys.executable, "-m", "celery", "-A", "batchflow_demo", "-q", "worker",
             "-P", "threads", "-c", "4", "-l", "INFO" if self.verbose else "WARNING",
             "-n", f"{self.prefix}@%h", "--without-gossip", "--without-mingle",
             "--without-heartbeat",
@@ -476,3 +477,14 @@ def demo(
         verbose=verbose,
     )
     sys.exit(runner.run())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The ``batchflow`` console script: ``batchflow demo``."""
+    group = click.Group("batchflow", help="batchflow: long-running jobs for Flask apps.")
+    group.add_command(demo)
+    group.main(args=argv, prog_name="batchflow")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""What batchflow's web modules share: one app's state, and who is asking in this request.
+
+:mod:`.extension` builds a :class:`State` per app; :mod:`.views` and :mod:`.cli` read it through
+:func:`get_state`. This module imports no other web module, so imports run one way only:
+``extension`` imports ``views`` and ``cli``, and all three import this.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+from celery import Celery
+from flask import Flask, current_app, session
+
+from .config import Settings
+from .engine import Engine
+from .exceptions import ConfigurationError, PermissionDenied
+from .registry import Registry
+
+#: ``identity() -> str | None``: the current user's id, called in requests; None means "not
+#: allowed to use jobs".
+Identity = Callable[[], str | None]
+#: ``can_admin(user_id) -> bool``: may this user see and act on everyone's jobs.
+AdminCheck = Callable[[str], bool]
+
+_SESSION_KEY = "batchflow_anon"
+
+
+@dataclasses.dataclass
+class State:
+    """What one app's batchflow holds, in ``app.extensions["batchflow"]``: what ``init_app``
+    built, and the options given to ``BatchFlow(...)``, so that one blueprint serves every app.
+
+    :param settings: the app's ``BATCHFLOW_*`` settings, validated.
+    :param engine: starts, reads and signals the app's jobs.
+    :param celery: the Celery app that runs them.
+    :param identity: the app's identity hook.
+    :param can_admin: the app's admin check.
+    :param csrf: whether batchflow checks the CSRF token on its own POST routes.
+    """
+
+    settings: Settings
+    engine: Engine
+    celery: Celery
+    identity: Identity
+    can_admin: AdminCheck
+    csrf: bool
+
+    @property
+    def registry(self) -> Registry:
+        return self.engine.registry
+
+
+def get_state(app: Flask | None = None) -> State:
+    """``app``'s batchflow state (default: the current app's).
+
+    :raises ConfigurationError: batchflow was not set up on the app.
+    """
+    app = app or current_app
+    try:
+        return app.extensions["batchflow"]  # type: ignore[no-any-return]
+    except KeyError:
+        raise ConfigurationError(
+            "batchflow is not set up on this app: call BatchFlow().init_app(app)."
+        ) from None
+
+
+def flask_login_user() -> Any | None:
+    """Flask-Login's ``current_user`` when the app uses Flask-Login (signed in or not), else
+    None. Flask-Login is imported only then: it is not a dependency of batchflow."""
+    if getattr(current_app, "login_manager", None) is None:
+        return None
+    from flask_login import current_user
+
+    return current_user
+
+
+def default_identity() -> str:
+    """The current user's id: Flask-Login's ``current_user`` when the app uses it, else an
+    anonymous id kept in the signed session (so each browser sees only its own jobs)."""
+    user = flask_login_user()
+    if user is not None and user.is_authenticated:
+        return f"user:{user.get_id()}"
+    if _SESSION_KEY not in session:
+        session[_SESSION_KEY] = secrets.token_urlsafe(12)
+    return f"anon:{session[_SESSION_KEY]}"
+
+
+def current_identity() -> str:
+    """The current user's id, from the app's identity hook.
+
+    :raises PermissionDenied: the hook says nobody is signed in.
+    """
+    user = get_state().identity()
+    if not user:
+        raise PermissionDenied("Sign in to use jobs.")
+    return str(user)
+
+
+def is_admin(user: str) -> bool:
+    """Whether the app's admin check lets ``user`` see and act on everyone's jobs."""
+    return bool(get_state().can_admin(user))
+
+
+def permission_subject() -> Any:
+    """What a handler's permission hook receives: Flask-Login's user if the app uses
+    Flask-Login, else the identity string.
+
+    :raises PermissionDenied: no Flask-Login, and the identity hook says nobody is signed in.
+    """
+    user = flask_login_user()
+    return user if user is not None else current_identity()
