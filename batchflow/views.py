@@ -99,7 +99,7 @@ def status_json(state: JobState) -> dict[str, Any]:
 
 
 def _safe_redirect(url: str | None) -> str | None:
-    """``url`` if it points into this site (Event Espresso's return-to), else InvalidParams."""
+    """``url`` if it points into this site (where to go back to), else InvalidParams."""
     if not url:
         return None
     parts = urlsplit(url)

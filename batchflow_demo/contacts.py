@@ -1,9 +1,9 @@
-"""A contacts report: Event Espresso's ``AttendeesReport`` in Python. The demo's
-``export-contacts`` job runs it; copy it into your app to adapt it.
+"""A contacts report as a FileJob. The demo's ``export-contacts`` job runs it; copy it into your
+app to adapt it.
 
-The PHP original counts the contacts and writes the CSV header in ``create_job``, writes one batch
-of rows per ``continue_job``, calls the job complete when a batch comes back short, and deletes the
-file in ``cleanup_job``. Here the same protocol reads::
+It counts the contacts and writes the CSV header in ``create_job``, writes one batch of rows per
+``continue_job``, calls the job complete when a batch comes back short, and deletes the file in
+``cleanup_job``::
 
     class ContactsReport(FileJob):
         def create_job(self, job):
@@ -47,7 +47,7 @@ from batchflow import FileJob, Job, StepResponse
 #: What a step may return: a message for the page, a StepResponse, or nothing.
 StepResult = StepResponse | str | None
 
-#: The report's header row (Event Espresso writes it in ``create_job``).
+#: The report's header row (written in ``create_job``).
 HEADER = ["ID", "First name", "Last name", "Email", "Phone", "City", "Country", "Notes"]
 
 _FIRST = (
@@ -109,7 +109,7 @@ class ContactsReport(FileJob):
     contacts: ClassVar[int] = 100_000
 
     def count_units_to_process(self, job: Job) -> int:
-        """How many contacts the report will hold (Event Espresso's ``count_units_to_process``)."""
+        """How many contacts the report will hold."""
         return self.contacts
 
     def get_csv_data(self, job: Job, offset: int, limit: int) -> list[list[Any]]:

@@ -63,8 +63,8 @@ def test_pip_install_into_a_new_virtualenv_ships_templates_and_static(tmp_path):
 LIBRARY = os.path.join(ROOT, "batchflow")
 # The layers below the web: they must run in a worker or a script without Flask or Celery.
 NON_WEB = (
-    "schema display config exceptions store scripts events job state handlers registry engine "
-    "steps heartbeat maintenance"
+    "schema display config exceptions keys store scripts events job state handlers registry "
+    "engine steps heartbeat maintenance"
 ).split()
 WEB = {"extension", "views", "context", "cli"}
 NOT_BELOW_THE_WEB = {"flask", "flask_wtf", "flask_login", "werkzeug", "celery"}
@@ -125,6 +125,29 @@ def test_the_layers_below_the_web_import_no_web_framework_and_no_web_module():
         if frameworks or web:
             wrong[module] = sorted(frameworks | web)
     assert wrong == {}, "imports a layer below the web must not make"
+
+
+#: The layers, top to bottom (docs/DESIGN.md): a module imports only from its own layer or below.
+LAYERS = [
+    {"__init__", "extension", "views", "cli", "context"},  # web
+    {"tasks"},  # Celery
+    {"engine", "steps", "heartbeat", "maintenance"},  # engine
+    {"registry", "handlers", "job", "state"},  # handlers
+    {"store", "keys", "scripts", "events"},  # store
+    {"schema", "display", "config", "exceptions"},  # vocabulary
+]
+
+
+def test_every_module_imports_only_its_own_layer_or_below():
+    graph = _library_graph()
+    rank = {module: depth for depth, layer in enumerate(LAYERS) for module in layer}
+    assert set(graph) <= set(rank), f"put {set(graph) - set(rank)} in a layer"
+    upward = {
+        module: sorted(m for m in imported if rank[m] < rank[module])
+        for module, imported in graph.items()
+        if any(rank[m] < rank[module] for m in imported)
+    }
+    assert upward == {}, "imports from a layer above"
 
 
 def test_the_library_has_no_import_cycle_and_never_imports_its_demo():
