@@ -79,14 +79,18 @@ if kind ~= 'task' and phase == 'run' and attempts > 1 then
     redis.call('HSET', job, 'careful_until', lost_until)
   end
 end
-if status == 'canceling' and phase ~= 'undo' then
+local careful = tonumber(redis.call('HGET', job, 'careful_until')) or 0
+-- A stop or a cancel waits until the slice of a lost step is settled: its units, some of which the
+-- lost step may have changed, are done again one at a time, so that a stop counts them (rather
+-- than calling them never reached) and a cancel undoes them (the undo starts past them).
+local settling = kind ~= 'task' and phase == 'run' and careful > processed
+if status == 'canceling' and phase ~= 'undo' and not settling then
   redis.call('HSET', job, 'phase', 'undo', 'undo_cursor', redis.call('HGET', job, 'processed'))
   phase = 'undo'
 end
 local ids, flags = {}, {}
 if kind == 'items' and phase ~= 'create' then
   local size = tonumber(redis.call('HGET', job, 'batch_size'))
-  local careful = tonumber(redis.call('HGET', job, 'careful_until')) or 0
   if attempts > 1 or (phase ~= 'undo' and careful > processed) then size = 1 end
   if phase == 'undo' then
     local stop = tonumber(redis.call('HGET', job, 'undo_cursor'))
@@ -98,7 +102,7 @@ if kind == 'items' and phase ~= 'create' then
         flags[#flags + 1] = redis.call('HEXISTS', KEYS[3], slice[i])
       end
     end
-  elseif status ~= 'stopping' then
+  elseif status ~= 'stopping' or settling then
     local start = tonumber(redis.call('HGET', job, 'processed'))
     ids = redis.call('LRANGE', KEYS[2], start, start + size - 1)
   end

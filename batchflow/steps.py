@@ -172,14 +172,15 @@ class StepRunner:
 
     def _run_handler(self, spec: HandlerSpec, handler: Handler, job: Job) -> dict[str, Any]:
         status, phase = job.status, job.buffer.committed(F.PHASE) or Phase.CREATE.value
-        if status is Status.STOPPING:
+        settling = self._settling(spec, job, phase)
+        if status is Status.STOPPING and not settling:
             return self._end(handler, job, Status.STOPPED)
         if job.lease.signal == "pause":
             job.add_message("Paused")
             return {F.STATUS: Status.PAUSED.value, F.SIGNAL: ""}
         if job.attempt > self.settings.max_attempts:
             return self._give_up(handler, job, phase)
-        if status is Status.CANCELING:
+        if status is Status.CANCELING and not settling:
             if phase == Phase.UNDO and spec.kind is not Kind.TASK:
                 self._respond(job, handler.undo_job(job, self._batch(job)))
                 if not job.ended:
@@ -205,6 +206,13 @@ class StepRunner:
         if job.buffer.ending is not None:
             return {**updates, **self._end(handler, job, job.buffer.ending)}
         return updates
+
+    def _settling(self, spec: HandlerSpec, job: Job, phase: str) -> bool:
+        """Whether this step goes again through the slice of a lost step (CLAIM keeps a stop or
+        cancel waiting until that slice is settled, so that it is counted, or undone)."""
+        b = job.buffer
+        careful = int(b.committed(F.CAREFUL_UNTIL) or 0) > int(b.committed(F.PROCESSED) or 0)
+        return careful and phase == Phase.RUN and spec.kind is not Kind.TASK
 
     def _batch(self, job: Job) -> int:
         """One unit while retrying a lost step and through the rest of its slice (CLAIM sets
