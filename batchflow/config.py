@@ -28,7 +28,8 @@ DEFAULTS: dict[str, Any] = {
     "BATCHFLOW_BATCH_INITIAL": 10,
     "BATCHFLOW_LEASE_SECONDS": 30.0,
     "BATCHFLOW_QUEUE_TIMEOUT": 300.0,
-    "BATCHFLOW_MAINTENANCE_INTERVAL": 5.0,
+    "BATCHFLOW_MAINTENANCE_INTERVAL": 1.0,
+    "BATCHFLOW_WORKER_TTL": 2.0,
     "BATCHFLOW_MAX_ATTEMPTS": 3,
     "BATCHFLOW_MAX_IDS": 100_000,
     "BATCHFLOW_MAX_BODY": 16 * 1024 * 1024,
@@ -55,6 +56,7 @@ class Settings:
     lease_seconds: float
     queue_timeout: float
     maintenance_interval: float
+    worker_ttl: float
     max_attempts: int
     max_ids: int
     max_body: int
@@ -107,6 +109,7 @@ class Settings:
             lease_seconds=number("BATCHFLOW_LEASE_SECONDS", float, 0.1),
             queue_timeout=number("BATCHFLOW_QUEUE_TIMEOUT", float, 0.1),
             maintenance_interval=number("BATCHFLOW_MAINTENANCE_INTERVAL", float, 0.05),
+            worker_ttl=number("BATCHFLOW_WORKER_TTL", float, 0.2),
             max_attempts=number("BATCHFLOW_MAX_ATTEMPTS", int, 1),
             max_ids=number("BATCHFLOW_MAX_IDS", int, 1),
             max_body=number("BATCHFLOW_MAX_BODY", int, 1024),

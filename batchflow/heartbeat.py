@@ -1,5 +1,6 @@
-"""The heartbeat: one daemon thread per process that keeps running steps' leases alive and sends
-one-shot jobs' live progress, so that a long step is not taken for a dead one."""
+"""The heartbeat: one daemon thread per process that keeps running steps' leases alive, sends
+one-shot jobs' live progress, and says the process is alive while it runs steps, so that a long
+step is not taken for a dead one, and a dead worker's step is taken over in seconds."""
 
 from __future__ import annotations
 
@@ -44,13 +45,21 @@ class _Watched:
 class Heartbeat:
     """Renews the lease of every step this process runs, every ``interval`` of that step.
 
+    While it watches a step, it also says every ``worker_ttl / 4`` that this process is alive
+    (one command per process, not per step): maintenance takes over the steps of a worker that
+    said nothing for ``worker_ttl`` without waiting for their leases to run out.
+
     :param store: where the leases are.
     :param lease_seconds: how long each renewal extends a lease (``BATCHFLOW_LEASE_SECONDS``).
+    :param worker_ttl: how long a sign of life lasts (``BATCHFLOW_WORKER_TTL``).
     """
 
-    def __init__(self, store: Store, lease_seconds: float) -> None:
+    def __init__(self, store: Store, lease_seconds: float, worker_ttl: float) -> None:
         self.store = store
         self.lease_seconds = lease_seconds
+        self.worker_ttl = worker_ttl
+        self._alive_every = worker_ttl / 4
+        self._alive_due = 0.0
         self._watched: dict[int, _Watched] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -67,10 +76,12 @@ class Heartbeat:
             if self._pid != os.getpid():
                 self._pid = os.getpid()
                 self._next_wake = 0.0
+                self._alive_due = 0.0
                 threading.Thread(target=self._run, name="batchflow-heartbeat", daemon=True).start()
             # Most steps end long before their first beat: wake the thread only if this one is
-            # due before the thread means to wake anyway (a thread switch per step costs).
-            wake = entry.due < self._next_wake
+            # due before the thread means to wake anyway, or if the process's sign of life is
+            # due (a thread switch per step costs).
+            wake = min(entry.due, self._alive_due) < self._next_wake
         if wake:
             self._wake.set()
         try:
@@ -87,16 +98,28 @@ class Heartbeat:
             with self._lock:
                 entries = list(self._watched.values())
             now = time.monotonic()
+            if entries and now >= self._alive_due:
+                self._alive_due = now + self._alive_every
+                self._say_alive({entry.worker for entry in entries})
             for entry in entries:
                 if entry.due <= now:
                     entry.due = now + entry.interval
                     self._beat(entry)
             with self._lock:
                 upcoming = [e.due for e in self._watched.values()]
+                if upcoming:
+                    upcoming.append(self._alive_due)
                 # Sleep until the next beat is due, or until a step due sooner is watched.
                 wait = max(0.005, min(upcoming) - time.monotonic() if upcoming else 5.0)
                 self._next_wake = time.monotonic() + wait
             self._wake.wait(wait)
+
+    def _say_alive(self, workers: set[str]) -> None:
+        for worker in workers:
+            try:
+                self.store.mark_alive(worker, self.worker_ttl)
+            except Exception:  # noqa: BLE001 - retried at the next interval
+                log.warning("could not say that worker %s is alive", worker, exc_info=True)
 
     def _beat(self, entry: _Watched) -> None:
         with entry.lock:

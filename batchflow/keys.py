@@ -82,5 +82,9 @@ class Keys:
         digest = hashlib.sha256(owner.encode()).hexdigest()[:32]
         return f"{self.prefix}:index:owner:{digest}"
 
+    def worker(self, worker_id: str) -> str:
+        """A worker process's sign of life: it exists while the process runs steps and lives."""
+        return f"{self.prefix}:worker:{worker_id}"
+
     def lock(self, name: str) -> str:
         return f"{self.prefix}:lock:{name}"

@@ -3,8 +3,8 @@
 Every worker runs it every ``BATCHFLOW_MAINTENANCE_INTERVAL`` (a lock in Redis lets one of them do
 the work per interval), ``flask batchflow maintain`` runs it by hand. It
 
-- re-enqueues a step whose worker died (its lease expired) or that never reached a worker
-  (``BATCHFLOW_QUEUE_TIMEOUT``);
+- re-enqueues a step whose worker died (it gave no sign of life for ``BATCHFLOW_WORKER_TTL``, or
+  its lease expired) or that never reached a worker (``BATCHFLOW_QUEUE_TIMEOUT``);
 - moves jobs that ended out of the active index;
 - runs ``cleanup_job`` for jobs past ``BATCHFLOW_JOB_TTL`` and deletes their state.
 """
@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from .config import Settings
 from .schema import Status, is_terminal, ms
-from .store import Store
+from .store import ActiveJob, Store
 
 log = logging.getLogger("batchflow")
 
@@ -72,32 +72,54 @@ class Maintenance:
 
     def _recover_overdue(self, now: float, done: Done) -> None:
         s = self.settings
-        for job_id, status, deadline_ms in self.store.active_jobs():
-            if status is None or is_terminal(status):
-                self.store.finish(job_id, now if status is None else now + s.job_ttl)
+        jobs = self.store.active_jobs()
+        dead = self._dead_workers(jobs, now)
+        for job in jobs:
+            if job.status is None or is_terminal(job.status):
+                self.store.finish(job.id, now if job.status is None else now + s.job_ttl)
                 done.finished += 1
                 continue
-            if status == Status.PAUSED.value or deadline_ms > ms(now):
+            if job.status == Status.PAUSED.value:
+                continue
+            holder_died = job.lease_owner in dead
+            if job.deadline_ms > ms(now) and not holder_died:
                 continue  # the common case costs nothing more than the pipelined read
-            recovered = self.store.recover(job_id, ms(now), ms(now + s.queue_timeout))
-            if recovered is None:
-                continue
-            seq, lost = recovered
-            done.requeued += 1
-            done.lost += lost
-            why = "its worker was lost" if lost else "it was never claimed"
-            try:
-                self.enqueue_step(job_id, seq)
-            except Exception:  # noqa: BLE001 - overdue again after the fresh deadline
-                log.exception(
-                    "job %s: step %s is overdue (%s) and could not be re-enqueued; "
-                    "maintenance tries again after BATCHFLOW_QUEUE_TIMEOUT",
-                    job_id,
-                    seq,
-                    why,
-                )
-                continue
-            log.warning("job %s: step %s was overdue (%s); re-enqueued", job_id, seq, why)
+            recovered = self.store.recover(
+                job.id, ms(now), ms(now + s.queue_timeout), job.lease_owner if holder_died else ""
+            )
+            if recovered is not None:
+                self._requeue(job.id, *recovered, done)
+
+    def _dead_workers(self, jobs: list[ActiveJob], now: float) -> set[str]:
+        """Workers that hold a live lease but have given no sign of life for
+        ``BATCHFLOW_WORKER_TTL``: their process died (or froze), and their steps are taken over
+        without waiting for the lease to run out. A lease renewed more recently than that is
+        left alone, so a worker that has just claimed its first step is never taken for dead."""
+        s = self.settings
+        settled = ms(now - s.worker_ttl + s.lease_seconds)  # renewed before now - worker_ttl
+        holders = {
+            job.lease_owner
+            for job in jobs
+            if job.lease_owner and ms(now) < job.deadline_ms <= settled
+        }
+        return holders - self.store.living(holders)
+
+    def _requeue(self, job_id: str, seq: int, lost: bool, done: Done) -> None:
+        done.requeued += 1
+        done.lost += lost
+        why = "its worker was lost" if lost else "it was never claimed"
+        try:
+            self.enqueue_step(job_id, seq)
+        except Exception:  # noqa: BLE001 - overdue again after the fresh deadline
+            log.exception(
+                "job %s: step %s is overdue (%s) and could not be re-enqueued; "
+                "maintenance tries again after BATCHFLOW_QUEUE_TIMEOUT",
+                job_id,
+                seq,
+                why,
+            )
+            return
+        log.warning("job %s: step %s was overdue (%s); re-enqueued", job_id, seq, why)
 
     def _clean_expired(self, now: float, done: Done) -> None:
         for job_id in self.store.due_for_cleaning(now):

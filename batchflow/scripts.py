@@ -245,16 +245,19 @@ RECOVER = (
     _PRELUDE
     + """
 -- KEYS[1] = job hash
--- ARGV[1] = now (ms), ARGV[2] = deadline to set for the re-enqueued step (ms)
+-- ARGV[1] = now (ms), ARGV[2] = deadline to set for the re-enqueued step (ms),
+-- ARGV[3] = a worker known to be dead ('' for none)
 -- A job whose step deadline passed (its worker died holding the lease, or its next step never
--- reached a worker) gets a fresh deadline; the caller re-enqueues step `seq`.
+-- reached a worker), or whose lease the dead worker holds, gets a fresh deadline; the caller
+-- re-enqueues step `seq`.
 -- Returns {'requeue', seq, lost (1 if a claimed step was lost)} or {'skip'}.
 local f = redis.call('HMGET', KEYS[1], 'status', 'seq', 'lease_owner', 'lease_until')
 local status = f[1]
 if not status or status == 'paused' or TERMINAL[status] then
   return {'skip'}
 end
-if tonumber(f[4]) > tonumber(ARGV[1]) then return {'skip'} end
+local held_by_the_dead = ARGV[3] ~= '' and f[3] == ARGV[3]
+if tonumber(f[4]) > tonumber(ARGV[1]) and not held_by_the_dead then return {'skip'} end
 local lost = 0
 if f[3] ~= '' then lost = 1 end
 redis.call('HSET', KEYS[1], 'lease_owner', '', 'lease_until', ARGV[2])

@@ -96,7 +96,7 @@ class StepRunner:
         self.store = store
         self.registry = registry
         self.dispatcher = dispatcher
-        self.heartbeat = Heartbeat(store, settings.lease_seconds)
+        self.heartbeat = Heartbeat(store, settings.lease_seconds, settings.worker_ttl)
 
     def run(self, job_id: str, seq: int) -> StepOutcome:
         """Run step ``seq`` of a job (a valid id), if it is still due.

@@ -92,6 +92,17 @@ class Claim:
 
 
 @dataclasses.dataclass(frozen=True)
+class ActiveJob:
+    """A job maintenance watches: its status (None if its state is gone), the deadline of its
+    step (the lease's end while a worker holds it), and the worker holding it ("" if none)."""
+
+    id: str
+    status: str | None
+    deadline_ms: int
+    lease_owner: str
+
+
+@dataclasses.dataclass(frozen=True)
 class Seen:
     """What a renewal of a step's lease saw of the job: its status and pending signal."""
 
@@ -354,9 +365,12 @@ class Store:
         return SignalCode(code), status, int(seq or 0)
 
     @_translating
-    def recover(self, job_id: str, now_ms: int, deadline_ms: int) -> tuple[int, bool] | None:
-        """Give an overdue job a fresh deadline: ``(seq to enqueue, a claimed step was lost)``."""
-        reply = self._recover(keys=[self.keys.job(job_id)], args=[now_ms, deadline_ms])
+    def recover(
+        self, job_id: str, now_ms: int, deadline_ms: int, dead_worker: str = ""
+    ) -> tuple[int, bool] | None:
+        """Give an overdue job (or one whose lease ``dead_worker`` holds) a fresh deadline:
+        ``(seq to enqueue, a claimed step was lost)``, or None if it is not overdue now."""
+        reply = self._recover(keys=[self.keys.job(job_id)], args=[now_ms, deadline_ms, dead_worker])
         if reply[0] != "requeue":
             return None
         return int(reply[1]), bool(reply[2])
@@ -378,20 +392,37 @@ class Store:
             pipe.execute()
 
     @_translating
-    def active_jobs(self, page: int = 1000) -> list[tuple[str, str | None, int]]:
-        """Every job not yet seen terminal, as ``(id, status or None if gone, step deadline in
-        ms)``: one ZRANGE and one pipelined HMGET per ``page`` jobs, however many there are."""
+    def active_jobs(self, page: int = 1000) -> list[ActiveJob]:
+        """Every job not yet seen terminal: one ZRANGE and one pipelined HMGET per ``page`` jobs,
+        however many there are."""
         ids = cast(list[str], self.client.zrange(self.keys.active, 0, -1))
-        found: list[tuple[str, str | None, int]] = []
+        found: list[ActiveJob] = []
         for start in range(0, len(ids), page):
             chunk = ids[start : start + page]
             with self.client.pipeline(transaction=False) as pipe:
                 for job_id in chunk:
-                    pipe.hmget(self.keys.job(job_id), F.STATUS, F.LEASE_UNTIL)
+                    pipe.hmget(self.keys.job(job_id), F.STATUS, F.LEASE_UNTIL, F.LEASE_OWNER)
                 replies = pipe.execute()
-            for job_id, (status, lease_until) in zip(chunk, replies, strict=True):
-                found.append((job_id, status, int(float(lease_until or 0))))
+            for job_id, (status, until, owner) in zip(chunk, replies, strict=True):
+                found.append(ActiveJob(job_id, status, int(float(until or 0)), owner or ""))
         return found
+
+    @_translating
+    def mark_alive(self, worker: str, ttl: float) -> None:
+        """Say that ``worker`` (a process running steps) is alive for ``ttl`` seconds more."""
+        self.client.set(self.keys.worker(worker), "1", px=max(1, int(ttl * 1000)))
+
+    @_translating
+    def living(self, workers: Iterable[str]) -> set[str]:
+        """Which of ``workers`` said they are alive within their time to live."""
+        names = sorted(set(workers))
+        if not names:
+            return set()
+        with self.client.pipeline(transaction=False) as pipe:
+            for worker in names:
+                pipe.exists(self.keys.worker(worker))
+            replies = pipe.execute()
+        return {worker for worker, found in zip(names, replies, strict=True) if found}
 
     @_translating
     def due_for_cleaning(self, now: float, limit: int = 500) -> list[str]:

@@ -429,6 +429,43 @@ def test_sigkill_mid_item_step_every_id_has_exactly_one_committed_outcome(engine
     measured("sigkill prefork child mid item", commit_time(prefix, job_id, cut) - hit["t"])
 
 
+#: Takeover at the default settings: a step whose worker died runs again within this.
+DEFAULT_TAKEOVER_BOUND = 4.5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("victim_kind", ["pool child", "whole worker"])
+def test_at_the_default_settings_a_dead_workers_step_runs_again_in_seconds(
+    workers, prefix, files_dir, victim_kind
+):
+    """With the default 30 s lease and maintenance interval, a step whose worker died is taken
+    over once the worker stops saying it is alive (BATCHFLOW_WORKER_TTL, 2 s), not after the
+    lease runs out; the file is still exact."""
+    config = make_config(prefix, files_dir, BATCHFLOW_BATCH_MAX=500)
+    del config["BATCHFLOW_LEASE_SECONDS"], config["BATCHFLOW_MAINTENANCE_INTERVAL"]
+    assert Settings.from_mapping(config).lease_seconds == 30.0
+    engine = make_engine(config, prefix)
+    pool = "prefork" if victim_kind == "pool child" else "solo"
+    victim = workers.start(config, pool=pool)
+    workers.start(config)
+    arm(prefix, "written", action="block", left=1, min_seq=3, worker=victim.name)
+    job_id = engine.start("f-report", owner="a", params={"rows": 5000, "prefix": prefix})
+    (hit,) = fired(prefix, "written")
+    time.sleep(1.0)  # the step has run a while: its worker has said it is alive
+    if pool == "prefork":
+        assert hit["pid"] in victim.children()
+        os.kill(hit["pid"], signal.SIGKILL)
+    else:
+        victim.kill()
+    killed_at = time.time()
+    state = terminal(engine, job_id, timeout=60)
+    assert read_file(state) == expected_report(5000)
+    assert int(state.fields["recoveries"]) == 1
+    elapsed = commit_time(prefix, job_id, hit["seq"]) - killed_at
+    measured(f"takeover at default settings, {victim_kind} killed", elapsed)
+    assert elapsed < DEFAULT_TAKEOVER_BOUND
+
+
 # -- 2. The same step delivered twice ----------------------------------------------------------
 
 
