@@ -31,6 +31,7 @@ from flask import (
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException
 
+from . import display
 from .display import labels_for
 from .exceptions import (
     BatchflowError,
@@ -200,6 +201,10 @@ def make_blueprint(extension: BatchFlow) -> Blueprint:
         static_folder=STATIC,
         static_url_path="/static",
     )
+    # --- ui branch (review finding 4): the pages format through display.py's filters. Re-apply
+    # this one call to wherever the blueprint is built (it needs the Blueprint object).
+    display.register_template_filters(bp)
+    # --- end ui branch
 
     @bp.app_context_processor
     def template_globals() -> dict[str, Any]:
