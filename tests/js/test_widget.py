@@ -14,6 +14,8 @@ pytest.importorskip("playwright.sync_api")
 
 from harness import CSRF, ROOT, make_status, parse_form, progression  # noqa: E402
 
+from batchflow.display import with_view  # noqa: E402
+
 pytestmark = pytest.mark.browser
 
 JS = ROOT / "static" / "batchflow" / "batchflow.js"
@@ -53,7 +55,7 @@ def widget_page(harness, name, ids):
 
 def static_page(harness, name, status, options="{}"):
     """A page showing one widget from a full status object (no network needed if terminal)."""
-    data = json.dumps(status).replace("<", "\\u003c")  # a status may hold "</script>"
+    data = json.dumps(with_view(status)).replace("<", "\\u003c")  # a status may hold "</script>"
     script = f"""window.handle = batchflow.progress({data},
         Object.assign({{container: document.getElementById('w')}}, {options}));"""
     return harness.page(name, '<div id="w" class="bf-page--job"></div>', script)
@@ -214,7 +216,7 @@ def test_not_found_stops_updates_with_a_message(harness, page):
     page.goto(widget_page(harness, "gone", ["j2"]))  # j2 does not exist: SSE 404, status 404
     notice = page.locator('#w-j2 [data-bf="notice"]')
     notice.wait_for(state="visible")
-    assert "no longer exists" in notice.inner_text()
+    assert "No such job" in notice.inner_text()  # the server's own words for an unknown job
     time.sleep(1.5)
     assert len(harness.requests_to("/jobs/j2/status")) == 1
 
