@@ -199,14 +199,14 @@ def test_finished_page_shows_outcome_results_and_back(harness, page, shot):
     )
     html = render("batchflow/progress.html", job=job)
     assert "http-equiv" not in html, "a finished page does not refresh itself"
-    page.goto(harness.raw_page("finished", html))
+    page.goto(harness.raw_page("finished", with_config(html, {"redirectDelayMs": 500})))
     page.locator('[data-bf="outcome"]').wait_for()
     assert page.locator('[data-bf="outcome"]').inner_text().startswith("Completed")
     assert page.locator('[data-bf="restarted"]').is_visible()
     assert page.locator(".bf-kv tr").count() == 2
     assert page.locator('[data-bf="back"]').get_attribute("href") == "/page/back"
     assert page.locator(".bf-log__item").count() == 2
-    time.sleep(2.5)
+    time.sleep(1.2)  # more than twice the redirect delay
     assert page.url.endswith("/page/finished"), "an already finished job never redirects by itself"
     shot(page, "page-finished")
 
@@ -266,7 +266,7 @@ def test_jobs_list_page(harness, page, shot):
         is_admin=True,
         statuses=["pending", "running", "paused", "completed", "failed", "stopped", "canceled"],
     )
-    page.goto(harness.raw_page("jobs", html))
+    page.goto(harness.raw_page("jobs", with_config(html, {"rowPollMs": 200, "rowDelayMs": 50})))
     headers = page.locator("thead th").all_inner_texts()
     assert [h.lower() for h in headers] == [
         "job",
