@@ -800,3 +800,21 @@ def test_retry_after_the_end_opens_the_new_job(harness, page):
     with page.expect_navigation():
         retry.click()
     assert page.url.endswith("/jobs/j2")
+
+
+def test_timings_are_settings(harness, page):
+    """batchflow.configure() and the script tag's data-batchflow-config set the timings; a setting
+    that does not exist is an error, not silently ignored."""
+    html = """<!doctype html><html><head><title>t</title></head><body>
+<script>window.batchflowConfig = {"rowPollMs": 700};</script>
+<script src="/static/batchflow/batchflow.js" data-batchflow-config='{"pollMs": 250}'></script>
+</body></html>"""
+    page.goto(harness.raw_page("settings", html))
+    settings = page.evaluate("batchflow.configure()")
+    assert (settings["pollMs"], settings["rowPollMs"]) == (250, 700)
+    assert settings["safetyPollMs"] == 15000 and settings["sseRetryMs"] == 30000  # the defaults
+    assert page.evaluate("batchflow.configure({safetyPollMs: 40}).safetyPollMs") == 40
+    error = page.evaluate(
+        "(() => { try { batchflow.configure({pollMS: 1}); } catch (e) { return e.message; } })()"
+    )
+    assert "unknown setting pollMS" in error
