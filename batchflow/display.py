@@ -252,8 +252,9 @@ def _outcome(s: Mapping[str, Any], labels: Mapping[str, str], state: str) -> str
 
 def status_view(status: Mapping[str, Any]) -> dict[str, Any]:
     """What a job's view shows, ready-made: ``state`` (the outcome once ended, else the status),
-    ``bar`` (``value``/``max``, None while indeterminate, and ``percent``) and ``text``, every
-    string of the view. Computed from the status JSON's own fields, so the page, the JSON and the
+    ``tallied`` (whether it counts good and bad, or only units processed), ``bar`` (``value`` and
+    ``max``, None while indeterminate, and ``percent``) and ``text``, every string of the view.
+    Computed from the status JSON's own fields, so the page, the JSON and the
     widget cannot disagree.
 
     ``text`` holds: ``title``; ``badge`` (the state in a word or two); ``status`` (the line under
@@ -330,11 +331,12 @@ def status_view(status: Mapping[str, Any]) -> dict[str, Any]:
         ],
         "ui": dict(UI_TEXTS),
     }
-    return {"state": state, "bar": bar, "text": text}
+    return {"state": state, "tallied": _tallied(status), "bar": bar, "text": text}
 
 
 def with_view(status: Mapping[str, Any]) -> dict[str, Any]:
-    """``status`` with its :func:`status_view` (``state``, ``bar``, ``text``), unless it has one."""
+    """``status`` with its :func:`status_view` (``state``, ``tallied``, ``bar``, ``text``), unless
+    it has one."""
     if "text" in status:
         return dict(status)
     return {**status, **status_view(status)}

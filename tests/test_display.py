@@ -248,6 +248,9 @@ def test_the_status_json_carries_its_texts() -> None:
     assert t["hint"] == "Stop keeps the work done so far. Cancel undoes everything done so far."
     assert [m["text"] for m in t["log"]] == ["Step 3", "Step 2", "Step 1"]
     assert t["log"][0]["time"] == "22:13:23 UTC"
+    assert s["tallied"], "an item job counts good and bad"
+    plain = status_view({**s, "kind": "steps", "good": 0, "bad": 0, "processed": 7})
+    assert not plain["tallied"] and plain["text"]["phase"] == "7 of 1,000 processed"
     json.dumps(s)  # all of it is JSON
 
 

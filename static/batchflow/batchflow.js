@@ -156,7 +156,6 @@
     node.classList.add(prefix + state);
     node.setAttribute('data-status', state);
   }
-  const tallied = (s) => s.kind === 'items' || s.kind === 'task' || (s.good || 0) + (s.bad || 0) > 0;
 
   // The elements progress.html renders, built empty for a view that has no server markup (a modal,
   // an empty container). Their words arrive with the first status.
@@ -323,8 +322,8 @@
         setText(part(root, k + '-label'), countLabels[k]);
       });
       show(part(root, 'skipped-box'), (s.skipped || 0) > 0);
-      show(part(root, 'good-box'), tallied(s));
-      show(part(root, 'bad-box'), tallied(s));
+      show(part(root, 'good-box'), !!s.tallied);  // jobs that count good and bad, not just units
+      show(part(root, 'bad-box'), !!s.tallied);
       const badBox = part(root, 'bad-box');
       if (badBox) badBox.classList.toggle('bf-stat--nonzero', (s.bad || 0) > 0);
       if (this.options.documentTitle && t.tab) document.title = t.tab;  // the tab shows the progress
@@ -480,7 +479,7 @@
       let r = null;
       try { r = await requestJSON('POST', url); } catch (e) { r = null; }
       this.setBusy(false);
-      if (!r) this.notice(textOf(this.status).ui.network);
+      if (!r) this.notice((textOf(this.status).ui || ui).network);
       else if (!r.ok) this.notice(errorText(r));
       else if (r.data && typeof r.data.status === 'string') this.update(r.data);
       else if (r.data && r.data.url) this.openJob(r.data);  // "retry" answers with a new job
@@ -508,7 +507,7 @@
     connection(ok) {
       if (ok === this.online) return;
       this.online = ok;
-      setText(part(this.root, 'conn'), ok ? '' : (this.status ? textOf(this.status).ui : ui).connection);
+      setText(part(this.root, 'conn'), ok ? '' : (this.status && textOf(this.status).ui || ui).connection);
       show(part(this.root, 'conn'), !ok);
     }
     gone(r) {
