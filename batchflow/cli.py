@@ -34,7 +34,7 @@ def _line(state: JobState) -> str:
     total = "?" if d["total"] is None else d["total"]
     percent = "" if d["percent"] is None else f" {d['percent']:.0f}%"
     return (
-        f"{d['id']}  {d['handler']:<20} {d['status']:<10}{percent:>5}  "
+        f"{d['id']}  {d['handler']:<20} {d['text']['badge']:<10}{percent:>5}  "
         f"{d['processed']}/{total}  good {d['good']}  bad {d['bad']}"
     )
 
@@ -113,12 +113,12 @@ def watch(job_id: str) -> None:
             if state is None:
                 continue
             d = state.to_dict()
-            line = f"\r{_bar(d)}  {d['processed']}/{d['total'] or '?'}  {d['status']:<10}"
+            line = f"\r{_bar(d)}  {d['processed']}/{d['total'] or '?'}  {d['text']['badge']:<10}"
             if line != last:
                 click.echo(line, nl=False)
                 last = line
             if state.status.terminal:
-                click.echo(f"\n{d['labels'].get(d['outcome'] or '', d['status'])}")
+                click.echo(f"\n{d['text']['outcome_title']}")
                 if d["error"]:
                     click.echo(f"Error: {d['error']}", err=True)
                 sys.exit(1 if d["outcome"] in ("failed", "stalled") else 0)

@@ -1,23 +1,33 @@
-"""What a job shows a person: its labels (the words for every state and action).
+"""What a job shows a person: its labels and every text the pages, the widget and the CLI show.
 
-One source for every page, the widget (through the status JSON) and the command line.
+This is the one source of those words and of their formatting. The pages call these functions as
+Jinja filters (:func:`register_template_filters`); the status JSON carries their results ready-made
+(:func:`status_view`, added by :meth:`batchflow.state.JobState.to_dict`), and batchflow.js only
+ever copies those strings into the page. It imports no Flask: the engine stores a job's labels
+(:func:`labels_for`) when the job starts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import datetime
+import math
+from collections.abc import Callable, Mapping
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
 
+#: The words for every state and action; a handler's ``labels`` override any of them. A state's
+#: label (the status line, the outcome's title) starts with its :data:`STATE_WORDS` word.
 DEFAULT_LABELS: dict[str, str] = {
     "title": "Working",
     "pending": "Waiting for a worker…",
-    "running": "In progress",
+    "running": "Running",
     "paused": "Paused",
     "stopping": "Stopping after the current step…",
     "canceling": "Canceling: undoing the work done so far…",
-    "completed": "Done",
-    "completed_with_failures": "Done, with some failures",
+    "completed": "Completed",
+    "completed_with_failures": "Completed with failures",
     "failed": "Failed",
-    "stalled": "Stopped: the job kept losing its worker",
+    "stalled": "Stalled: the job kept losing its worker",
     "stopped": "Stopped. The work done so far was kept.",
     "canceled": "Canceled. The work done was undone.",
     "good": "done",
@@ -30,9 +40,334 @@ DEFAULT_LABELS: dict[str, str] = {
     "retry": "Retry failed",
 }
 
+#: A state in a word or two: badges, the jobs list, the status filter, the CLI. Not per handler,
+#: so the same state reads the same everywhere.
+STATE_WORDS: dict[str, str] = {
+    "pending": "Waiting",
+    "running": "Running",
+    "paused": "Paused",
+    "stopping": "Stopping",
+    "canceling": "Canceling",
+    "completed": "Completed",
+    "completed_with_failures": "Completed with failures",
+    "failed": "Failed",
+    "stalled": "Stalled",
+    "stopped": "Stopped",
+    "canceled": "Canceled",
+}
+
+#: What each action does, as a button's tooltip.
+ACTION_TIPS: dict[str, str] = {
+    "stop": "Stop after the current step. Work already done is kept.",
+    "cancel": "Stop and undo every change this job has made.",
+    "pause": "Pause after the current step. You can resume later.",
+    "resume": "Continue where the job left off.",
+    "retry": "Start a new job for the items that failed.",
+}
+
+#: Lines under the buttons, for the actions whose effect on the work done is worth saying.
+ACTION_HINTS: dict[str, str] = {
+    "stop": "Stop keeps the work done so far.",
+    "cancel": "Cancel undoes everything done so far.",
+}
+
+#: The fixed words of a job's view (headings, links, the confirmation, connection trouble),
+#: sent in every status JSON so that the widget has no words of its own.
+UI_TEXTS: dict[str, str] = {
+    "restarted": "This job was restarted after its worker was lost; its counts started again.",
+    "activity": "Activity",
+    "results": "Results",
+    "back": "Back",
+    "going_back": "Going back in a moment…",
+    "stay": "Stay here",
+    "downloaded": "Downloaded. The file was removed from the server.",
+    "confirm_yes": "Yes, cancel and undo",
+    "confirm_no": "Don't cancel",
+    "connection": "Connection problem. Retrying…",
+    "network": "Network error: the request did not reach the server. Please try again.",
+    "refused": "The server refused the request (HTTP {code}). Please try again.",
+    "close": "Close",
+    "close_tip": "Close (the job keeps running)",
+    "keeps_running": "The job keeps running if you close this window.",
+    "open_page": "Open the job page",
+}
+
 
 def labels_for(handler_name: str, handler_labels: Mapping[str, str]) -> dict[str, str]:
     """The labels a job shows: the handler's own over the defaults; the title defaults to the
     handler's name made readable ("contacts-report" -> "Contacts report")."""
     title = handler_name.replace("-", " ").replace("_", " ").strip().capitalize() or "Job"
     return {**DEFAULT_LABELS, "title": title, **handler_labels}
+
+
+# ------------------------------------------------------------------------------ formatting
+
+
+def _half_up(value: float, digits: int = 0) -> Decimal:
+    return Decimal(str(value)).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP)
+
+
+def format_count(n: int | float | None) -> str:
+    """``1234`` -> ``"1,234"``; None is 0."""
+    return f"{int(n or 0):,}"
+
+
+def format_percent(percent: float | None) -> str:
+    """Whole percent, rounded down so 100% means done: ``99.9`` -> ``"99%"``; None -> ``""``."""
+    if percent is None:
+        return ""
+    return f"{math.floor(max(0.0, min(100.0, percent)))}%"
+
+
+def format_duration(seconds: float | None) -> str:
+    """``200`` -> ``"3 min 20 s"``, ``3900`` -> ``"1 h 5 min"``; None -> ``"—"``."""
+    if seconds is None:
+        return "—"
+    s = int(_half_up(max(0.0, seconds)))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min" + (f" {s % 60} s" if s % 60 else "")
+    return f"{s // 3600} h" + (f" {s % 3600 // 60} min" if s % 3600 // 60 else "")
+
+
+def format_eta(seconds: float | None) -> str:
+    """Time left, roughly: ``"a few seconds left"``, ``"about 40 s left"``, ``"about 2 min left"``;
+    ``""`` when unknown."""
+    if seconds is None or seconds < 0 or not math.isfinite(seconds):
+        return ""
+    if seconds < 10:
+        return "a few seconds left"
+    if seconds < 60:
+        return f"about {math.ceil(seconds / 10) * 10} s left"
+    return f"about {format_duration(int(_half_up(seconds / 60)) * 60)} left"
+
+
+def format_rate(rate: float | None) -> str:
+    """Units per second, to 2 significant-ish digits: ``120.5`` -> ``"121 per second"``."""
+    if rate is None or rate <= 0 or not math.isfinite(rate):
+        return ""
+    digits = 0 if rate >= 10 else 1 if rate >= 1 else 2
+    value = _half_up(rate, digits)
+    text = f"{value:,.{digits}f}"
+    if digits:
+        text = text.rstrip("0").rstrip(".")
+    return f"{text} per second"
+
+
+def _utc(ts: float) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(ts, tz=datetime.timezone.utc)
+
+
+def format_iso(ts: float | None) -> str:
+    """A Unix time as ISO 8601 in UTC (a ``<time datetime>``); None -> ``""``."""
+    return _utc(ts).strftime("%Y-%m-%dT%H:%M:%SZ") if ts else ""
+
+
+def format_datetime(ts: float | None) -> str:
+    """A Unix time as ``"2023-11-14 22:13 UTC"`` (the script may show it in local time)."""
+    return _utc(ts).strftime("%Y-%m-%d %H:%M UTC") if ts else "—"
+
+
+def format_clock(ts: float | None) -> str:
+    """A Unix time of day as ``"22:13:20 UTC"`` (the script may show it in local time)."""
+    return _utc(ts).strftime("%H:%M:%S UTC") if ts else ""
+
+
+def state_word(state: str) -> str:
+    """A state (a status or an outcome) in a word or two: ``"running"`` -> ``"Running"``."""
+    return STATE_WORDS.get(state, state.replace("_", " ").capitalize())
+
+
+# ------------------------------------------------------------------------------ a job's view
+
+
+def display_state(status: Mapping[str, Any]) -> str:
+    """The state a job shows: its outcome once it has ended (``"stalled"``), else its status."""
+    if status.get("terminal"):
+        return str(status.get("outcome") or status.get("status"))
+    return str(status.get("status"))
+
+
+def _tallied(s: Mapping[str, Any]) -> bool:
+    # Item and one-shot jobs count good and bad; other jobs only count units processed.
+    return s.get("kind") in ("items", "task") or (s.get("good") or 0) + (s.get("bad") or 0) > 0
+
+
+def _bar(s: Mapping[str, Any], state: str) -> tuple[dict[str, Any], str]:
+    """The bar (``value`` None: indeterminate) and the phase line above it."""
+    processed = s.get("processed") or 0
+    total = s.get("total")
+    if s.get("status") == "canceling":  # the bar shows the undo: how much done work is reversed
+        done = (s.get("undone") or 0) + (s.get("undo_failed") or 0)
+        of = s.get("good") or 0
+        bar = {"value": min(done, of) if of else None, "max": of or None}
+        bar["percent"] = 100.0 * done / of if of else None
+        return bar, f"Undoing… {format_count(done)} of {format_count(of)}"
+    if total is not None:
+        top = max(total, 1)
+        phase = f"{format_count(processed)} of {format_count(total)} processed"
+        if state == "completed":
+            return {"value": top, "max": top, "percent": 100.0}, phase
+        value = min(processed, total)
+        percent = s.get("percent")
+        if percent is None:
+            percent = 100.0 * value / top
+        return {"value": value, "max": top, "percent": percent}, phase
+    if s.get("terminal"):
+        return {"value": 1, "max": 1, "percent": None}, f"{format_count(processed)} processed"
+    idle = "Waiting for a worker…" if s.get("status") == "pending" else "Working…"
+    phase = f"{format_count(processed)} processed" if processed else idle
+    return {"value": None, "max": None, "percent": None}, phase
+
+
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _sentence(text: str) -> str:
+    return text if text[-1:] in ".!?…" else text + "."
+
+
+def _outcome(s: Mapping[str, Any], labels: Mapping[str, str], state: str) -> str:
+    """What the outcome box says under its title: the counts, and what became of the work."""
+    if _tallied(s):
+        counts = f"{format_count(s.get('good'))} {labels['good']}"
+        if s.get("bad"):
+            counts += f", {format_count(s.get('bad'))} {labels['bad']}"
+    else:
+        counts = f"{format_count(s.get('processed'))} processed"
+    if state in ("completed", "completed_with_failures"):
+        return f"{counts}."
+    if state in ("failed", "stalled"):
+        return f"Before it ended: {counts}." if s.get("processed") else "Nothing was processed."
+    if state == "stopped":
+        return f"Kept: {counts}."
+    if state == "canceled":
+        failed = s.get("undo_failed")
+        tail = f", {format_count(failed)} could not be undone" if failed else ""
+        return f"Undone: {format_count(s.get('undone'))}{tail}."
+    return ""
+
+
+def status_view(status: Mapping[str, Any]) -> dict[str, Any]:
+    """What a job's view shows, ready-made: ``state`` (the outcome once ended, else the status),
+    ``tallied`` (whether it counts good and bad, or only units processed), ``bar`` (``value`` and
+    ``max``, None while indeterminate, and ``percent``) and ``text``, every string of the view.
+    Computed from the status JSON's own fields, so the page, the JSON and the
+    widget cannot disagree.
+
+    ``text`` holds: ``title``; ``badge`` (the state in a word or two); ``status`` (the line under
+    the title while the job runs); ``phase`` and ``percent`` (above the bar); ``bar`` (the bar's
+    spoken value); ``counts`` (``good``, ``bad``, ``skipped``, ``processed`` as numbers) and
+    ``count_labels``; ``counts_line``; ``rate``; ``eta``; ``duration``; ``speed`` (the line under
+    the bar: the rate while running, "Took ..." at the end); ``started`` and ``started_iso``;
+    ``outcome_title`` and ``outcome`` (once ended); ``live`` (for screen readers); ``tab`` (the
+    browser tab's title); ``actions`` (``{name: {"label", "tip"}}`` for the actions offered now);
+    ``hint``; ``confirm_cancel``; ``download``; ``report``; ``log`` (the activity log: the last
+    eight messages, newest first, each ``text``, ``time`` and ``iso``); ``ui`` (:data:`UI_TEXTS`).
+    """
+    labels = {**DEFAULT_LABELS, **{k: v for k, v in (status.get("labels") or {}).items() if v}}
+    state = display_state(status)
+    terminal = bool(status.get("terminal"))
+    running = status.get("status") == "running"
+    bar, phase = _bar(status, state)
+    percent = format_percent(bar["percent"])
+    label = labels.get(state) or state_word(state)
+    own_title = (status.get("labels") or {}).get("title")
+    if own_title == DEFAULT_LABELS["title"]:
+        own_title = None  # the default says nothing the handler's name does not say better
+    title = own_title or status.get("handler") or DEFAULT_LABELS["title"]
+    good, bad = labels["good"], labels["bad"]
+    counts_line = f"{format_count(status.get('good'))} {good}"
+    if status.get("bad"):
+        counts_line += f", {format_count(status.get('bad'))} {bad}"
+    started, finished = status.get("started_at"), status.get("finished_at")
+    end = finished or status.get("updated_at")
+    duration = format_duration(end - started if started and end else None)
+    took = f"Took {duration}" if terminal and started and finished else ""
+    rate = format_rate(status.get("rate"))
+    outcome = _outcome(status, labels, state) if terminal else ""
+    if terminal:
+        live = f"{_sentence(label)} {outcome}"
+    else:
+        live = f"{_sentence(label)} {phase}" + (f", {percent}" if percent else "")
+    actions = [a for a in status.get("actions") or [] if a in ACTION_TIPS]
+    text = {
+        "title": title,
+        "badge": state_word(state),
+        "status": "" if terminal else label,
+        "phase": phase,
+        "percent": percent,
+        "bar": phase + (f" ({percent})" if percent else ""),
+        "counts": {k: format_count(status.get(k)) for k in ("good", "bad", "skipped", "processed")},
+        "count_labels": {k: _capital(labels[k]) for k in ("good", "bad", "skipped")},
+        "counts_line": counts_line,
+        "rate": rate,
+        "eta": format_eta(status.get("eta_s")) if running else "",
+        "duration": duration,
+        "speed": took if terminal else (rate if running else ""),
+        "started": format_datetime(started),
+        "started_iso": format_iso(started),
+        "outcome_title": label if terminal else "",
+        "outcome": outcome,
+        "live": live,
+        "tab": f"{state_word(state) if terminal or not percent else percent} · {title}",
+        "actions": {a: {"label": labels.get(a) or a, "tip": ACTION_TIPS[a]} for a in actions},
+        "hint": " ".join(ACTION_HINTS[a] for a in actions if a in ACTION_HINTS),
+        "confirm_cancel": "Cancel this job and undo everything it has done so far "
+        f"({format_count(status.get('good'))} {good})?",
+        "download": f"Download {status.get('file_name') or 'the file'}",
+        "report": "Download the error report (CSV)"
+        if status.get("bad")
+        else "Download the results (CSV)",
+        "log": _log(status),
+        "ui": dict(UI_TEXTS),
+    }
+    return {"state": state, "tallied": _tallied(status), "bar": bar, "text": text}
+
+
+def _log(status: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The activity log: the last eight messages, newest first."""
+    return [
+        {
+            "text": str(m.get("text", "")),
+            "time": format_clock(m.get("at")),
+            "iso": format_iso(m.get("at")),
+        }
+        for m in reversed((status.get("messages") or [])[-8:])
+    ]
+
+
+def with_view(status: Mapping[str, Any]) -> dict[str, Any]:
+    """``status`` with its :func:`status_view` (``state``, ``tallied``, ``bar``, ``text``), unless
+    it has one."""
+    if "text" in status:
+        return dict(status)
+    return {**status, **status_view(status)}
+
+
+# ------------------------------------------------------------------------------ Jinja
+
+#: The template filters, by name: the pages format with these and nothing else.
+TEMPLATE_FILTERS: dict[str, Callable[..., Any]] = {
+    "batchflow_view": with_view,
+    "batchflow_state": state_word,
+    "batchflow_count": format_count,
+    "batchflow_duration": format_duration,
+    "batchflow_iso": format_iso,
+    "batchflow_datetime": format_datetime,
+    "batchflow_clock": format_clock,
+}
+
+
+def register_template_filters(target: Any) -> None:
+    """Register :data:`TEMPLATE_FILTERS` on a Flask blueprint (for every template of the app it
+    is registered on) or on a Flask app.
+
+    :param target: a ``flask.Blueprint`` or a ``flask.Flask``; taken loosely so this module
+        imports no Flask.
+    """
+    add = getattr(target, "add_app_template_filter", None) or target.add_template_filter
+    for name, function in TEMPLATE_FILTERS.items():
+        add(function, name)

@@ -7,7 +7,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from .display import DEFAULT_LABELS
+from .display import DEFAULT_LABELS, status_view
 from .schema import Status, as_float, as_int, as_json
 
 
@@ -92,7 +92,11 @@ class JobState:
         return allowed
 
     def to_dict(self, now: float | None = None) -> dict[str, Any]:
-        """The status JSON of the HTTP API, without URLs (the web layer adds those)."""
+        """The status JSON of the HTTP API, without URLs (the web layer adds those).
+
+        Besides the job's fields it carries ``state``, ``bar`` and ``text``: what every view of
+        the job shows, ready-made by :func:`batchflow.display.status_view`.
+        """
         f = self.fields
         now = time.time() if now is None else now
         total, processed = self.total, self.count("processed")
@@ -113,7 +117,7 @@ class JobState:
         for name in as_json(f.get("sensitive"), []):
             if name in params:
                 params[name] = "••••••"
-        return {
+        data: dict[str, Any] = {
             "id": f["id"],
             "handler": f.get("handler", ""),
             "kind": self.kind,
@@ -148,3 +152,5 @@ class JobState:
             "finished_at": finished,
             "updated_at": as_float(f.get("updated_at")),
         }
+        data.update(status_view(data))
+        return data

@@ -32,7 +32,7 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException
 
 from .context import current_identity, get_state, is_admin, permission_subject
-from .display import labels_for
+from .display import labels_for, register_template_filters
 from .exceptions import (
     BatchflowError,
     InvalidParams,
@@ -167,6 +167,8 @@ blueprint = Blueprint(
     static_folder=STATIC,
     static_url_path="/static",
 )
+# The pages format every number, time and word through display.py, as the status JSON does.
+register_template_filters(blueprint)
 
 
 @blueprint.app_context_processor

@@ -91,8 +91,8 @@ def test_list_shows_jobs_newest_first_and_filters(flask_batchflow, jobs, running
 
     lines = flask_batchflow("list").output.splitlines()
     assert [line.split()[0] for line in lines] == [failed, counted]
-    assert re.match(rf"{failed}\s+boom\s+failed\s+0%\s+0/10\s+good 0\s+bad 0$", lines[0])
-    assert re.match(rf"{counted}\s+count\s+completed\s+100%\s+5/5\s+good 0\s+bad 0$", lines[1])
+    assert re.match(rf"{failed}\s+boom\s+Failed\s+0%\s+0/10\s+good 0\s+bad 0$", lines[0])
+    assert re.match(rf"{counted}\s+count\s+Completed\s+100%\s+5/5\s+good 0\s+bad 0$", lines[1])
 
     assert flask_batchflow("list", "--owner", "alice").output.split()[0] == counted
     assert flask_batchflow("list", "--status", "failed").output.split()[0] == failed
@@ -131,8 +131,8 @@ def test_watch_follows_a_job_to_its_end(flask_batchflow, jobs, running, prefix):
     job_id = jobs.start("count", owner="a", params={"n": 300, "sleep": 0.002, "prefix": prefix})
     result = flask_batchflow("watch", job_id)
     assert result.exit_code == 0, result.output
-    assert "[##############################] 100.0%  300/300  completed" in result.stdout
-    assert result.stdout.rstrip().endswith("\nDone")
+    assert "[##############################] 100.0%  300/300  Completed" in result.stdout
+    assert result.stdout.rstrip().endswith("\nCompleted")
 
     failed = jobs.start("boom", owner="a", params={"why": "no disk", "prefix": prefix})
     result = flask_batchflow("watch", failed)
@@ -148,7 +148,7 @@ def test_stop_keeps_the_work_and_a_finished_job_refuses(flask_batchflow, jobs, r
     wait_for(lambda: jobs.state(job_id).count("processed") > 0)
     result = flask_batchflow("stop", job_id)
     assert result.exit_code == 0
-    assert re.match(rf"stop requested: {job_id}\s+count\s+(stopping|stopped)\s", result.output)
+    assert re.match(rf"stop requested: {job_id}\s+count\s+(Stopping|Stopped)\s", result.output)
     state = wait_terminal(jobs, job_id)
     assert state.status is Status.STOPPED and 0 < state.count("processed") < 100_000
 
@@ -184,7 +184,7 @@ def test_pause_then_resume(flask_batchflow, jobs, running, prefix):
     assert jobs.state(job_id).count("processed") == paused_at
     again = flask_batchflow("pause", job_id)  # idempotent: asking again is fine
     assert again.exit_code == 0 and re.match(
-        rf"pause requested: {job_id}\s+count\s+paused", again.output
+        rf"pause requested: {job_id}\s+count\s+Paused", again.output
     )
     result = flask_batchflow("resume", job_id)
     assert result.exit_code == 0 and result.output.startswith(f"resume requested: {job_id}")

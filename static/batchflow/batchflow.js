@@ -3,44 +3,51 @@
  *
  *   batchflow.progress(jobIdOrUrls, {container, onUpdate, onComplete, prefix}) -> {element, promise, stop(), status}
  *   batchflow.start(handlerName, {params, ids, redirect_url}, progressOptions) -> Promise<handle>
+ *   batchflow.configure({pollMs, ...}) -> the settings now (see SETTINGS; also read at load from
+ *       window.batchflowConfig and from this script tag's data-batchflow-config JSON)
  *   batchflow.init(scope)   runs on DOMContentLoaded: [data-batchflow-job] views, [data-batchflow-jobs] lists
  *   [data-batchflow-start] buttons start a job on click (one delegated listener).
  *
- * Server strings are only ever inserted with textContent: this file never parses HTML.
- * Updates come over Server-Sent Events; on any SSE error the view polls the status URL instead,
- * backing off on errors but never giving up, and stops only at a terminal status.
+ * This file has no words of its own: every text it shows comes ready-made from the server, in the
+ * status JSON's `text` object (or an error answer's `error`), and the bar from its `bar` object.
+ * On a server-rendered page it only sets the text and attributes of the elements the template
+ * rendered (found by their data-bf names); for a modal or an empty container it first builds the
+ * same elements, empty. Server strings are only ever inserted with textContent: this file never
+ * parses HTML. Updates come over Server-Sent Events; on any SSE error the view polls the status
+ * URL instead, backing off on errors but never giving up, and stops only at a terminal status.
  */
 (function () {
   'use strict';
 
-  const DEFAULT_LABELS = {
-    title: 'Job', pending: 'Waiting to start', running: 'Running', paused: 'Paused',
-    stopping: 'Stopping…', canceling: 'Canceling…', completed: 'Completed',
-    completed_with_failures: 'Completed with failures', failed: 'Failed', stalled: 'Stalled',
-    stopped: 'Stopped', canceled: 'Canceled', good: 'done', bad: 'failed', skipped: 'skipped',
-    stop: 'Stop', cancel: 'Cancel', pause: 'Pause', resume: 'Resume', retry: 'Retry failed'
+  // Timings, overridable with batchflow.configure() (tests use small values).
+  const SETTINGS = {
+    pollMs: 1000,            // polling interval while SSE is unavailable
+    rowPollMs: 2000,         // jobs list: polling interval of each live row
+    rowDelayMs: 300,         // jobs list: the first row's first poll, then rowStaggerMs more per row
+    rowStaggerMs: 120,
+    maxBackoffMs: 10000,     // errors back off up to this, then keep trying forever
+    safetyPollMs: 15000,     // on SSE: an occasional poll too, in case a proxy buffers the stream
+    sseRetryMs: 30000,       // after falling back to polling, try SSE again this much later
+    sseFailures: 3,          // streams that fail before their first event, then poll for good
+    maxSse: 3,               // browsers allow ~6 connections per host: leave room for polls and actions
+    redirectDelayMs: 2000    // a completion seen live goes back to redirect_url after this
   };
-  // Badges name the state in a word or two; the labels (often sentences) make the status line.
-  const BADGES = {
-    pending: 'Waiting', running: 'Running', paused: 'Paused', stopping: 'Stopping', canceling: 'Canceling',
-    completed: 'Completed', completed_with_failures: 'Completed with failures', failed: 'Failed',
-    stalled: 'Stalled', stopped: 'Stopped', canceled: 'Canceled'
-  };
-  const TOOLTIPS = {
-    stop: 'Stop after the current step. Work already done is kept.',
-    cancel: 'Stop and undo every change this job has made.',
-    pause: 'Pause after the current step. You can resume later.',
-    resume: 'Continue where the job left off.',
-    retry: 'Start a new job for the items that failed.'
-  };
-  const HINTS = { stop: 'Stop keeps the work done so far.', cancel: 'Cancel undoes everything done so far.' };
-  const RESTARTED = 'This job was restarted after its worker was lost; its counts started again.';
-  const POLL_MS = 1000;          // polling interval while SSE is unavailable
-  const ROW_MS = 2000;           // jobs list: polling interval of each live row
-  const MAX_BACKOFF_MS = 10000;  // errors back off up to this, then keep trying forever
-  const SAFETY_POLL_MS = 15000;  // on SSE: an occasional poll too, in case a proxy buffers the stream
-  const SSE_RETRY_MS = 30000;    // after falling back to polling, try SSE again this much later
-  const MAX_SSE = 3;             // browsers allow ~6 connections per host: leave room for polls and actions
+  function configure(options) {
+    Object.keys(options || {}).forEach((k) => {
+      if (!(k in SETTINGS)) throw new TypeError('batchflow.configure: unknown setting ' + k);
+      const v = Number(options[k]);
+      if (!(v >= 0)) throw new TypeError('batchflow.configure: ' + k + ' must be a number >= 0');
+      SETTINGS[k] = v;
+    });
+    return Object.assign({}, SETTINGS);
+  }
+  const own = document.currentScript;
+  if (window.batchflowConfig) configure(window.batchflowConfig);
+  if (own && own.getAttribute('data-batchflow-config')) configure(JSON.parse(own.getAttribute('data-batchflow-config')));
+
+  // The fixed words of the last status seen (status.text.ui), for messages that may come before a
+  // view has a status of its own (a connection problem, a failed start).
+  let ui = {};
   let sseOpen = 0;
   let uid = 0;
 
@@ -62,6 +69,11 @@
     text = text == null ? '' : String(text);
     if (node && node.textContent !== text) node.textContent = text;
   }
+  function setAttr(node, name, value) {
+    if (!node) return;
+    if (value == null || value === false) node.removeAttribute(name);
+    else if (node.getAttribute(name) !== String(value)) node.setAttribute(name, value);
+  }
   function show(node, on) { if (node) node.hidden = !on; }
   function fill(node, kids) { node.replaceChildren.apply(node, kids.filter((k) => k != null)); }
   function meta(name) { const m = document.querySelector('meta[name="' + name + '"]'); return m ? m.content : null; }
@@ -80,39 +92,31 @@
     } catch (e) { return null; }
   }
   const withQuery = (url, q) => url + (url.indexOf('?') < 0 ? '?' : '&') + q;
-  const cap = (s) => (s ? s.charAt(0).toUpperCase() + s.slice(1) : '');
   function emit(node, name, detail) { node.dispatchEvent(new CustomEvent(name, { detail, bubbles: true })); }
   function call(fn, arg) {
     if (typeof fn !== 'function') return;
     try { fn(arg); } catch (e) { console.error('batchflow: callback failed', e); }
   }
+  // The words of a status (empty ones for a status from a server without them).
+  function textOf(s) {
+    const t = (s && s.text) || {};
+    if (t.ui) ui = t.ui;
+    return t;
+  }
+  const stateOf = (s) => s.state || (s.terminal ? s.outcome || s.status : s.status);
 
-  const numbers = new Intl.NumberFormat(document.documentElement.lang || undefined);
-  const fmt = (n) => numbers.format(n || 0);
-  const dateTimes = new Intl.DateTimeFormat(undefined, { month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit' });
-  const clockTimes = new Intl.DateTimeFormat(undefined, { hour: '2-digit', minute: '2-digit', second: '2-digit' });
-  const isoTime = (ts) => new Date(ts * 1000).toISOString();
-
-  function fmtDuration(s) {
-    s = Math.max(0, Math.round(s));
-    const m = Math.floor(s / 60);
-    const h = Math.floor(m / 60);
-    if (s < 60) return s + ' s';
-    if (h) return h + ' h' + (m % 60 ? ' ' + (m % 60) + ' min' : '');
-    return m + ' min' + (s % 60 ? ' ' + (s % 60) + ' s' : '');
+  // A <time datetime> shown in the reader's own time zone; the server wrote it in UTC.
+  const localFormats = {
+    datetime: new Intl.DateTimeFormat(undefined, { month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit' }),
+    clock: new Intl.DateTimeFormat(undefined, { hour: '2-digit', minute: '2-digit', second: '2-digit' })
+  };
+  function localise(node) {
+    const format = localFormats[node.getAttribute('data-bf-local')];
+    const when = new Date(node.getAttribute('datetime'));
+    if (!format || isNaN(when)) return;
+    if (!node.title) node.title = node.textContent;  // the server's UTC text stays on hover
+    node.textContent = format.format(when);
   }
-  function fmtEta(s) {
-    if (s == null || !isFinite(s) || s < 0) return '';
-    if (s < 10) return 'a few seconds left';
-    if (s < 60) return 'about ' + Math.ceil(s / 10) * 10 + ' s left';
-    return 'about ' + fmtDuration(Math.round(s / 60) * 60) + ' left';
-  }
-  function fmtRate(r) {
-    if (r == null || !isFinite(r) || r <= 0) return '';
-    const digits = r >= 10 ? 0 : r >= 1 ? 1 : 2;
-    return new Intl.NumberFormat(undefined, { maximumFractionDigits: digits }).format(r) + ' per second';
-  }
-  const elapsed = (s) => (s.started_at ? fmtDuration((s.finished_at || Date.now() / 1000) - s.started_at) : '');
 
   async function requestJSON(method, url, body) {
     const headers = { Accept: 'application/json' };
@@ -126,51 +130,25 @@
     try { data = await res.json(); } catch (e) { data = null; }
     return { ok: res.ok, status: res.status, data };
   }
-  const errorText = (r, what) => (r.data && r.data.error) || what + ' failed (HTTP ' + r.status + ').';
+  // The server's own message for a refused request, else its generic one with the HTTP code.
+  const errorText = (r) => (r.data && r.data.error) || (ui.refused || 'HTTP {code}').replace('{code}', r.status);
 
-  // ---------------------------------------------------------------- status -> what to show
+  // ---------------------------------------------------------------- status -> page
 
-  function labelsOf(s) {
-    const out = Object.assign({}, DEFAULT_LABELS);
-    Object.keys(s.labels || {}).forEach((k) => { if (s.labels[k]) out[k] = s.labels[k]; });
-    return out;
-  }
-  const stateOf = (s) => (s.terminal ? s.outcome || s.status : s.status);
-
-  // The bar as {value, max} (value null = indeterminate), percent (0-100 or null) and a phase text.
-  function meter(s, state) {
-    const processed = s.processed || 0;
-    if (s.status === 'canceling') {  // the bar shows the undo: how much of the done work is reversed
-      const done = (s.undone || 0) + (s.undo_failed || 0);
-      const of = s.good || 0;
-      return { value: of ? Math.min(done, of) : null, max: of, percent: of ? (done / of) * 100 : null,
-        phase: 'Undoing… ' + fmt(done) + ' of ' + fmt(of) };
+  function applyBar(bar, pctNode, s, t) {
+    const b = s.bar || {};
+    if (bar) {
+      if (b.value == null) bar.removeAttribute('value');
+      else { bar.max = b.max; bar.value = b.value; }
+      setAttr(bar, 'aria-valuetext', t.bar);
+      setText(bar, t.percent);
     }
-    if (s.total != null) {
-      const max = Math.max(s.total, 1);
-      const phase = fmt(processed) + ' of ' + fmt(s.total) + ' processed';
-      if (state === 'completed') return { value: max, max, percent: 100, phase };
-      const value = Math.min(processed, s.total);
-      return { value, max, percent: s.percent != null ? s.percent : (value / max) * 100, phase };
-    }
-    if (s.terminal) return { value: 1, max: 1, percent: null, phase: fmt(processed) + ' processed' };
-    const idle = s.status === 'pending' ? 'Waiting for a worker…' : 'Working…';
-    return { value: null, max: null, percent: null, phase: processed ? fmt(processed) + ' processed' : idle };
+    setText(pctNode, t.percent);
   }
-  const percentText = (p) => (p == null ? '' : Math.floor(Math.max(0, Math.min(100, p))) + '%');
-
-  function applyBar(bar, pctNode, m) {
-    if (!bar) return;
-    if (m.value == null) bar.removeAttribute('value');
-    else { bar.max = m.max; bar.value = m.value; }
-    bar.setAttribute('aria-valuetext', m.phase + (m.percent == null ? '' : ' (' + percentText(m.percent) + ')'));
-    setText(bar, percentText(m.percent));
-    setText(pctNode, percentText(m.percent));
-  }
-  function renderBadge(node, state) {
+  function renderBadge(node, state, t) {
     if (!node) return;
     node.className = 'bf-badge bf-badge--' + state;
-    setText(node, BADGES[state] || state);
+    setText(node, t.badge);
   }
   function setStateClass(node, prefix, state) {
     const previous = node.getAttribute('data-status');
@@ -178,38 +156,15 @@
     node.classList.add(prefix + state);
     node.setAttribute('data-status', state);
   }
-  const sentence = (t) => (/[.!?…]$/.test(t) ? t : t + '.');
-  // What the outcome box says under its label: the counts, and what became of the work.
-  // Item and one-shot jobs count good and bad; other jobs only count units processed.
-  const tallied = (s) => s.kind === 'items' || s.kind === 'task' || (s.good || 0) + (s.bad || 0) > 0;
-  function outcomeText(s, L, state) {
-    const counts = tallied(s)
-      ? fmt(s.good) + ' ' + L.good + (s.bad ? ', ' + fmt(s.bad) + ' ' + L.bad : '')
-      : fmt(s.processed) + ' processed';
-    switch (state) {
-      case 'completed': case 'completed_with_failures': return counts + '.';
-      case 'failed': case 'stalled': return s.processed ? 'Before it ended: ' + counts + '.' : 'Nothing was processed.';
-      case 'stopped': return 'Kept: ' + counts + '.';
-      case 'canceled': return 'Undone: ' + fmt(s.undone) + (s.undo_failed ? ', ' + fmt(s.undo_failed) + ' could not be undone' : '') + '.';
-      default: return '';
-    }
-  }
-  function resultsTable(results) {
-    const rows = Object.keys(results).map((k) => {
-      const v = results[k];
-      return el('tr', {}, [el('th', { scope: 'row', text: k }),
-        el('td', { text: v !== null && typeof v === 'object' ? JSON.stringify(v) : String(v) })]);
-    });
-    return el('table', { class: 'bf-kv' }, [el('caption', { text: 'Results' }), el('tbody', {}, rows)]);
-  }
 
-  // Builds the view's parts, unless the server rendered them already (progress.html does).
+  // The elements progress.html renders, built empty for a view that has no server markup (a modal,
+  // an empty container). Their words arrive with the first status.
   function buildView(root, level) {
     root.classList.add('bf-job');
     if (part(root, 'bar')) return;
     const id = 'bf-' + ++uid;
-    const stat = (k) => el('div', { class: 'bf-stat bf-stat--' + k, 'data-bf': k + '-box' },
-      [el('dt', { 'data-bf': k + '-label' }), el('dd', { 'data-bf': k, text: '0' })]);
+    const stat = (k) => el('div', { class: 'bf-stat bf-stat--' + k, 'data-bf': k + '-box', hidden: true },
+      [el('dt', { 'data-bf': k + '-label' }), el('dd', { 'data-bf': k })]);
     const p = (cls, name, extra) => el('p', Object.assign({ class: cls, 'data-bf': name, hidden: true }, extra));
     root.append(
       el('header', { class: 'bf-job__head' }, [
@@ -217,7 +172,7 @@
         el('span', { class: 'bf-badge', 'data-bf': 'badge' })]),
       el('p', { class: 'bf-job__status', 'data-bf': 'status' }, [el('span', { class: 'bf-job__state', 'data-bf': 'state' }),
         el('span', { class: 'bf-job__message', 'data-bf': 'message', hidden: true })]),
-      p('bf-notice bf-notice--info', 'restarted', { text: RESTARTED }),
+      p('bf-notice bf-notice--info', 'restarted'),
       el('div', { class: 'bf-meter' }, [
         el('div', { class: 'bf-meter__row' }, [
           el('span', { class: 'bf-meter__phase', 'data-bf': 'phase' }),
@@ -227,13 +182,21 @@
           el('span', { 'data-bf': 'rate' }), el('span', { 'data-bf': 'eta' })])]),
       el('p', { class: 'bf-sr-only', 'data-bf': 'live', 'aria-live': 'polite', 'aria-atomic': 'true' }),
       el('dl', { class: 'bf-stats' }, [stat('good'), stat('bad'), stat('skipped')]),
-      el('div', { class: 'bf-outcome', 'data-bf': 'outcome', tabindex: '-1', hidden: true }),
+      el('div', { class: 'bf-outcome', 'data-bf': 'outcome', tabindex: '-1', hidden: true }, [
+        el('p', { class: 'bf-outcome__title', 'data-bf': 'outcome-title' }),
+        el('p', { class: 'bf-outcome__text', 'data-bf': 'outcome-text' }),
+        el('p', { class: 'bf-outcome__error', 'data-bf': 'error', hidden: true })]),
       p('bf-notice bf-notice--error', 'notice', { role: 'alert' }),
       p('bf-conn', 'conn', { role: 'status' }),
       el('div', { class: 'bf-actions', 'data-bf': 'actions' }),
-      el('div', { class: 'bf-extras', 'data-bf': 'extras' }),
+      el('div', { class: 'bf-extras', 'data-bf': 'extras', hidden: true }, [
+        el('a', { class: 'bf-button bf-button--primary bf-download', 'data-bf': 'download', 'data-bf-download': true, hidden: true }),
+        p('bf-subtle', 'downloaded'),
+        el('table', { class: 'bf-kv', 'data-bf': 'results', hidden: true }, [
+          el('caption', { 'data-bf': 'results-caption' }), el('tbody', { 'data-bf': 'results-rows' })]),
+        el('div', { class: 'bf-links', 'data-bf': 'links', hidden: true })]),
       el('section', { class: 'bf-log', 'data-bf': 'log', hidden: true, 'aria-labelledby': id + '-log' }, [
-        el('h' + Math.min(level + 1, 6), { class: 'bf-log__title', id: id + '-log', text: 'Activity' }),
+        el('h' + Math.min(level + 1, 6), { class: 'bf-log__title', id: id + '-log', 'data-bf': 'log-title' }),
         el('ol', { class: 'bf-log__list', 'data-bf': 'messages' })]));
   }
 
@@ -242,11 +205,14 @@
   // Hands status objects to hooks.status: SSE first, polling as the fallback. Never gives up on errors.
   class Feed {
     constructor(urls, hooks, interval) {
-      interval = interval || POLL_MS;
-      Object.assign(this, { urls, hooks, interval, delay: interval, sseFailures: 0, pollingSince: 0 });
+      Object.assign(this, { urls, hooks, interval, sseFailures: 0, pollingSince: 0 });
+      this.delay = this.every();
     }
+    every() { return this.interval || SETTINGS.pollMs; }
     start(wait) { if (this.canSse()) this.openSse(); else this.schedule(wait || 0); }
-    canSse() { return !!(this.urls.events_url && window.EventSource && sseOpen < MAX_SSE && this.sseFailures < 3); }
+    canSse() {
+      return !!(this.urls.events_url && window.EventSource && sseOpen < SETTINGS.maxSse && this.sseFailures < SETTINGS.sseFailures);
+    }
     openSse() {
       const es = new EventSource(this.urls.events_url);
       let received = false;
@@ -266,7 +232,7 @@
         this.pollingSince = Date.now();
         this.schedule(0);
       };
-      this.schedule(SAFETY_POLL_MS);
+      this.schedule(SETTINGS.safetyPollMs);
     }
     closeSse() {
       if (this.es) { this.es.close(); this.es = null; sseOpen--; }
@@ -280,21 +246,21 @@
       try { r = await requestJSON('GET', this.urls.status_url); } catch (e) { r = null; }  // network error
       if (this.stopped) return;
       if (r && r.ok && r.data) {
-        this.delay = this.interval;
+        this.delay = this.every();
         this.hooks.connection(true);
         this.hooks.status(r.data);
         if (this.stopped) return;
-        if (this.es) this.schedule(SAFETY_POLL_MS);
-        else if (Date.now() - this.pollingSince > SSE_RETRY_MS && this.canSse()) this.openSse();
-        else this.schedule(this.interval);
+        if (this.es) this.schedule(SETTINGS.safetyPollMs);
+        else if (Date.now() - this.pollingSince > SETTINGS.sseRetryMs && this.canSse()) this.openSse();
+        else this.schedule(this.every());
       } else if (r && (r.status === 404 || r.status === 410)) {
-        this.hooks.gone();
+        this.hooks.gone(r);
       } else if (this.es) {
-        this.schedule(SAFETY_POLL_MS);  // SSE is still up; this poll was only the safety net
+        this.schedule(SETTINGS.safetyPollMs);  // SSE is still up; this poll was only the safety net
       } else {
         this.hooks.connection(false);
         this.schedule(this.delay);
-        this.delay = Math.min(this.delay * 2, MAX_BACKOFF_MS);
+        this.delay = Math.min(this.delay * 2, SETTINGS.maxBackoffMs);
       }
     }
     stop() { this.stopped = true; this.closeSse(); clearTimeout(this.timer); }
@@ -316,7 +282,7 @@
       if (urls.initial) this.update(urls.initial, true);
       if (this.done) return;
       this.feed = new Feed(urls, {
-        status: (s) => this.update(s), connection: (ok) => this.connection(ok), gone: () => this.gone()
+        status: (s) => this.update(s), connection: (ok) => this.connection(ok), gone: (r) => this.gone(r)
       });
       this.feed.start();
     }
@@ -333,137 +299,154 @@
     }
 
     render(s) {
-      const L = labelsOf(s);
+      const t = textOf(s);
+      const counts = t.counts || {};
+      const countLabels = t.count_labels || {};
       const state = stateOf(s);
       const root = this.root;
-      const m = meter(s, state);
-      const running = s.status === 'running';
       setStateClass(root, 'bf-job--', state);
-      setText(part(root, 'title'), L.title !== DEFAULT_LABELS.title ? L.title : s.handler || L.title);
-      renderBadge(part(root, 'badge'), state);
-      setText(part(root, 'state'), s.terminal ? '' : L[state]);  // when over, the outcome box says it
+      setText(part(root, 'title'), t.title);
+      renderBadge(part(root, 'badge'), state, t);
+      setText(part(root, 'state'), t.status);
       setText(part(root, 'message'), s.message);
       show(part(root, 'message'), !!s.message);
-      show(part(root, 'status'), !!(s.message || !s.terminal));
+      show(part(root, 'status'), !!(s.message || t.status));
+      setText(part(root, 'restarted'), (t.ui || {}).restarted);
       show(part(root, 'restarted'), !!s.restarted);
-      applyBar(part(root, 'bar'), part(root, 'percent'), m);
-      setText(part(root, 'phase'), m.phase);
-      setText(part(root, 'rate'), s.terminal ? (s.finished_at && s.started_at ? 'Took ' + elapsed(s) : '') : running ? fmtRate(s.rate) : '');
-      setText(part(root, 'eta'), running ? fmtEta(s.eta_s) : '');
+      applyBar(part(root, 'bar'), part(root, 'percent'), s, t);
+      setText(part(root, 'phase'), t.phase);
+      setText(part(root, 'rate'), t.speed);
+      setText(part(root, 'eta'), t.eta);
       ['good', 'bad', 'skipped'].forEach((k) => {
-        setText(part(root, k), fmt(s[k]));
-        setText(part(root, k + '-label'), cap(L[k]));
+        setText(part(root, k), counts[k]);
+        setText(part(root, k + '-label'), countLabels[k]);
       });
       show(part(root, 'skipped-box'), (s.skipped || 0) > 0);
-      show(part(root, 'good-box'), tallied(s));
-      show(part(root, 'bad-box'), tallied(s));
+      show(part(root, 'good-box'), !!s.tallied);  // jobs that count good and bad, not just units
+      show(part(root, 'bad-box'), !!s.tallied);
       const badBox = part(root, 'bad-box');
       if (badBox) badBox.classList.toggle('bf-stat--nonzero', (s.bad || 0) > 0);
-      if (this.options.documentTitle) {  // the tab shows the progress while the user is elsewhere
-        const title = part(root, 'title').textContent;
-        document.title = (!s.terminal && m.percent != null ? percentText(m.percent) : BADGES[state] || state) + ' · ' + title;
-      }
-      this.announce(s, L, state, m);
-      this.renderOutcome(s, L, state);
-      this.renderActions(s, L);
-      this.renderExtras(s);
-      this.renderLog(s);
+      if (this.options.documentTitle && t.tab) document.title = t.tab;  // the tab shows the progress
+      this.announce(s, t, state);
+      this.renderOutcome(s, t, state);
+      this.renderActions(s, t);
+      this.renderExtras(s, t);
+      this.renderLog(s, t);
     }
 
     // The live region speaks on state changes and every 10 %, not on every event.
-    announce(s, L, state, m) {
-      const key = state + ':' + (m.percent == null ? '' : Math.floor(m.percent / 10));
+    announce(s, t, state) {
+      const pct = s.bar && s.bar.percent;
+      const key = state + ':' + (pct == null ? '' : Math.floor(pct / 10));
       if (key === this.keys.live) return;
       this.keys.live = key;
-      setText(part(this.root, 'live'), sentence(L[state]) + ' ' + (s.terminal ? outcomeText(s, L, state)
-        : m.phase + (m.percent == null ? '' : ', ' + percentText(m.percent))));
+      setText(part(this.root, 'live'), t.live);
     }
 
-    renderOutcome(s, L, state) {
+    renderOutcome(s, t, state) {
       const box = part(this.root, 'outcome');
-      const key = s.terminal ? JSON.stringify([state, s.good, s.bad, s.undone, s.undo_failed, s.error]) : '';
-      if (!box || key === this.keys.outcome) return;
-      this.keys.outcome = key;
-      show(box, s.terminal);
+      if (!box) return;
+      show(box, !!s.terminal);
       box.className = 'bf-outcome bf-outcome--' + state;
-      fill(box, !s.terminal ? [] : [
-        el('p', { class: 'bf-outcome__title', text: L[state] || state }),
-        el('p', { class: 'bf-outcome__text', text: outcomeText(s, L, state) }),
-        s.error ? el('p', { class: 'bf-outcome__error', 'data-bf': 'error', text: s.error }) : null]);
+      setText(part(box, 'outcome-title'), t.outcome_title);
+      setText(part(box, 'outcome-text'), t.outcome);
+      setText(part(box, 'error'), s.error);
+      show(part(box, 'error'), !!s.error);
     }
 
     // Buttons are rebuilt only when the set of actions changes, so hover and focus survive updates.
-    renderActions(s, L) {
+    renderActions(s, t) {
       const box = part(this.root, 'actions');
       const urls = s.action_urls || {};
-      const acts = (s.actions || []).filter((a) => TOOLTIPS[a] && urls[a]);  // "retry" comes after the end
+      const offered = t.actions || {};
+      const acts = (s.actions || []).filter((a) => offered[a] && urls[a]);
       if (this.confirming && acts.indexOf('cancel') < 0) this.confirming = false;
       const key = acts.join(',') + '|' + !!this.confirming;
       if (!box || key === this.keys.actions) return;
       this.keys.actions = key;
+      const words = t.ui || {};
       const focused = box.contains(document.activeElement) && document.activeElement.getAttribute('data-bf-action');
       const button = (action, cls, text, attrs) => el('button', Object.assign({ type: 'button',
         class: 'bf-button ' + cls, 'data-bf-action': action, 'aria-disabled': this.busy ? 'true' : null }, attrs), [text]);
       if (this.confirming) {
         const id = 'bf-' + ++uid + '-confirm';
         fill(box, [el('div', { class: 'bf-confirm', role: 'group', 'aria-labelledby': id }, [
-          el('p', { id, class: 'bf-confirm__text',
-            text: 'Cancel this job and undo everything it has done so far (' + fmt(s.good) + ' ' + L.good + ')?' }),
+          el('p', { id, class: 'bf-confirm__text', text: t.confirm_cancel }),
           el('div', { class: 'bf-actions__row' }, [
-            button('confirm-cancel', 'bf-button--danger', 'Yes, cancel and undo'),
-            button('keep', '', "Don't cancel")])])]);
+            button('confirm-cancel', 'bf-button--danger', words.confirm_yes),
+            button('keep', '', words.confirm_no)])])]);
         box.querySelector('[data-bf-action="keep"]').focus();
         return;
       }
       const hintId = 'bf-' + ++uid + '-hint';
-      const hint = acts.filter((a) => HINTS[a]).map((a) => HINTS[a]).join(' ');
-      const buttons = acts.map((a) => button(a, 'bf-button--' + a, L[a],
-        { title: TOOLTIPS[a], 'aria-describedby': hint ? hintId : null }));
+      const buttons = acts.map((a) => button(a, 'bf-button--' + a, offered[a].label,
+        { title: offered[a].tip, 'aria-describedby': t.hint ? hintId : null }));
       fill(box, [buttons.length ? el('div', { class: 'bf-actions__row' }, buttons) : null,
-        hint ? el('p', { class: 'bf-hint', id: hintId, text: hint }) : null]);
+        buttons.length && t.hint ? el('p', { class: 'bf-hint', id: hintId, text: t.hint }) : null]);
       if (focused) {  // keep the keyboard user in the action bar, or move them to the outcome
         const again = box.querySelector('[data-bf-action="' + focused + '"]') || box.querySelector('button');
         (again || part(this.root, 'outcome')).focus();
       }
     }
 
-    renderExtras(s) {
-      const box = part(this.root, 'extras');
+    renderExtras(s, t) {
+      const root = this.root;
+      const words = t.ui || {};
       const hasResults = !!s.results && typeof s.results === 'object' && Object.keys(s.results).length > 0;
-      const key = JSON.stringify([s.download_url, s.file_name, hasResults && s.results, s.results_url,
-        s.bad > 0, s.terminal, s.redirect_url, !!this.cleanedUp, !!this.redirecting]);
-      if (!box || key === this.keys.extras) return;
-      this.keys.extras = key;
       const download = safeUrl(s.download_url);
       const report = safeUrl(s.results_url);
       const back = s.terminal && safeUrl(s.redirect_url, true);
-      const links = back ? [el('a', { class: 'bf-button', href: back, 'data-bf': 'back' }, ['Back'])] : [];
-      if (report && (s.bad > 0 || hasResults)) {
-        links.push(el('a', { class: 'bf-link', href: withQuery(report, 'format=csv'), 'data-bf': 'report' },
-          [s.bad > 0 ? 'Download the error report (CSV)' : 'Download the results (CSV)']));
+      const dl = part(root, 'download');
+      const offerDownload = !!download && !this.cleanedUp;
+      setAttr(dl, 'href', offerDownload ? download : null);
+      setAttr(dl, 'download', s.file_name || '');
+      setText(dl, t.download);
+      show(dl, offerDownload);
+      setText(part(root, 'downloaded'), words.downloaded);
+      show(part(root, 'downloaded'), !!download && !!this.cleanedUp);
+      // The links: only those that apply exist, so an unsafe URL is never even a dead link.
+      const offerReport = !!report && (s.bad > 0 || hasResults);
+      const links = part(root, 'links');
+      const key = JSON.stringify([back, offerReport && report, t.report, !!this.redirecting, words.back]);
+      if (links && key !== this.keys.links) {
+        this.keys.links = key;
+        fill(links, [
+          back ? el('a', { class: 'bf-button', href: back, 'data-bf': 'back', text: words.back }) : null,
+          offerReport ? el('a', { class: 'bf-link', href: withQuery(report, 'format=csv'), 'data-bf': 'report', text: t.report }) : null,
+          back && this.redirecting ? el('span', { class: 'bf-subtle', text: words.going_back }) : null,
+          back && this.redirecting ? el('button', { type: 'button', class: 'bf-linkbutton', 'data-bf-action': 'stay', text: words.stay }) : null]);
+        show(links, !!(back || offerReport));
       }
-      if (back && this.redirecting) {
-        links.push(el('span', { class: 'bf-subtle', text: 'Going back in a moment…' }),
-          el('button', { type: 'button', class: 'bf-linkbutton', 'data-bf-action': 'stay' }, ['Stay here']));
+      const table = part(root, 'results');
+      if (table) {
+        setText(table.querySelector('caption'), words.results);
+        const key = hasResults ? JSON.stringify(s.results) : '';
+        if (key !== this.keys.results) {
+          this.keys.results = key;
+          fill(part(root, 'results-rows'), !hasResults ? [] : Object.keys(s.results).map((k) => {
+            const v = s.results[k];
+            return el('tr', {}, [el('th', { scope: 'row', text: k }),
+              el('td', { text: v !== null && typeof v === 'object' ? JSON.stringify(v) : String(v) })]);
+          }));
+        }
+        show(table, hasResults);
       }
-      fill(box, [
-        download && this.cleanedUp ? el('p', { class: 'bf-subtle', text: 'Downloaded. The file was removed from the server.' }) : null,
-        download && !this.cleanedUp ? el('a', { class: 'bf-button bf-button--primary bf-download', href: download,
-          download: s.file_name || '', 'data-bf-download': '' }, ['Download ' + (s.file_name || 'the file')]) : null,
-        hasResults ? resultsTable(s.results) : null,
-        links.length ? el('div', { class: 'bf-links' }, links) : null]);
+      show(part(root, 'extras'), offerDownload || !!back || offerReport || hasResults || (!!download && !!this.cleanedUp));
     }
 
-    renderLog(s) {
+    renderLog(s, t) {
       const log = part(this.root, 'log');
-      const msgs = (s.messages || []).slice(-8).reverse();
-      const key = JSON.stringify(msgs);
-      if (!log || key === this.keys.log) return;
+      if (!log) return;
+      setText(log.querySelector('.bf-log__title'), (t.ui || {}).activity);
+      const entries = t.log || [];
+      const key = JSON.stringify(entries);
+      if (key === this.keys.log) return;
       this.keys.log = key;
-      show(log, msgs.length > 1);  // a single message is already on show as the status message
-      fill(part(this.root, 'messages'), msgs.map((m) => el('li', { class: 'bf-log__item' }, [
-        m.at ? el('time', { class: 'bf-log__time', datetime: isoTime(m.at), text: clockTimes.format(m.at * 1000) }) : null,
+      show(log, entries.length > 1);  // a single message is already on show as the status message
+      fill(part(this.root, 'messages'), entries.map((m) => el('li', { class: 'bf-log__item' }, [
+        m.iso ? el('time', { datetime: m.iso, 'data-bf-local': 'clock', text: m.time }) : null,
         el('span', { class: 'bf-log__text', text: m.text })])));
+      log.querySelectorAll('time[data-bf-local]').forEach(localise);
     }
 
     onClick(e) {
@@ -473,7 +456,7 @@
       const action = btn.getAttribute('data-bf-action');
       if (action === 'cancel' || action === 'keep') {  // Cancel undoes work: ask first
         this.confirming = action === 'cancel';
-        this.renderActions(this.status, labelsOf(this.status));
+        this.renderActions(this.status, textOf(this.status));
         const cancel = part(this.root, 'actions').querySelector('[data-bf-action="cancel"]');
         if (cancel) cancel.focus();
       } else if (action === 'confirm-cancel') {
@@ -482,7 +465,7 @@
       } else if (action === 'stay') {
         clearTimeout(this.redirectTimer);
         this.redirecting = false;
-        this.renderExtras(this.status);
+        this.renderExtras(this.status, textOf(this.status));
       } else {
         this.act(action);
       }
@@ -496,11 +479,11 @@
       let r = null;
       try { r = await requestJSON('POST', url); } catch (e) { r = null; }
       this.setBusy(false);
-      if (!r) this.notice('Network error: the request did not reach the server. Please try again.');
-      else if (!r.ok) this.notice(errorText(r, cap(name)));
+      if (!r) this.notice((textOf(this.status).ui || ui).network);
+      else if (!r.ok) this.notice(errorText(r));
       else if (r.data && typeof r.data.status === 'string') this.update(r.data);
       else if (r.data && r.data.url) this.openJob(r.data);  // "retry" answers with a new job
-      if (this.status) this.renderActions(this.status, labelsOf(this.status));
+      if (this.status) this.renderActions(this.status, textOf(this.status));
     }
 
     // Goes to a job this one led to, unless a listener of "batchflow:started" handles it itself.
@@ -524,11 +507,11 @@
     connection(ok) {
       if (ok === this.online) return;
       this.online = ok;
-      setText(part(this.root, 'conn'), ok ? '' : 'Connection problem. Retrying…');
+      setText(part(this.root, 'conn'), ok ? '' : (this.status && textOf(this.status).ui || ui).connection);
       show(part(this.root, 'conn'), !ok);
     }
-    gone() {
-      this.notice('This job no longer exists, or you no longer have access to it.');
+    gone(r) {
+      this.notice(errorText(r));  // the server's own "no such job"
       this.finish(this.status, true);
     }
 
@@ -544,8 +527,9 @@
       const back = safeUrl(s.redirect_url, true);
       if (!initial && back && stateOf(s) === 'completed' && !s.download_url && this.options.autoRedirect !== false) {
         this.redirecting = true;
-        this.renderExtras(s);
-        this.redirectTimer = setTimeout(() => location.assign(back), this.options.redirectDelay || 2000);
+        this.renderExtras(s, textOf(s));
+        const delay = this.options.redirectDelay != null ? this.options.redirectDelay : SETTINGS.redirectDelayMs;
+        this.redirectTimer = setTimeout(() => location.assign(back), delay);
       }
     }
 
@@ -560,7 +544,7 @@
       if (!(navigator.sendBeacon && navigator.sendBeacon(url, data))) {
         fetch(url, { method: 'POST', body: data, keepalive: true, credentials: 'same-origin' }).catch(() => {});
       }
-      this.renderExtras(s);
+      this.renderExtras(s, textOf(s));
     }
 
     stop() {
@@ -590,16 +574,28 @@
     return { id: t.id, url: t.url, status_url: t.status_url, events_url: t.events_url || null, initial: isStatus ? t : null };
   }
 
+  // A modal around an empty view; its words (close, the footer) arrive with the first status.
   function openDialog(urls) {
     const root = el('section', { class: 'bf-job bf-job--dialog' });
-    const close = el('button', { type: 'button', class: 'bf-dialog__close', 'aria-label': 'Close',
-      title: 'Close (the job keeps running)' }, ['×']);
+    const close = el('button', { type: 'button', class: 'bf-dialog__close' }, ['×']);
+    const page = safeUrl(urls.url, true);
+    const foot = el('p', { class: 'bf-dialog__foot', hidden: true }, [el('span', { 'data-bf': 'keeps-running' }), ' ',
+      page ? el('a', { class: 'bf-link', href: page, 'data-bf': 'open-page' }) : null]);
     const dialog = el('dialog', { class: 'bf-dialog' }, [el('div', { class: 'bf-dialog__inner' }, [close, root])]);
+    const words = (w) => {
+      setAttr(close, 'aria-label', w.close);
+      setAttr(close, 'title', w.close_tip);
+      setText(part(foot, 'keeps-running'), w.keeps_running);
+      setText(part(foot, 'open-page'), w.open_page);
+      show(foot, !!w.keeps_running);
+    };
+    words(ui);
     document.body.appendChild(dialog);
     close.addEventListener('click', () => dialog.close());
     dialog.addEventListener('click', (e) => { if (e.target === dialog) dialog.close(); });  // the backdrop
+    root.addEventListener('batchflow:update', (e) => words((e.detail.text || {}).ui || {}));
     if (dialog.showModal) dialog.showModal(); else dialog.setAttribute('open', '');
-    return { dialog, root };
+    return { dialog, root, foot };
   }
 
   function progress(target, options) {
@@ -610,9 +606,7 @@
     const modal = root ? null : openDialog(urls);
     const view = new JobView(root || modal.root, urls, options);
     if (modal) {  // closing the dialog stops watching; the job itself keeps running
-      const page = safeUrl(urls.url, true);
-      modal.root.append(el('p', { class: 'bf-dialog__foot' }, ['The job keeps running if you close this window. ',
-        page ? el('a', { class: 'bf-link', href: page }, ['Open the job page']) : null]));
+      modal.root.append(modal.foot);
       modal.dialog.setAttribute('aria-labelledby', part(modal.root, 'title').id);
       modal.dialog.addEventListener('close', () => { view.stop(); modal.dialog.remove(); });
       view.handle.stop = () => { view.stop(); if (modal.dialog.open) modal.dialog.close(); };
@@ -627,8 +621,8 @@
     let r;
     try {
       r = await requestJSON('POST', jobPrefix(prefix) + '/start/' + encodeURIComponent(handler), payload);
-    } catch (e) { throw new Error('Network error: the job could not be started.'); }
-    if (!r.ok || !r.data || !(r.data.status_url || r.data.id)) throw new Error(errorText(r, 'Starting the job'));
+    } catch (e) { throw new Error(ui.network || e.message); }
+    if (!r.ok || !r.data || !(r.data.status_url || r.data.id)) throw new Error(errorText(r));
     return r.data;
   }
 
@@ -640,7 +634,7 @@
   function parseData(node, name) {
     const raw = node.getAttribute(name);
     if (raw == null || raw === '') return undefined;
-    try { return JSON.parse(raw); } catch (e) { throw new Error('Invalid JSON in ' + name + '.'); }
+    try { return JSON.parse(raw); } catch (e) { throw new Error('batchflow: invalid JSON in ' + name); }
   }
 
   async function onStartClick(btn) {
@@ -672,26 +666,24 @@
 
   // Jobs list: each row of a job still under way polls its status URL until the job is over.
   function renderRow(row, s) {
-    const L = labelsOf(s);
+    const t = textOf(s);
     const state = stateOf(s);
     setStateClass(row, 'bf-row--', state);
     row.setAttribute('data-terminal', String(!!s.terminal));
-    renderBadge(part(row, 'badge'), state);
-    applyBar(part(row, 'bar'), part(row, 'percent'), meter(s, state));
-    setText(part(row, 'good'), fmt(s.good));
-    setText(part(row, 'bad'), fmt(s.bad));
-    setText(part(row, 'duration'), elapsed(s) || '—');
+    renderBadge(part(row, 'badge'), state, t);
+    applyBar(part(row, 'bar'), part(row, 'percent'), s, t);
+    setText(part(row, 'good'), (t.counts || {}).good);
+    setText(part(row, 'bad'), (t.counts || {}).bad);
+    setText(part(row, 'duration'), t.duration);
     const started = part(row, 'started');
-    if (started && s.started_at && !started.querySelector('time')) {
-      fill(started, [el('time', { datetime: isoTime(s.started_at), text: dateTimes.format(s.started_at * 1000) })]);
+    if (started && t.started_iso && !started.querySelector('time')) {
+      fill(started, [el('time', { datetime: t.started_iso, 'data-bf-local': 'datetime', text: t.started })]);
+      localise(started.querySelector('time'));
     }
   }
   function init(scope) {
     scope = scope || document;
-    scope.querySelectorAll('[data-bf-time]').forEach((t) => {
-      const ts = parseFloat(t.getAttribute('data-bf-time'));
-      if (ts) { t.textContent = dateTimes.format(ts * 1000); t.title = isoTime(ts); }
-    });
+    scope.querySelectorAll('time[data-bf-local]').forEach(localise);
     scope.querySelectorAll('[data-batchflow-job]').forEach((node) => {
       if (node.batchflow) return;
       const script = node.querySelector('script[type="application/json"]');
@@ -721,8 +713,8 @@
             if (s.terminal || !row.isConnected) feed.stop();
           },
           connection: () => {}, gone: () => feed.stop()
-        }, ROW_MS);
-        feed.start(300 + i * 120);
+        }, SETTINGS.rowPollMs);
+        feed.start(SETTINGS.rowDelayMs + i * SETTINGS.rowStaggerMs);
       });
     });
   }
@@ -736,5 +728,5 @@
   if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', () => init());
   else init();
 
-  window.batchflow = { progress, start, init, version: '0.1.0' };
+  window.batchflow = { progress, start, init, configure, version: '0.2.0' };
 })();

@@ -4,7 +4,9 @@ It serves ``static/`` and pages the tests write, and answers the job endpoints
 (``/jobs/<id>/status``, ``/events``, actions, ``/jobs/start/<handler>``) from a script of
 status objects. Faults are injected per job: SSE that answers 500 or drops the connection,
 status polls that fail. It records every request so tests can check what the widget sent.
-Standard library only.
+Standard library only, plus batchflow's own ``display.with_view``: like the real server, every
+status it sends carries the ready-made ``state``, ``bar`` and ``text`` (computed when it is sent,
+so a test may change a status's fields or labels after building it).
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
+
+from batchflow.display import with_view
+from batchflow.exceptions import JobNotFound
 
 ROOT = Path(__file__).resolve().parents[2]
 STATIC = ROOT / "static"
@@ -158,7 +163,7 @@ class FakeJob:
 
     def current(self) -> dict:
         with self.cond:
-            return copy.deepcopy(self.states[self.pos])
+            return with_view(copy.deepcopy(self.states[self.pos]))
 
     def take(self) -> dict:
         """The state to answer with; advances in auto mode."""
@@ -166,7 +171,7 @@ class FakeJob:
             s = copy.deepcopy(self.states[self.pos])
             if self.auto and self.pos < len(self.states) - 1:
                 self.pos += 1
-            return s
+            return with_view(s)
 
     def goto(self, pos: int) -> None:
         with self.cond:
@@ -329,8 +334,8 @@ class Harness:
                     return self._send(404, "not found", "text/plain")
                 if len(parts) == 3 and parts[0] == "jobs":
                     job = harness.jobs.get(parts[1])
-                    if job is None:
-                        return self._json(404, {"error": "Not found"})
+                    if job is None:  # the real server's answer for an unknown job
+                        return self._json(404, {"error": str(JobNotFound(parts[1]))})
                     if parts[2] == "status":
                         return self._status(job)
                     if parts[2] == "events":
@@ -392,7 +397,7 @@ class Harness:
                                     job.cond.wait(0.5)
                                 if job.sse == "closed":
                                     return
-                                state = copy.deepcopy(job.states[job.pos])
+                                state = with_view(job.states[job.pos])
                         last = state["updated_at"]
                         self.wfile.write(f"data: {json.dumps(state)}\n\n".encode())
                         self.wfile.flush()
@@ -422,6 +427,8 @@ class Harness:
                     code, answer = job.action_answers.get(parts[2], (200, None))
                     if callable(answer):
                         answer = answer(job)
+                    if isinstance(answer, dict) and "status" in answer:
+                        answer = with_view(answer)  # a status, as the server sends it
                     return self._json(code, answer if answer is not None else job.current())
                 self._json(404, {"error": "Not found"})
 

@@ -21,6 +21,8 @@ from harness import ROOT, make_status, progression  # noqa: E402
 from wtforms import BooleanField, IntegerField, SelectField, StringField, SubmitField  # noqa: E402
 from wtforms.validators import DataRequired, NumberRange  # noqa: E402
 
+from batchflow.display import register_template_filters  # noqa: E402
+
 pytestmark = pytest.mark.browser
 
 EVIL = '<script>window.pwned = 1</script><img src=x onerror="window.pwned = 2">'
@@ -37,6 +39,7 @@ def make_app(prefix_in_context: bool = True) -> Flask:
         static_folder=str(ROOT / "static"),
         static_url_path="/static",
     )
+    register_template_filters(bp)  # what views.py does to the real blueprint
     app.register_blueprint(bp, url_prefix="/jobs")
     if prefix_in_context:  # what the real extension is asked to provide
         app.context_processor(lambda: {"batchflow_prefix": "/jobs"})
@@ -47,6 +50,12 @@ def render(name: str, prefix_in_context: bool = True, **context) -> str:
     app = make_app(prefix_in_context)
     with app.test_request_context("/jobs/x"):
         return render_template(name, **context)
+
+
+def with_config(html: str, config: dict) -> str:
+    """A rendered page whose widget uses these timings (read by batchflow.js when it loads)."""
+    script = f"<script>window.batchflowConfig = {json.dumps(config)};</script>"
+    return html.replace("<script src=", script + "<script src=", 1)
 
 
 class ReportForm(FlaskForm):
@@ -190,14 +199,14 @@ def test_finished_page_shows_outcome_results_and_back(harness, page, shot):
     )
     html = render("batchflow/progress.html", job=job)
     assert "http-equiv" not in html, "a finished page does not refresh itself"
-    page.goto(harness.raw_page("finished", html))
+    page.goto(harness.raw_page("finished", with_config(html, {"redirectDelayMs": 500})))
     page.locator('[data-bf="outcome"]').wait_for()
     assert page.locator('[data-bf="outcome"]').inner_text().startswith("Completed")
     assert page.locator('[data-bf="restarted"]').is_visible()
     assert page.locator(".bf-kv tr").count() == 2
     assert page.locator('[data-bf="back"]').get_attribute("href") == "/page/back"
     assert page.locator(".bf-log__item").count() == 2
-    time.sleep(2.5)
+    time.sleep(1.2)  # more than twice the redirect delay
     assert page.url.endswith("/page/finished"), "an already finished job never redirects by itself"
     shot(page, "page-finished")
 
@@ -257,7 +266,7 @@ def test_jobs_list_page(harness, page, shot):
         is_admin=True,
         statuses=["pending", "running", "paused", "completed", "failed", "stopped", "canceled"],
     )
-    page.goto(harness.raw_page("jobs", html))
+    page.goto(harness.raw_page("jobs", with_config(html, {"rowPollMs": 200, "rowDelayMs": 50})))
     headers = page.locator("thead th").all_inner_texts()
     assert [h.lower() for h in headers] == [
         "job",
@@ -371,3 +380,126 @@ def test_start_form_uses_its_own_submit_button(harness):
         )
     assert 'value="Build it"' in html and ">Start</button>" not in html
     assert "<title>x</title>" in html
+
+
+# --------------------------------------------------------------------------- one vocabulary
+
+WORDS = ["title", "badge", "state", "phase", "percent", "rate", "eta", "good", "bad"]
+WORDS += ["good-label", "bad-label", "outcome-title", "outcome-text"]
+
+
+def expected_parts(status: dict) -> dict:
+    """What each part of a job's view must say: the status JSON's own texts."""
+    t = status["text"]
+    return {
+        "title": t["title"],
+        "badge": t["badge"],
+        "state": t["status"],
+        "phase": t["phase"],
+        "percent": t["percent"],
+        "rate": t["speed"],
+        "eta": t["eta"],
+        "good": t["counts"]["good"],
+        "bad": t["counts"]["bad"],
+        "good-label": t["count_labels"]["good"],
+        "bad-label": t["count_labels"]["bad"],
+        "outcome-title": t["outcome_title"],
+        "outcome-text": t["outcome"],
+        "aria": t["bar"],
+    }
+
+
+def view_parts(page, root: str) -> dict:
+    return page.evaluate(
+        """([root, names]) => {
+            const r = document.querySelector(root);
+            const out = Object.fromEntries(names.map(k => {
+                const n = r.querySelector('[data-bf="' + k + '"]');
+                return [k, n ? n.textContent.trim().replace(/\\s+/g, ' ') : null];
+            }));
+            out.aria = r.querySelector('progress').getAttribute('aria-valuetext');
+            return out;
+        }""",
+        [root, WORDS],
+    )
+
+
+def row_parts(page, job_id: str) -> dict:
+    return page.evaluate(
+        """id => {
+            const row = document.querySelector('tr[data-status-url="/jobs/' + id + '/status"]');
+            const out = {};
+            for (const k of ['badge', 'percent', 'good', 'bad', 'duration']) {
+                out[k] = row.querySelector('[data-bf="' + k + '"]').textContent.trim();
+            }
+            out.aria = row.querySelector('progress').getAttribute('aria-valuetext');
+            out.status = row.dataset.status;
+            return out;
+        }""",
+        job_id,
+    )
+
+
+def test_every_state_reads_the_same_on_the_page_the_widget_and_the_list(harness, page, browser):
+    """For a job in each state: the server's page (no JavaScript), the same page taken over by the
+    script, a view the script builds from nothing, and a jobs-list row the script updates all say
+    exactly what the status JSON's texts say."""
+    from tests.test_display import STATES, status_in
+
+    nojs = browser.new_context(java_script_enabled=False)
+    static = nojs.new_page()
+    try:
+        for state in STATES:
+            status = status_in(state)
+            job_id = status["id"]
+            harness.add_job(job_id, [status], auto=False)
+            want = expected_parts(status)
+            html = render("batchflow/progress.html", job=status)
+
+            static.goto(harness.raw_page(f"same-{state}-nojs", html))
+            assert view_parts(static, ".bf-job") == want, f"{state}: the server's page"
+
+            page.goto(harness.raw_page(f"same-{state}-page", html))
+            page.wait_for_function("document.querySelector('[data-batchflow-job]').batchflow")
+            page.wait_for_function("document.querySelector('[data-bf=live]').textContent !== ''")
+            assert view_parts(page, ".bf-job") == want, f"{state}: the page, taken over"
+            assert page.locator('[data-bf="live"]').inner_text() == status["text"]["live"]
+
+            box = "{container: document.getElementById('w')}"
+            script = f"batchflow.progress({json.dumps(job_id)}, {box})"
+            page.goto(harness.page(f"same-{state}-widget", '<div id="w"></div>', script))
+            page.wait_for_function(f"document.querySelector('#w .bf-job[data-status=\"{state}\"]')")
+            assert view_parts(page, "#w .bf-job") == want, f"{state}: a view built by the script"
+
+            # The jobs list: a row first painted as running, then updated by the script.
+            row_id = job_id + "-row"
+            harness.add_job(row_id, [status_in(state, row_id)], auto=False)
+            listed = [status_in("running", row_id)]
+            listing = render(
+                "batchflow/jobs.html",
+                jobs=listed,
+                status_filter=None,
+                statuses=[],
+                page=1,
+                has_next=False,
+                is_admin=False,
+            )
+            page.goto(
+                harness.raw_page(f"same-{state}-list", with_config(listing, {"rowDelayMs": 0}))
+            )
+            page.wait_for_function(
+                f"document.querySelector('tbody tr').dataset.status === {json.dumps(state)}"
+            )
+            got = row_parts(page, row_id)
+            t = status["text"]
+            assert got == {
+                "badge": t["badge"],
+                "percent": t["percent"],
+                "good": t["counts"]["good"],
+                "bad": t["counts"]["bad"],
+                "duration": t["duration"],
+                "aria": t["bar"],
+                "status": state,
+            }, f"{state}: a row of the jobs list"
+    finally:
+        nojs.close()

@@ -14,6 +14,9 @@ pytest.importorskip("playwright.sync_api")
 
 from harness import CSRF, ROOT, make_status, parse_form, progression  # noqa: E402
 
+from batchflow.display import with_view  # noqa: E402
+from tests.helpers import wait_for  # noqa: E402
+
 pytestmark = pytest.mark.browser
 
 JS = ROOT / "static" / "batchflow" / "batchflow.js"
@@ -44,19 +47,24 @@ new MutationObserver(() => {
 """
 
 
-def widget_page(harness, name, ids):
+def configure(config):
+    """A page script line that sets the widget's timings (before any view starts)."""
+    return f"batchflow.configure({json.dumps(config)});\n" if config else ""
+
+
+def widget_page(harness, name, ids, config=None):
     body = "".join(
         f'<div id="w-{i}" class="bf-page--job" style="margin-bottom:24px"></div>' for i in ids
     )
-    return harness.page(name, body, WIDGETS % json.dumps(list(ids)))
+    return harness.page(name, body, configure(config) + WIDGETS % json.dumps(list(ids)))
 
 
-def static_page(harness, name, status, options="{}"):
+def static_page(harness, name, status, options="{}", config=None):
     """A page showing one widget from a full status object (no network needed if terminal)."""
-    data = json.dumps(status).replace("<", "\\u003c")  # a status may hold "</script>"
+    data = json.dumps(with_view(status)).replace("<", "\\u003c")  # a status may hold "</script>"
     script = f"""window.handle = batchflow.progress({data},
         Object.assign({{container: document.getElementById('w')}}, {options}));"""
-    return harness.page(name, '<div id="w" class="bf-page--job"></div>', script)
+    return harness.page(name, '<div id="w" class="bf-page--job"></div>', configure(config) + script)
 
 
 def job_root(page, job_id=None):
@@ -179,19 +187,19 @@ def test_unknown_total_is_indeterminate(harness, page, shot):
 # --------------------------------------------------------------------------- transport faults
 
 
-@pytest.mark.slow
 def test_sse_500_falls_back_to_polling_with_backoff(harness, page):
     states = progression("j1", total=100, steps=2)
     job = harness.add_job("j1", states, sse="500")
     # Three failing polls in a row (a 500, a dropped connection, a 503), then a good one.
     job.status_faults = ["drop", 500, 503]
-    page.goto(widget_page(harness, "sse500", ["j1"]))
+    unit = 0.5  # the poll interval, in seconds (the default is 1 s)
+    page.goto(widget_page(harness, "sse500", ["j1"], {"pollMs": unit * 1000}))
     page.wait_for_function("window.completed.length === 1", timeout=20_000)
     assert job.sse_connections == 1
     polls = harness.requests_to("/jobs/j1/status")
     assert len(polls) >= 5
-    gaps = [b["t"] - a["t"] for a, b in zip(polls, polls[1:], strict=False)]
-    # Backing off: about 1 s, 2 s, 4 s after consecutive errors, then back to ~1 s.
+    gaps = [(b["t"] - a["t"]) / unit for a, b in zip(polls, polls[1:], strict=False)]
+    # Backing off: about 1, 2, 4 intervals after consecutive errors, then back to ~1.
     assert 0.7 < gaps[0] < 1.6 and 1.7 < gaps[1] < 2.8 and 3.6 < gaps[2] < 5.0, gaps
     assert gaps[3] < 1.6, gaps
     assert page.evaluate("window.connSeen"), "a connection problem should be shown while retrying"
@@ -202,7 +210,7 @@ def test_sse_500_falls_back_to_polling_with_backoff(harness, page):
 def test_dropped_sse_connection_falls_back_to_polling(harness, page):
     job = harness.add_job("j1", progression("j1", total=100, steps=5), sse="drop:2")
     job.status_faults = [None, 500]  # one error while polling, too
-    page.goto(widget_page(harness, "ssedrop", ["j1"]))
+    page.goto(widget_page(harness, "ssedrop", ["j1"], {"pollMs": 250}))
     page.wait_for_function("window.completed.length === 1", timeout=20_000)
     seen = page.evaluate("window.seen.j1")
     assert [int(s["value"]) for s in seen] == [0, 20, 40, 60, 80, 100]
@@ -211,11 +219,12 @@ def test_dropped_sse_connection_falls_back_to_polling(harness, page):
 
 def test_not_found_stops_updates_with_a_message(harness, page):
     harness.add_job("j1", [make_status("j1")], sse="500")
-    page.goto(widget_page(harness, "gone", ["j2"]))  # j2 does not exist: SSE 404, status 404
+    # j2 does not exist: SSE 404, status 404
+    page.goto(widget_page(harness, "gone", ["j2"], {"pollMs": 200}))
     notice = page.locator('#w-j2 [data-bf="notice"]')
     notice.wait_for(state="visible")
-    assert "no longer exists" in notice.inner_text()
-    time.sleep(1.5)
+    assert "No such job" in notice.inner_text()  # the server's own words for an unknown job
+    time.sleep(1.0)  # five poll intervals
     assert len(harness.requests_to("/jobs/j2/status")) == 1
 
 
@@ -643,15 +652,16 @@ def test_completion_goes_back_to_redirect_url(harness, page):
 
 def test_stay_here_and_reloads_do_not_redirect(harness, page):
     harness.add_job("r1", progression("r1", total=10, steps=2, redirect_url="/page/back"))
-    page.goto(widget_page(harness, "stay", ["r1"]))
+    fast = {"redirectDelayMs": 500}
+    page.goto(widget_page(harness, "stay", ["r1"], fast))
     page.wait_for_function("window.completed.length === 1")
     page.click('[data-bf-action="stay"]')
-    time.sleep(2.5)
+    time.sleep(1.2)  # more than twice the redirect delay
     assert page.url.endswith("/page/stay")
     # An already finished job (a reload, or the back button) never sends the user away again.
     done = make_status("r2", status="completed", redirect_url="/page/back")
-    page.goto(static_page(harness, "reloaded", done))
-    time.sleep(2.5)
+    page.goto(static_page(harness, "reloaded", done, config=fast))
+    time.sleep(1.2)
     assert page.url.endswith("/page/reloaded")
     assert job_root(page).locator('[data-bf="back"]').is_visible()
 
@@ -674,7 +684,8 @@ def test_jobs_list_keeps_running_rows_live(harness, page, shot):
         + row.format(id="done", t="true")
         + "</tbody></table></div>"
     )
-    page.goto(harness.page("list", table))
+    fast = configure({"rowPollMs": 200, "rowDelayMs": 50})
+    page.goto(harness.page("list", table, fast))
     live = page.locator('tr:has(a[href="/jobs/live"])')
     page.wait_for_function(
         "document.querySelector('tbody tr').dataset.terminal === 'true'",
@@ -685,7 +696,7 @@ def test_jobs_list_keeps_running_rows_live(harness, page, shot):
     assert live.locator('[data-bf="good"]').inner_text() == "30"
     assert live.locator('[data-bf="duration"]').inner_text() == "3 min 20 s"
     polls = len(harness.requests_to("/jobs/live/status"))
-    time.sleep(2.5)
+    time.sleep(1.0)  # five row poll intervals
     assert len(harness.requests_to("/jobs/live/status")) == polls, "terminal rows stop polling"
     assert not harness.requests_to("/jobs/done/status"), "rows that were terminal are never polled"
     shot(page, "list-fake")
@@ -735,7 +746,8 @@ def test_only_three_event_streams_at_once_the_rest_poll(harness, page):
     ]
     page.goto(widget_page(harness, "budget", ids))
     page.wait_for_function("Object.values(window.seen).every((s) => s.length >= 1)")
-    time.sleep(0.5)
+    wait_for(lambda: sum(j.sse_connections for j in jobs) >= 3, timeout=5)
+    time.sleep(0.2)  # a fourth stream, if one were opened, would show by now
     assert sum(j.sse_connections for j in jobs) == 3, "browsers allow ~6 connections per host"
     assert sum(1 for j in jobs if j.polls) >= 2
     for i, job in zip(ids, jobs, strict=True):
@@ -752,18 +764,18 @@ def test_stop_ends_the_updates_of_one_view(harness, page):
     )
     assert last == 1
     job.push(make_status("j1", total=10, processed=5, good=5))
-    time.sleep(1.5)
+    time.sleep(0.6)  # a live stream delivers a push within milliseconds
     assert page.evaluate("window.seen.j1.length") == 1
     assert job_root(page, "j1").locator('[data-bf="percent"]').inner_text() == "10%"
 
 
-@pytest.mark.slow
 def test_a_silent_event_stream_is_backed_up_by_a_slow_poll(harness, page):
-    # Connected but silent (a proxy that buffers the stream): a poll every 15 s still gets through.
+    # Connected but silent (a proxy that buffers the stream): the slow safety poll (every 15 s by
+    # default; 0.5 s here) still gets through.
     job = harness.add_job(
         "j1", [make_status("j1", status="completed", total=10, processed=10)], sse="hang"
     )
-    page.goto(widget_page(harness, "silent", ["j1"]))
+    page.goto(widget_page(harness, "silent", ["j1"], {"safetyPollMs": 500}))
     page.wait_for_function("window.completed.length === 1", timeout=20_000)
     assert job.sse_connections == 1 and job.polls == 1
 
@@ -788,3 +800,21 @@ def test_retry_after_the_end_opens_the_new_job(harness, page):
     with page.expect_navigation():
         retry.click()
     assert page.url.endswith("/jobs/j2")
+
+
+def test_timings_are_settings(harness, page):
+    """batchflow.configure() and the script tag's data-batchflow-config set the timings; a setting
+    that does not exist is an error, not silently ignored."""
+    html = """<!doctype html><html><head><title>t</title></head><body>
+<script>window.batchflowConfig = {"rowPollMs": 700};</script>
+<script src="/static/batchflow/batchflow.js" data-batchflow-config='{"pollMs": 250}'></script>
+</body></html>"""
+    page.goto(harness.raw_page("settings", html))
+    settings = page.evaluate("batchflow.configure()")
+    assert (settings["pollMs"], settings["rowPollMs"]) == (250, 700)
+    assert settings["safetyPollMs"] == 15000 and settings["sseRetryMs"] == 30000  # the defaults
+    assert page.evaluate("batchflow.configure({safetyPollMs: 40}).safetyPollMs") == 40
+    error = page.evaluate(
+        "(() => { try { batchflow.configure({pollMS: 1}); } catch (e) { return e.message; } })()"
+    )
+    assert "unknown setting pollMS" in error
