@@ -296,7 +296,8 @@ def status_view(status: Mapping[str, Any]) -> dict[str, Any]:
     text = {
         "title": title,
         "badge": state_word(state),
-        "status": "" if terminal else label,
+        # The line under the title, unless it would only repeat the badge ("Running").
+        "status": "" if terminal or label == state_word(state) else label,
         "phase": phase,
         "percent": percent,
         "bar": phase + (f" ({percent})" if percent else ""),
