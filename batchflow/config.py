@@ -34,6 +34,7 @@ DEFAULTS: dict[str, Any] = {
     "BATCHFLOW_MAX_IDS": 100_000,
     "BATCHFLOW_MAX_BODY": 16 * 1024 * 1024,
     "BATCHFLOW_PROGRESS_INTERVAL": 0.25,
+    "BATCHFLOW_CHECKPOINT_INTERVAL": 0.1,
 }
 
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -61,6 +62,7 @@ class Settings:
     max_ids: int
     max_body: int
     progress_interval: float
+    checkpoint_interval: float
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any] | None = None) -> Settings:
@@ -114,6 +116,7 @@ class Settings:
             max_ids=number("BATCHFLOW_MAX_IDS", int, 1),
             max_body=number("BATCHFLOW_MAX_BODY", int, 1024),
             progress_interval=number("BATCHFLOW_PROGRESS_INTERVAL", float, 0.01),
+            checkpoint_interval=number("BATCHFLOW_CHECKPOINT_INTERVAL", float, 0.01),
         )
         if settings.batch_min > settings.batch_max:
             raise ConfigurationError("BATCHFLOW_BATCH_MIN must not exceed BATCHFLOW_BATCH_MAX.")

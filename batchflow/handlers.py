@@ -255,25 +255,26 @@ class ItemsJob(Handler):
                 if result is not None:
                     job.record_result(item_id, result)
                 job.good()
+            job.checkpoint()
         total = job.total or 0
         if not job.items or job.units_processed >= total:
             job.complete()
         return None
 
     def undo_job(self, job: Job, batch_size: int) -> StepResult:
-        undone, failed = 0, []
         for index, item_id in enumerate(job.items):
             if job.lease_lost:
                 return None
             if job.item_was_bad(index):
-                continue
-            try:
-                self.undo(item_id, job)
-            except Exception as exc:  # noqa: BLE001 - reported in the job's undo errors
-                failed.append([item_id, error_message(exc)])
+                job.record_undone(1, 0, [])  # nothing was changed: nothing to undo
             else:
-                undone += 1
-        job.record_undone(len(job.items), undone, failed)
+                try:
+                    self.undo(item_id, job)
+                except Exception as exc:  # noqa: BLE001 - reported in the job's undo errors
+                    job.record_undone(1, 0, [[item_id, error_message(exc)]])
+                else:
+                    job.record_undone(1, 1, [])
+            job.checkpoint()
         if not job.items or job.undo_position <= 0:
             job.complete()
         return None

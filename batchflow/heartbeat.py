@@ -36,9 +36,10 @@ def worker_id() -> str:
 class _Watched:
     job: Job
     worker: str
-    interval: float
-    live: bool
-    due: float
+    interval: float  # between beats
+    live: bool  # a one-shot job: send all it reported at every beat, and renew every beat
+    due: float  # the next beat
+    renew_due: float  # the lease's next renewal, when a beat has nothing to send
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
 
@@ -64,13 +65,17 @@ class Heartbeat:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._next_wake = 0.0
+        self._busy_until = 0.0
+        self._idle_wait = 0.1
         self._pid: int | None = None
 
     @contextlib.contextmanager
     def watch(self, job: Job, worker: str, interval: float, *, live: bool) -> Iterator[None]:
-        """Keep ``job``'s lease while the block runs; with ``live``, also send what the job
-        reported since the last beat (a one-shot job's progress)."""
-        entry = _Watched(job, worker, interval, live, time.monotonic() + interval)
+        """Keep ``job``'s lease while the block runs, and every ``interval`` commit what the step
+        reported up to its last checkpoint; with ``live``, everything it reported (a one-shot
+        job's progress)."""
+        now = time.monotonic()
+        entry = _Watched(job, worker, interval, live, now + interval, now + self.lease_seconds / 3)
         with self._lock:
             self._watched[id(entry)] = entry
             if self._pid != os.getpid():
@@ -109,8 +114,12 @@ class Heartbeat:
                 upcoming = [e.due for e in self._watched.values()]
                 if upcoming:
                     upcoming.append(self._alive_due)
-                # Sleep until the next beat is due, or until a step due sooner is watched.
-                wait = max(0.005, min(upcoming) - time.monotonic() if upcoming else 5.0)
+                if upcoming:
+                    self._busy_until = time.monotonic() + 1.0
+                # Sleep until the next beat is due, or until a step due sooner is watched. While
+                # steps come and go, keep a short pace rather than being woken for each one.
+                idle = self._idle_wait if time.monotonic() < self._busy_until else 5.0
+                wait = max(0.005, min(upcoming) - time.monotonic() if upcoming else idle)
                 self._next_wake = time.monotonic() + wait
             self._wake.wait(wait)
 
@@ -124,16 +133,26 @@ class Heartbeat:
     def _beat(self, entry: _Watched) -> None:
         with entry.lock:
             job = entry.job
-            payload = job.buffer.drain_live() if entry.live else None
+            drained = job.buffer.drain_live(everything=entry.live)
+            if drained is None and not entry.live and time.monotonic() < entry.renew_due:
+                return  # nothing to commit, and the lease is fresh enough
+            entry.renew_due = time.monotonic() + self.lease_seconds / 3
             now = time.time()
             try:
                 seen = self.store.renew(
-                    job.id, job.seq, entry.worker, now, ms(now + self.lease_seconds), payload
+                    job.id,
+                    job.seq,
+                    entry.worker,
+                    now,
+                    ms(now + self.lease_seconds),
+                    drained[1] if drained else None,
                 )
-            except Exception:  # noqa: BLE001 - a missed beat is retried at the next interval
+            except Exception:  # noqa: BLE001 - retried at the next beat (or sent with the commit)
                 log.warning("heartbeat for job %s failed", job.id, exc_info=True)
                 return
             if seen is None:
                 job.lease.mark_lost()
-            else:
-                job.lease.saw(seen.status, seen.signal)
+                return
+            if drained:
+                job.buffer.confirm(drained[0])
+            job.lease.saw(seen.status, seen.signal)

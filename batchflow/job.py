@@ -37,10 +37,41 @@ class StepResponse:
     data: dict[str, Any] | None = None
 
 
+@dataclasses.dataclass
+class _Report:
+    """Part of a step's report: counter increments, fields set, messages, per-id outcomes."""
+
+    incr: dict[str, int] = dataclasses.field(default_factory=dict)
+    set: dict[str, str] = dataclasses.field(default_factory=dict)
+    messages: list[str] = dataclasses.field(default_factory=list)
+    results: list[list[str]] = dataclasses.field(default_factory=list)
+    errors: list[list[str]] = dataclasses.field(default_factory=list)
+    undo_errors: list[list[str]] = dataclasses.field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return any(dataclasses.astuple(self))
+
+    def absorb(self, other: _Report) -> None:
+        for name, n in other.incr.items():
+            self.incr[name] = self.incr.get(name, 0) + n
+        self.set.update(other.set)
+        self.messages += other.messages
+        self.results += other.results
+        self.errors += other.errors
+        self.undo_errors += other.undo_errors
+
+    def payload(self) -> dict[str, Any]:
+        """As the scripts apply it (see ``_APPLY`` in scripts.py): only the parts with content."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v}
+
+
 class StepBuffer:
     """Everything one step reports, kept apart from the state committed before it.
 
-    Thread-safe: a one-shot job's heartbeat drains it while the handler reports into it.
+    What the step reported up to its last :meth:`checkpoint` is *ready*: a consistent state that
+    the heartbeat may commit while the step goes on (fenced by the lease, like every commit), so
+    that a step run again after its worker died resumes from there. The rest is committed when
+    the step returns. Thread-safe: the heartbeat drains it while the handler reports into it.
 
     :param committed: the job hash as the step claimed it.
     """
@@ -48,12 +79,13 @@ class StepBuffer:
     def __init__(self, committed: Mapping[str, str]) -> None:
         self._committed = dict(committed)
         self._data_before = committed.get(F.DATA) or "{}"
-        self._incr: dict[str, int] = {}
-        self._set: dict[str, str] = {}
-        self._messages: list[str] = []
-        self._results: list[list[str]] = []
-        self._errors: list[list[str]] = []
-        self._undo_errors: list[list[str]] = []
+        self._ready = _Report()
+        self._pending = _Report()
+        # A checkpoint sent but not known to be applied: (its number, its payload). RENEW and
+        # COMMIT apply a numbered checkpoint once (the job's `checkpoints` field), so it can be
+        # sent again after an error without counting twice.
+        self._unconfirmed: tuple[int, dict[str, Any]] | None = None
+        self._numbered = as_int(committed.get(F.CHECKPOINTS))
         self._lock = threading.Lock()
         #: How the step said the job (or its undo) ends, if it did.
         self.ending: Status | None = None
@@ -63,43 +95,48 @@ class StepBuffer:
     # -- reading -----------------------------------------------------------------------------
 
     def committed(self, name: str) -> str | None:
-        """A field as of the last commit (or the last live report of a one-shot job)."""
+        """A field as of the last commit (or the last checkpoint or live report committed)."""
         return self._committed.get(name)
 
     def value(self, name: str) -> str | None:
         """A field as this step leaves it: what it set, else the committed value."""
         with self._lock:
-            if name in self._set:
-                return self._set[name]
+            for report in (self._pending, self._ready):
+                if name in report.set:
+                    return report.set[name]
         return self._committed.get(name)
 
     def count(self, name: str) -> int:
         """A counter, this step's increments included."""
         with self._lock:
-            return as_int(self._committed.get(name)) + self._incr.get(name, 0)
+            mine = self._ready.incr.get(name, 0) + self._pending.incr.get(name, 0)
+            return as_int(self._committed.get(name)) + mine
 
     # -- recording ---------------------------------------------------------------------------
 
     def incr(self, name: str, n: int) -> None:
         with self._lock:
-            self._incr[name] = self._incr.get(name, 0) + n
+            self._pending.incr[name] = self._pending.incr.get(name, 0) + n
 
     def set(self, name: str, value: Any) -> None:
         with self._lock:
-            self._set[name] = "" if value is None else str(value)
+            self._pending.set[name] = "" if value is None else str(value)
 
     def add_message(self, text: str) -> None:
         with self._lock:
-            self._messages.append(text)
+            self._pending.messages.append(text)
 
     def add_result(self, item_id: str, result_json: str) -> None:
-        self._results.append([item_id, result_json])
+        with self._lock:
+            self._pending.results.append([item_id, result_json])
 
     def add_error(self, item_id: str, message: str) -> None:
-        self._errors.append([item_id, message])
+        with self._lock:
+            self._pending.errors.append([item_id, message])
 
     def add_undo_errors(self, failed: list[list[str]]) -> None:
-        self._undo_errors.extend(failed)
+        with self._lock:
+            self._pending.undo_errors.extend(failed)
 
     def end(self, status: Status, error: str | None = None) -> None:
         """Say that the job ends with ``status`` after this step."""
@@ -110,50 +147,60 @@ class StepBuffer:
     def defer(self, seconds: float) -> None:
         self.deferred = max(self.deferred, seconds)
 
+    def checkpoint(self, data: dict[str, Any]) -> None:
+        """Mark what was reported so far (and ``data``) as a consistent state to commit."""
+        data_json = json.dumps(data, default=str)
+        with self._lock:
+            self._ready.absorb(self._pending)
+            self._pending = _Report()
+            if data_json != self._data_before:
+                self._ready.set[F.DATA] = data_json
+                self._data_before = data_json
+
     # -- handing over ------------------------------------------------------------------------
 
-    def drain_live(self) -> dict[str, Any] | None:
-        """Take what a one-shot job reported since the last heartbeat, as a payload for RENEW;
-        it counts as committed from now on. None if nothing was reported."""
+    def drain_live(self, *, everything: bool = False) -> tuple[int, dict[str, Any]] | None:
+        """Take what is ready to commit before the step ends (with ``everything``, all that was
+        reported: a one-shot job's live progress), as a numbered payload for RENEW; it counts as
+        committed from now on. A payload not yet :meth:`confirm`-ed is returned again until it
+        is. None if there is nothing."""
         with self._lock:
-            if not (self._incr or self._messages or self._set):
+            if self._unconfirmed is not None:
+                return self._unconfirmed
+            if everything:
+                self._ready.absorb(self._pending)
+                self._pending = _Report()
+            ready, self._ready = self._ready, _Report()
+            if not ready:
                 return None
-            payload: dict[str, Any] = {}
-            if self._incr:
-                payload["incr"] = self._incr
-                for name, n in self._incr.items():
-                    self._committed[name] = str(as_int(self._committed.get(name)) + n)
-            if self._set:
-                payload["set"] = self._set
-                self._committed.update(self._set)
-            if self._messages:
-                payload["messages"] = self._messages
-            self._incr, self._set, self._messages = {}, {}, []
-            return payload
+            for name, n in ready.incr.items():
+                self._committed[name] = str(as_int(self._committed.get(name)) + n)
+            self._committed.update(ready.set)
+            self._numbered += 1
+            self._unconfirmed = (self._numbered, {**ready.payload(), "checkpoint": self._numbered})
+            return self._unconfirmed
+
+    def confirm(self, number: int) -> None:
+        """RENEW applied checkpoint ``number``."""
+        with self._lock:
+            if self._unconfirmed is not None and self._unconfirmed[0] == number:
+                self._unconfirmed = None
 
     def payload(self, data: dict[str, Any], updates: Mapping[str, Any]) -> dict[str, Any]:
         """The buffer as COMMIT applies it: counters, fields (``data`` if it changed, then the
         engine's ``updates``), results, errors and messages of this step."""
+        data_json = json.dumps(data, default=str)
         with self._lock:
-            fields = dict(self._set)
-            data_json = json.dumps(data, default=str)
+            report = _Report()
+            report.absorb(self._ready)
+            report.absorb(self._pending)
             if data_json != self._data_before:
-                fields[F.DATA] = data_json
+                report.set[F.DATA] = data_json
             for key, value in updates.items():
-                fields[key] = "" if value is None else str(value)
-            payload: dict[str, Any] = {}
-            if self._incr:
-                payload["incr"] = dict(self._incr)
-            if fields:
-                payload["set"] = fields
-            for key, value in (
-                ("messages", self._messages),
-                ("results", self._results),
-                ("errors", self._errors),
-                ("undo_errors", self._undo_errors),
-            ):
-                if value:
-                    payload[key] = value
+                report.set[key] = "" if value is None else str(value)
+            payload = report.payload()
+            if self._unconfirmed is not None:
+                payload["unconfirmed"] = self._unconfirmed[1]
             return payload
 
 
@@ -314,6 +361,15 @@ class Job:
     def respond(self, data: dict[str, Any]) -> None:
         """Data for the page, shown as ``response`` in the status JSON (see StepResponse)."""
         self.buffer.set(F.RESPONSE, json.dumps(data, default=str))
+
+    def checkpoint(self) -> None:
+        """Say that what this step reported so far is a consistent state (every unit reported
+        is done, every unit done is reported, ``job.data`` matches). The heartbeat commits it
+        every ``BATCHFLOW_CHECKPOINT_INTERVAL`` while the step goes on, so that a step run again
+        after its worker died resumes from there instead of repeating the whole step.
+        ``ItemsJob`` calls it after every id; a handler of another kind may call it between
+        units."""
+        self.buffer.checkpoint(self.data)
 
     def complete(self, message: str | None = None) -> None:
         """End the job successfully after this step (while undoing: the undo is finished)."""

@@ -156,6 +156,7 @@ class F:
     STALLED = "stalled"  # "1": failed because its worker kept dying
     RESTARTED = "restarted"  # "1": a one-shot job started again after its worker was lost
     CLEANED = "cleaned"  # "1": cleanup_job ran
+    CHECKPOINTS = "checkpoints"  # the number of the last checkpoint applied (RENEW, COMMIT)
     # What the job shows.
     MESSAGE = "message"  # the latest message
     ERROR = "error"
@@ -220,6 +221,7 @@ def initial_fields(
         F.ATTEMPTS: 0,
         F.RECOVERIES: 0,
         F.CAREFUL_UNTIL: 0,
+        F.CHECKPOINTS: 0,
         F.LEASE_OWNER: "",
         F.LEASE_UNTIL: first_deadline_ms,
         F.BATCH_SIZE: batch_size,

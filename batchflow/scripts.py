@@ -14,7 +14,8 @@ _PRELUDE = f"local TERMINAL = {LUA_TERMINAL}\n"
 
 # The status update shared by COMMIT, RENEW and SIGNAL. `p` is the decoded payload:
 #   incr: {field: delta}, set: {field: value}, messages: [text], results: [[id, json]],
-#   errors: [[id, message]], undo_errors: [[id, message]].
+#   errors: [[id, message]], undo_errors: [[id, message]]; checkpoint: its number (RENEW), or
+#   unconfirmed: a numbered checkpoint to apply once (COMMIT).
 _APPLY = (
     _PRELUDE
     + """
@@ -29,6 +30,23 @@ local function apply(job, msgs, p, now, cap)
     redis.call('LTRIM', msgs, -tonumber(cap), -1)
   end
   redis.call('HSET', job, 'updated_at', now)
+end
+
+-- Per-id outcomes into their hashes (results, errors, undo errors).
+local function apply_outcomes(p, results, errors, undo_errors)
+  if p.results then for _, r in ipairs(p.results) do redis.call('HSET', results, r[1], r[2]) end end
+  if p.errors then for _, e in ipairs(p.errors) do redis.call('HSET', errors, e[1], e[2]) end end
+  if p.undo_errors then
+    for _, e in ipairs(p.undo_errors) do redis.call('HSET', undo_errors, e[1], e[2]) end
+  end
+end
+
+-- Whether numbered checkpoint `p` was applied already (and if not, record that it is now).
+local function applied(job, p)
+  if not p.checkpoint then return false end
+  if (tonumber(redis.call('HGET', job, 'checkpoints')) or 0) >= p.checkpoint then return true end
+  redis.call('HSET', job, 'checkpoints', p.checkpoint)
+  return false
 end
 
 local function publish(job, msgs, channel, shown)
@@ -141,12 +159,13 @@ if new_status == 'paused' and f[3] == 'running' and f[4] ~= 'pause' then
   p.set.status = nil
   p.messages = nil
 end
-apply(job, KEYS[6], p, ARGV[3], ARGV[8])
-if p.results then for _, r in ipairs(p.results) do redis.call('HSET', KEYS[3], r[1], r[2]) end end
-if p.errors then for _, e in ipairs(p.errors) do redis.call('HSET', KEYS[4], e[1], e[2]) end end
-if p.undo_errors then
-  for _, e in ipairs(p.undo_errors) do redis.call('HSET', KEYS[5], e[1], e[2]) end
+if p.unconfirmed and not applied(job, p.unconfirmed) then
+  -- A checkpoint the heartbeat sent without learning whether it was applied: apply it once.
+  apply(job, KEYS[6], p.unconfirmed, ARGV[3], ARGV[8])
+  apply_outcomes(p.unconfirmed, KEYS[3], KEYS[4], KEYS[5])
 end
+apply(job, KEYS[6], p, ARGV[3], ARGV[8])
+apply_outcomes(p, KEYS[3], KEYS[4], KEYS[5])
 local seq = redis.call('HINCRBY', job, 'seq', 1)
 redis.call('HSET', job, 'attempts', 0, 'lease_owner', '', 'lease_until', ARGV[5])
 local status = redis.call('HGET', job, 'status')
@@ -165,19 +184,25 @@ return {'ok', seq, status}
 RENEW = (
     _APPLY
     + """
--- KEYS[1] = job hash, KEYS[2] = messages list
+-- KEYS[1] = job hash, KEYS[2] = messages list, KEYS[3] = results hash, KEYS[4] = errors hash,
+-- KEYS[5] = undo errors hash
 -- ARGV[1] = seq, ARGV[2] = worker id, ARGV[3] = now (s), ARGV[4] = payload (JSON, '' = none),
 -- ARGV[5] = new lease expiry (ms), ARGV[6] = channel, ARGV[7] = messages kept,
 -- ARGV[8] = messages shown in an event
--- Renews a running step's lease (the heartbeat), applies its live progress (one-shot jobs report
--- as they go) or marks it as the step that ends the job (`ending`).
+-- Renews a running step's lease (the heartbeat), and applies what the step reported up to its
+-- last checkpoint (or a one-shot job's live progress), or marks it as the step that ends the job
+-- (`ending`): fenced like COMMIT, but `seq` stays, for the step goes on.
 -- Returns {'ok', status, signal} or {'lost'}.
 local job = KEYS[1]
 local f = redis.call('HMGET', job, 'seq', 'lease_owner', 'status', 'signal')
 if not f[1] or tonumber(f[1]) ~= tonumber(ARGV[1]) or f[2] ~= ARGV[2] then return {'lost'} end
 redis.call('HSET', job, 'lease_until', ARGV[5])
 if ARGV[4] ~= '' then
-  apply(job, KEYS[2], cjson.decode(ARGV[4]), ARGV[3], ARGV[7])
+  local p = cjson.decode(ARGV[4])
+  if not applied(job, p) then
+    apply(job, KEYS[2], p, ARGV[3], ARGV[7])
+    apply_outcomes(p, KEYS[3], KEYS[4], KEYS[5])
+  end
   publish(job, KEYS[2], ARGV[6], tonumber(ARGV[8]))
 end
 return {'ok', f[3], f[4]}

@@ -115,7 +115,7 @@ class StepRunner:
         live = fields.get(F.KIND) == Kind.TASK and phase == Phase.RUN
         job = Job(fields, items=claim.ids, bad_flags=claim.bad_flags, files_dir=s.files_dir)
         started = time.monotonic()
-        interval = s.progress_interval if live else s.lease_seconds / 3
+        interval = s.progress_interval if live else s.checkpoint_interval
         spec = self.registry.find(job.handler)
         with self.heartbeat.watch(job, worker, interval, live=live):
             updates = self._advance(spec, job)

@@ -329,7 +329,13 @@ class Store:
         this step ends the job) with it; what it saw of the job, or None if the lease is lost."""
         k = self.keys
         reply = self._renew(
-            keys=[k.job(job_id), k.messages(job_id)],
+            keys=[
+                k.job(job_id),
+                k.messages(job_id),
+                k.results(job_id),
+                k.errors(job_id),
+                k.undo_errors(job_id),
+            ],
             args=[
                 seq,
                 worker,

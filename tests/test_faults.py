@@ -427,6 +427,31 @@ def test_sigkill_mid_item_step_every_id_has_exactly_one_committed_outcome(engine
     calls = {k: int(v) for k, v in side.hgetall(f"{prefix}:calls").items()}
     assert calls["i12345"] == 2 and sum(calls.values()) == 20_000 + len(twice) + 1
     measured("sigkill prefork child mid item", commit_time(prefix, job_id, cut) - hit["t"])
+    measured("ids changed twice by that sigkill", len(twice))
+
+
+@pytest.mark.slow
+def test_a_sigkill_repeats_about_one_checkpoint_interval_of_work(workers, prefix, files_dir):
+    """Ids that take 2 ms each, steps of 500 ids (about a second): a pool child killed 0.8 s
+    into a step. The step's progress was committed every BATCHFLOW_CHECKPOINT_INTERVAL (0.1 s)
+    while it ran, so the step run again repeats only the ids after the last checkpoint (without
+    checkpoints: all 400 ids the step had changed, 0.8 s of work)."""
+    # Steps of exactly 500 ids (about a second): the kill at i01400 comes 0.8 s into one.
+    config = fault_config(prefix, files_dir, BATCHFLOW_BATCH_MIN=500, BATCHFLOW_BATCH_INITIAL=500)
+    engine = make_engine(config, prefix)
+    ids = [f"i{n:05d}" for n in range(2000)]
+    workers.start(config, pool="prefork")
+    arm(prefix, "change", action="kill", left=1, item="i01400")
+    job_id = engine.start("f-items", owner="a", ids=ids, params={"prefix": prefix, "sleep": 0.002})
+    fired(prefix, "change")
+    state = terminal(engine, job_id, timeout=90)
+    assert (state.count("good"), state.count("processed")) == (2000, 2000)
+    changed = {k: int(v) for k, v in side.hgetall(f"{prefix}:changed").items()}
+    assert set(changed) == set(ids) and max(changed.values()) <= 2
+    repeated = sorted(k for k, v in changed.items() if v == 2)
+    measured("work repeated by a sigkill mid step (2 ms ids)", len(repeated) * 0.002)
+    assert len(repeated) * 0.002 <= 0.25, repeated  # about one checkpoint interval, not a step
+    assert_one_chain(prefix, job_id, state, cut={records(prefix, "fired:change")[0]["seq"]})
 
 
 #: Takeover at the default settings: a step whose worker died runs again within this.
