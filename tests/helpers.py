@@ -37,8 +37,21 @@ def make_config(prefix: str, files_dir: str, **overrides: Any) -> dict[str, Any]
     return config
 
 
+#: Seconds a worker's BRPOP waits for a message before its event loop goes round again. Kombu's
+#: default is 1 s, and a worker notices it was asked to stop only between two rounds: at 0.1 s a
+#: test's worker stops in about 0.1 s instead of about 1 s (ten idle BRPOPs a second, per worker).
+BROKER_POLL = 0.1
+
+
 def broker_options(prefix: str) -> dict[str, Any]:
-    return {"broker_transport_options": {"global_keyprefix": f"{prefix}:broker:"}}
+    """Celery settings for a test's app: its broker keys under the test's prefix, and a worker
+    that stops quickly (:data:`BROKER_POLL`)."""
+    return {
+        "broker_transport_options": {
+            "global_keyprefix": f"{prefix}:broker:",
+            "polling_interval": BROKER_POLL,
+        }
+    }
 
 
 class ListDispatcher:

@@ -62,6 +62,7 @@ def __getattr__(name: str) -> Any:
         from batchflow import Engine, Settings
         from batchflow.store import Store
         from batchflow.tasks import make_celery
+        from tests.helpers import broker_options
 
         settings = Settings.from_mapping()
         engine = Engine(
@@ -70,9 +71,6 @@ def __getattr__(name: str) -> Any:
         _app = make_celery(
             engine,
             main="batchflow-load",
-            config={
-                "broker_transport_options": {"global_keyprefix": f"{settings.key_prefix}:broker:"},
-                "worker_send_task_events": False,
-            },
+            config={**broker_options(settings.key_prefix), "worker_send_task_events": False},
         )
     return _app
