@@ -93,6 +93,14 @@ def wait_terminal(engine: Engine, job_id: str, timeout: float = 30.0) -> Any:
     return wait_for(lambda: (s := engine.state(job_id)).status.terminal and s, timeout=timeout)
 
 
+def worker_went_round(engine: Engine, timeout: float = 30.0) -> None:
+    """Wait for proof that the test's worker had its chance to run anything already sent to it:
+    a job started now runs to its end (its steps queue behind every earlier message). Use it
+    instead of a fixed sleep before asserting that nothing (more) happened."""
+    probe = engine.start("count", owner="went-round", params={"n": 1})
+    assert wait_terminal(engine, probe, timeout=timeout).status.value == "completed"
+
+
 class WorkerProcess:
     """A real ``celery worker`` subprocess on the test's prefix, that a test can kill.
 
