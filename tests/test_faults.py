@@ -30,6 +30,7 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -245,6 +246,101 @@ def workers(config: dict[str, Any]) -> Iterator[Workers]:
         yield started
     finally:
         started.close()
+
+
+class SharedWorker:
+    """One solo fault worker on a key prefix of its own, shared by the tests of a module that need
+    only a live worker and kill nothing (starting a worker costs about 0.6 s).
+
+    Each test still starts from nothing: :meth:`reset`, after every test, disarms every fault
+    point, stops whatever the test left running (releasing any step blocked at a gate), and deletes
+    every key of the prefix but the broker's; a worker that does not come back to idle is killed,
+    and :meth:`ensure` starts a new one for the next test.
+    """
+
+    def __init__(self, prefix: str, files_dir: str) -> None:
+        self.prefix = prefix
+        self.config = fault_config(prefix, files_dir)
+        self.workers = Workers(self.config)
+        self.worker: FaultWorker | None = None
+
+    def ensure(self) -> FaultWorker:
+        if self.worker is None or not self.worker.alive():
+            self.worker = self.workers.start()
+        return self.worker
+
+    def reset(self) -> None:
+        engine = make_engine(self.config, self.prefix)
+        for key in side.scan_iter(match=f"{self.prefix}:fault:*"):
+            side.delete(key)
+
+        def idle() -> bool:
+            left = [job for job, status, _ in engine.store.active_jobs() if status]
+            for job_id in left:
+                with contextlib.suppress(Exception):
+                    engine.request(job_id, "stop")
+            for point in FAULT_POINTS:
+                side.rpush(f"{self.prefix}:gate:{point}", "go")
+            return all(engine.state(job_id).status.terminal for job_id in left)
+
+        try:
+            wait_for(idle, timeout=30, interval=0.2)
+        except AssertionError:
+            if self.worker is not None:
+                self.worker.kill()
+        keep = (f"{self.prefix}:broker:", f"{self.prefix}:ready")
+        stale = [k for k in side.scan_iter(match=f"{self.prefix}:*") if not k.startswith(keep)]
+        for i in range(0, len(stale), 500):
+            side.unlink(*stale[i : i + 500])
+
+    def close(self) -> None:
+        self.workers.close()
+        stale = list(side.scan_iter(match=f"{self.prefix}:*"))
+        for i in range(0, len(stale), 500):
+            side.unlink(*stale[i : i + 500])
+
+
+#: Every point a test can arm (tests/fault_handlers.py).
+FAULT_POINTS = (
+    "claimed",
+    "create",
+    "step",
+    "before-write",
+    "written",
+    "change",
+    "commit",
+    "enqueue",
+    "run",
+)
+
+
+@pytest.fixture(scope="module")
+def shared_worker(tmp_path_factory: Any) -> Iterator[SharedWorker]:
+    shared = SharedWorker(f"bft-{uuid.uuid4().hex[:12]}", str(tmp_path_factory.mktemp("files")))
+    try:
+        yield shared
+    finally:
+        shared.close()
+
+
+class OnASharedWorker:
+    """Base of the test classes whose tests run on the module's :class:`SharedWorker`: their
+    ``prefix`` and ``config`` are the shared worker's, and ``live_worker`` is that worker, ready."""
+
+    @pytest.fixture
+    def prefix(self, shared_worker: SharedWorker) -> str:
+        return shared_worker.prefix
+
+    @pytest.fixture
+    def config(self, shared_worker: SharedWorker) -> dict[str, Any]:
+        return shared_worker.config
+
+    @pytest.fixture
+    def live_worker(self, shared_worker: SharedWorker) -> Iterator[FaultWorker]:
+        try:
+            yield shared_worker.ensure()
+        finally:
+            shared_worker.reset()
 
 
 def records(prefix: str, name: str, job_id: str | None = None) -> list[dict[str, Any]]:
@@ -792,24 +888,6 @@ def test_a_step_slower_than_the_lease_is_kept_alive_and_never_run_twice(engine, 
     assert len(units) == 4 and len({u.split(":")[0] for u in units}) == 1  # one run, one process
 
 
-def test_an_id_that_always_raises_is_recorded_bad_once_and_the_job_goes_on(engine, workers, prefix):
-    workers.start()
-    ids = [str(n) for n in range(500)]
-    ids[237] = "raise-237"
-    job_id = engine.start("f-items", owner="a", ids=ids, params={"prefix": prefix})
-    state = terminal(engine, job_id)
-    d = state.to_dict()
-    assert (d["status"], d["outcome"]) == ("completed", "completed_with_failures")
-    assert (d["good"], d["bad"], d["skipped"], d["processed"]) == (499, 1, 0, 500)
-    errors = dict(engine.store.iter_hash(job_id, "errors"))
-    assert errors == {"raise-237": "cannot change raise-237"}
-    results = dict(engine.store.iter_hash(job_id, "results"))
-    assert set(results) == set(ids) - {"raise-237"}
-    calls = {k: int(v) for k, v in side.hgetall(f"{prefix}:calls").items()}
-    assert calls == {i: 1 for i in ids}  # no redelivery loop: the bad id was tried once
-    assert_one_chain(prefix, job_id, state)
-
-
 @pytest.mark.slow
 def test_a_poison_id_that_kills_its_worker_every_time_is_recorded_bad(engine, workers, prefix):
     max_attempts = engine.settings.max_attempts
@@ -840,21 +918,43 @@ def test_a_poison_id_that_kills_its_worker_every_time_is_recorded_bad(engine, wo
     assert set(changed) == set(ids) - {"poison"}
 
 
-@pytest.mark.slow
-def test_a_handler_that_raises_in_create_job_fails_the_job_once(engine, workers, prefix):
-    workers.start()
-    job_id = engine.start("f-create", owner="a", params={"prefix": prefix})
-    state = terminal(engine, job_id)
-    d = state.to_dict()
-    assert (d["status"], d["outcome"]) == ("failed", "failed")
-    assert d["error"] == "could not set up: the table is missing"
-    assert side.hgetall(f"{prefix}:hooks:{job_id}") == {"failure": "1", "finish": "1"}
-    # Nothing runs it again: maintenance past every deadline sends nothing, and the worker
-    # went round (a later job ran to its end behind anything sent before).
-    assert maintain_past_every_deadline(engine)["requeued"] == 0
-    worker_went_round(engine)
-    assert len(records(prefix, "ran", job_id)) == 1
-    assert_one_chain(prefix, job_id, engine.state(job_id))
+class TestMisbehavingHandlersOnASharedWorker(OnASharedWorker):
+    """Handlers that raise, on a live worker (which nobody kills)."""
+
+    def test_an_id_that_always_raises_is_recorded_bad_once_and_the_job_goes_on(
+        self, engine, live_worker, prefix
+    ):
+        ids = [str(n) for n in range(500)]
+        ids[237] = "raise-237"
+        job_id = engine.start("f-items", owner="a", ids=ids, params={"prefix": prefix})
+        state = terminal(engine, job_id)
+        d = state.to_dict()
+        assert (d["status"], d["outcome"]) == ("completed", "completed_with_failures")
+        assert (d["good"], d["bad"], d["skipped"], d["processed"]) == (499, 1, 0, 500)
+        errors = dict(engine.store.iter_hash(job_id, "errors"))
+        assert errors == {"raise-237": "cannot change raise-237"}
+        results = dict(engine.store.iter_hash(job_id, "results"))
+        assert set(results) == set(ids) - {"raise-237"}
+        calls = {k: int(v) for k, v in side.hgetall(f"{prefix}:calls").items()}
+        assert calls == {i: 1 for i in ids}  # no redelivery loop: the bad id was tried once
+        assert_one_chain(prefix, job_id, state)
+
+    @pytest.mark.slow
+    def test_a_handler_that_raises_in_create_job_fails_the_job_once(
+        self, engine, live_worker, prefix
+    ):
+        job_id = engine.start("f-create", owner="a", params={"prefix": prefix})
+        state = terminal(engine, job_id)
+        d = state.to_dict()
+        assert (d["status"], d["outcome"]) == ("failed", "failed")
+        assert d["error"] == "could not set up: the table is missing"
+        assert side.hgetall(f"{prefix}:hooks:{job_id}") == {"failure": "1", "finish": "1"}
+        # Nothing runs it again: maintenance past every deadline sends nothing, and the worker
+        # went round (a later job ran to its end behind anything sent before).
+        assert maintain_past_every_deadline(engine)["requeued"] == 0
+        worker_went_round(engine)
+        assert len(records(prefix, "ran", job_id)) == 1
+        assert_one_chain(prefix, job_id, engine.state(job_id))
 
 
 # -- 7. Stop and cancel races ------------------------------------------------------------------
@@ -881,98 +981,102 @@ def test_stop_or_cancel_before_the_first_step_runs_nothing(engine, workers, pref
     assert_one_chain(prefix, job_id, state)
 
 
-@pytest.mark.parametrize("what", ["stop", "cancel"])
-def test_stop_or_cancel_mid_step_lets_only_the_step_in_flight_finish(engine, workers, prefix, what):
-    workers.start()
-    arm(prefix, "change", action="block", left=1, item="s0055")  # inside seq 6
-    job_id = engine.start("f-fixed", owner="a", ids=IDS, params={"prefix": prefix})
-    (hit,) = fired(prefix, "change")
-    assert hit["seq"] == 6
-    asked = engine.request(job_id, what)
-    assert asked.status.value == ("stopping" if what == "stop" else "canceling")
-    engine.request(job_id, what)  # twice
-    release(prefix, "change")
-    state = terminal(engine, job_id)
-    d = state.to_dict()
-    assert_one_chain(prefix, job_id, state)
-    bodies = [r["seq"] for r in records(prefix, "ran", job_id)]
-    assert max(bodies) == 6  # no handler body after the stop except the one in flight
-    assert changed_ids(prefix) == {i: 1 for i in IDS[:60]}  # exactly the ids of steps 1-6
-    if what == "stop":
-        assert (d["status"], d["processed"], d["good"], d["skipped"]) == ("stopped", 60, 60, 140)
-        assert d["good"] + d["bad"] + d["skipped"] == d["total"]
-        assert set(dict(engine.store.iter_hash(job_id, "results"))) == set(IDS[:60])
-    else:
-        assert (d["status"], d["undone"], d["undo_failed"]) == ("canceled", 60, 0)
-        undone = {k: int(v) for k, v in side.hgetall(f"{prefix}:undone").items()}
-        assert undone == {i: 1 for i in IDS[:60]}  # every change undone exactly once
+class TestStopAndCancelRacesOnASharedWorker(OnASharedWorker):
+    """Stop, cancel, pause and resume racing the steps of a live worker (which nobody kills)."""
 
+    @pytest.mark.parametrize("what", ["stop", "cancel"])
+    def test_stop_or_cancel_mid_step_lets_only_the_step_in_flight_finish(
+        self, engine, live_worker, prefix, what
+    ):
+        arm(prefix, "change", action="block", left=1, item="s0055")  # inside seq 6
+        job_id = engine.start("f-fixed", owner="a", ids=IDS, params={"prefix": prefix})
+        (hit,) = fired(prefix, "change")
+        assert hit["seq"] == 6
+        asked = engine.request(job_id, what)
+        assert asked.status.value == ("stopping" if what == "stop" else "canceling")
+        engine.request(job_id, what)  # twice
+        release(prefix, "change")
+        state = terminal(engine, job_id)
+        d = state.to_dict()
+        assert_one_chain(prefix, job_id, state)
+        bodies = [r["seq"] for r in records(prefix, "ran", job_id)]
+        assert max(bodies) == 6  # no handler body after the stop except the one in flight
+        assert changed_ids(prefix) == {i: 1 for i in IDS[:60]}  # exactly the ids of steps 1-6
+        if what == "stop":
+            counts = (d["status"], d["processed"], d["good"], d["skipped"])
+            assert counts == ("stopped", 60, 60, 140)
+            assert d["good"] + d["bad"] + d["skipped"] == d["total"]
+            assert set(dict(engine.store.iter_hash(job_id, "results"))) == set(IDS[:60])
+        else:
+            assert (d["status"], d["undone"], d["undo_failed"]) == ("canceled", 60, 0)
+            undone = {k: int(v) for k, v in side.hgetall(f"{prefix}:undone").items()}
+            assert undone == {i: 1 for i in IDS[:60]}  # every change undone exactly once
 
-@pytest.mark.parametrize("what", ["stop", "cancel"])
-def test_stop_or_cancel_during_and_after_the_last_step(engine, workers, prefix, what):
-    from batchflow import InvalidTransition
+    @pytest.mark.parametrize("what", ["stop", "cancel"])
+    def test_stop_or_cancel_during_and_after_the_last_step(self, engine, live_worker, prefix, what):
+        from batchflow import InvalidTransition
 
-    workers.start()
-    arm(prefix, "step", action="block", left=1, min_seq=20)  # seq 20 is the last: ids 190-199
-    job_id = engine.start("f-fixed", owner="a", ids=IDS, params={"prefix": prefix})
-    (hit,) = fired(prefix, "step")
-    assert hit["seq"] == 20
-    engine.request(job_id, what)
-    release(prefix, "step")
-    state = terminal(engine, job_id)
-    d = state.to_dict()
-    hooks = side.hgetall(f"{prefix}:hooks:{job_id}")
-    if what == "stop":
-        # The last step finished the work before any step could answer the stop: all done.
+        arm(prefix, "step", action="block", left=1, min_seq=20)  # seq 20 is the last: ids 190-199
+        job_id = engine.start("f-fixed", owner="a", ids=IDS, params={"prefix": prefix})
+        (hit,) = fired(prefix, "step")
+        assert hit["seq"] == 20
+        engine.request(job_id, what)
+        release(prefix, "step")
+        state = terminal(engine, job_id)
+        d = state.to_dict()
+        hooks = side.hgetall(f"{prefix}:hooks:{job_id}")
+        if what == "stop":
+            # The last step finished the work before any step could answer the stop: all done.
+            assert (d["status"], d["good"], d["skipped"]) == ("completed", 200, 0)
+            assert hooks == {"complete": "1", "finish": "1"}
+        else:
+            # A cancel wins over the step's own ending: everything done is undone, and the job
+            # never completed, so on_complete never ran; on_finish ran once, at the real end.
+            assert (d["status"], d["undone"]) == ("canceled", 200)
+            assert set(side.hgetall(f"{prefix}:undone").values()) == {"1"}
+            assert hooks == {"finish": "1"}
+        assert changed_ids(prefix) == {i: 1 for i in IDS}
+        assert max(r["seq"] for r in records(prefix, "ran", job_id)) == 20
+        assert_one_chain(prefix, job_id, state)
+        for again in ("stop", "cancel"):  # after the end: a clear refusal, nothing changes
+            with pytest.raises(InvalidTransition, match="already ended"):
+                engine.request(job_id, again)
+        assert engine.state(job_id).fields["seq"] == state.fields["seq"]
+
+    def test_a_resume_that_races_the_step_answering_the_pause_is_not_lost(
+        self, engine, live_worker, prefix
+    ):
+        arm(prefix, "step", action="block", left=1, min_seq=3)
+        job_id = engine.start("f-fixed", owner="a", ids=IDS, params={"prefix": prefix})
+        fired(prefix, "step")
+        engine.request(job_id, "pause")  # step 3 is in flight: step 4 will answer the pause
+        arm(prefix, "commit", action="block", left=1, min_seq=4)
+        release(prefix, "step")
+        (hit,) = fired(prefix, "commit")  # step 4 decided to pause and is about to commit that
+        assert hit["seq"] == 4
+        assert engine.request(job_id, "resume").status is Status.RUNNING  # the user resumes now
+        release(prefix, "commit")
+        state = terminal(engine, job_id, timeout=30)  # a lost resume would leave it paused
+        d = state.to_dict()
         assert (d["status"], d["good"], d["skipped"]) == ("completed", 200, 0)
-        assert hooks == {"complete": "1", "finish": "1"}
-    else:
-        # A cancel wins over the step's own ending: everything done is undone, and the job
-        # never completed, so on_complete never ran; on_finish ran once, at the real end.
-        assert (d["status"], d["undone"]) == ("canceled", 200)
-        assert set(side.hgetall(f"{prefix}:undone").values()) == {"1"}
-        assert hooks == {"finish": "1"}
-    assert changed_ids(prefix) == {i: 1 for i in IDS}
-    assert max(r["seq"] for r in records(prefix, "ran", job_id)) == 20
-    assert_one_chain(prefix, job_id, state)
-    for again in ("stop", "cancel"):  # after the end: a clear refusal, nothing changes
-        with pytest.raises(InvalidTransition, match="already ended"):
-            engine.request(job_id, again)
-    assert engine.state(job_id).fields["seq"] == state.fields["seq"]
+        assert_one_chain(prefix, job_id, state)
 
+    def test_a_cancel_after_the_last_step_ran_its_callbacks_is_refused(
+        self, engine, live_worker, prefix
+    ):
+        from batchflow import InvalidTransition
 
-def test_a_resume_that_races_the_step_answering_the_pause_is_not_lost(engine, workers, prefix):
-    workers.start()
-    arm(prefix, "step", action="block", left=1, min_seq=3)
-    job_id = engine.start("f-fixed", owner="a", ids=IDS, params={"prefix": prefix})
-    fired(prefix, "step")
-    engine.request(job_id, "pause")  # step 3 is in flight: step 4 will answer the pause
-    arm(prefix, "commit", action="block", left=1, min_seq=4)
-    release(prefix, "step")
-    (hit,) = fired(prefix, "commit")  # step 4 decided to pause and is about to commit that
-    assert hit["seq"] == 4
-    assert engine.request(job_id, "resume").status is Status.RUNNING  # the user resumes now
-    release(prefix, "commit")
-    state = terminal(engine, job_id, timeout=30)  # a lost resume would leave it paused
-    d = state.to_dict()
-    assert (d["status"], d["good"], d["skipped"]) == ("completed", 200, 0)
-    assert_one_chain(prefix, job_id, state)
-
-
-def test_a_cancel_after_the_last_step_ran_its_callbacks_is_refused(engine, workers, prefix):
-    from batchflow import InvalidTransition
-
-    workers.start()
-    arm(prefix, "commit", action="block", left=1, min_seq=20)  # callbacks ran; not committed yet
-    job_id = engine.start("f-fixed", owner="a", ids=IDS, params={"prefix": prefix})
-    fired(prefix, "commit")
-    with pytest.raises(InvalidTransition, match="finishing"):
-        engine.request(job_id, "cancel")
-    release(prefix, "commit")
-    state = terminal(engine, job_id)
-    assert (state.status, state.count("good")) == (Status.COMPLETED, 200)
-    assert side.hgetall(f"{prefix}:hooks:{job_id}") == {"complete": "1", "finish": "1"}
-    assert side.hgetall(f"{prefix}:undone") == {}
+        # The last step: its callbacks ran, it is not committed yet.
+        arm(prefix, "commit", action="block", left=1, min_seq=20)
+        job_id = engine.start("f-fixed", owner="a", ids=IDS, params={"prefix": prefix})
+        fired(prefix, "commit")
+        with pytest.raises(InvalidTransition, match="finishing"):
+            engine.request(job_id, "cancel")
+        release(prefix, "commit")
+        state = terminal(engine, job_id)
+        assert (state.status, state.count("good")) == (Status.COMPLETED, 200)
+        assert side.hgetall(f"{prefix}:hooks:{job_id}") == {"complete": "1", "finish": "1"}
+        assert side.hgetall(f"{prefix}:undone") == {}
 
 
 @pytest.mark.slow
