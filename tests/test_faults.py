@@ -40,7 +40,7 @@ import pytest
 from batchflow import Engine, Settings, Status
 from batchflow.store import Store
 from batchflow.tasks import make_celery
-from tests.fault_handlers import fault_row, make_fault_registry
+from tests.fault_handlers import FAULT_POINTS, fault_row, make_fault_registry
 from tests.handlers import side
 from tests.helpers import (
     ListDispatcher,
@@ -298,20 +298,6 @@ class SharedWorker:
         stale = list(side.scan_iter(match=f"{self.prefix}:*"))
         for i in range(0, len(stale), 500):
             side.unlink(*stale[i : i + 500])
-
-
-#: Every point a test can arm (tests/fault_handlers.py).
-FAULT_POINTS = (
-    "claimed",
-    "create",
-    "step",
-    "before-write",
-    "written",
-    "change",
-    "commit",
-    "enqueue",
-    "run",
-)
 
 
 @pytest.fixture(scope="module")
