@@ -17,8 +17,8 @@ for :class:`~batchflow.engine.Engine`, ``batchflow.config`` for
 """
 
 # Engine and Settings are not the user's vocabulary (not in __all__): import them from
-# batchflow.engine and batchflow.config. They stay importable from here until the last callers
-# (tests/conftest.py, tests/helpers.py, tests/test_faults.py, tests/test_load.py) move.
+# batchflow.engine and batchflow.config. They stay importable from here for scripts written
+# before they left __all__.
 from .config import Settings  # noqa: F401
 from .engine import Engine  # noqa: F401
 from .exceptions import (

@@ -57,6 +57,15 @@ class Page:
     cursor: int
 
 
+def _new_job_id() -> str:
+    """22 random URL-safe characters, never starting with "-" or "_" (a command line would take
+    ``-abc`` for an option: ``flask batchflow stop -abc`` must work)."""
+    while True:
+        job_id = secrets.token_urlsafe(16)
+        if job_id[0].isalnum():
+            return job_id
+
+
 def _checked(job_id: str) -> str:
     """``job_id`` if it has the shape of an id batchflow issues, else the unknown job's error."""
     if not valid_job_id(job_id):
@@ -124,7 +133,7 @@ class Engine:
         except (TypeError, ValueError) as exc:
             raise InvalidParams(f"Job parameters must be JSON data: {exc}") from None
         id_list, source = self._check_ids(spec, instance, ids)
-        job_id = secrets.token_urlsafe(16)
+        job_id = _new_job_id()
         now = time.time()
         s = self.settings
         fields = initial_fields(

@@ -15,7 +15,8 @@ import redis
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from batchflow import Engine, Settings  # noqa: E402
+from batchflow.config import Settings  # noqa: E402
+from batchflow.engine import Engine  # noqa: E402
 from batchflow.store import Store  # noqa: E402
 from batchflow.tasks import make_celery  # noqa: E402
 from tests.handlers import REDIS_URL, make_registry  # noqa: E402

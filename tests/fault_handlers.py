@@ -39,6 +39,19 @@ from tests.handlers import make_registry, side
 
 _local = threading.local()
 
+#: Every point a test can arm (see the module docstring).
+FAULT_POINTS = (
+    "claimed",
+    "create",
+    "step",
+    "before-write",
+    "written",
+    "change",
+    "commit",
+    "enqueue",
+    "run",
+)
+
 
 def fault_point(
     prefix: str, point: str, job_id: str, seq: int, item: str | None = None, *, spec: Any = None

@@ -19,11 +19,12 @@ from batchflow.store import Store
 from batchflow.tasks import make_celery
 from tests.fault_handlers import instrument, make_fault_registry
 from tests.handlers import side
+from tests.helpers import broker_options
 
 settings = Settings.from_mapping()
 prefix = settings.key_prefix
 engine = Engine(settings, Store.from_url(settings.redis_url, prefix), make_fault_registry())
-transport: dict[str, Any] = {"global_keyprefix": f"{prefix}:broker:"}
+transport: dict[str, Any] = broker_options(prefix)["broker_transport_options"]
 if os.environ.get("BFT_VISIBILITY_TIMEOUT"):
     transport.update(
         visibility_timeout=float(os.environ["BFT_VISIBILITY_TIMEOUT"]),

@@ -63,6 +63,7 @@ def __getattr__(name: str) -> Any:
         from batchflow.engine import Engine
         from batchflow.store import Store
         from batchflow.tasks import make_celery
+        from tests.helpers import broker_options
 
         settings = Settings.from_mapping()
         engine = Engine(
@@ -71,9 +72,6 @@ def __getattr__(name: str) -> Any:
         _app = make_celery(
             engine,
             main="batchflow-load",
-            config={
-                "broker_transport_options": {"global_keyprefix": f"{settings.key_prefix}:broker:"},
-                "worker_send_task_events": False,
-            },
+            config={**broker_options(settings.key_prefix), "worker_send_task_events": False},
         )
     return _app

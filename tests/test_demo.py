@@ -31,7 +31,7 @@ from batchflow_demo.cli import find_redis_server
 from batchflow_demo.contacts import HEADER, contact_row
 from batchflow_demo.jobs import EMPTY_EVERY, LOCKED_EVERY, Posts
 from tests.handlers import REDIS_URL
-from tests.helpers import CHROMIUM, ROOT, launch_chromium, wait_for
+from tests.helpers import CHROMIUM, ROOT, broker_options, launch_chromium, wait_for
 
 ARTIFACTS = Path(ROOT) / "tests" / "artifacts"
 
@@ -57,6 +57,8 @@ def demo_app(prefix: str, tmp_path: Path) -> Iterator[Any]:
             "BATCHFLOW_MAINTENANCE_INTERVAL": 0.5,
             "WTF_CSRF_ENABLED": False,  # the browser test below posts real forms with tokens
             "TESTING": True,
+            # The demo's own broker key prefix, with the fast poll the other tests use.
+            "BATCHFLOW_CELERY": {**broker_options(prefix), "worker_send_task_events": False},
         }
     )
     celery = BatchFlow.state(app).celery

@@ -12,7 +12,7 @@ import pytest
 from batchflow import InvalidTransition, Status
 from batchflow.engine import Engine
 from tests.handlers import side
-from tests.helpers import ROOT, make_config, wait_for, wait_terminal
+from tests.helpers import ROOT, make_config, wait_for, wait_terminal, worker_went_round
 
 
 def archived(prefix):
@@ -61,7 +61,7 @@ def test_stop_keeps_the_work_and_changes_nothing_after_the_stop_point(engine, wo
     assert state.status is Status.STOPPED and 100 <= processed < 3000
     assert state.count("skipped") == 3000 - processed
     assert archived(prefix) == {i: 1 for i in ids[:processed]}  # exactly the ids before the stop
-    time.sleep(0.5)
+    worker_went_round(engine)
     assert len(archived(prefix)) == processed  # nothing ran after the stop
 
 
@@ -82,12 +82,15 @@ def test_cancel_undoes_every_changed_id_exactly_once(engine, worker, prefix):
 
 def test_pause_then_resume(engine, worker, prefix):
     ids = [str(n) for n in range(1500)]
-    job_id = engine.start("archive", owner="a", ids=ids, params={"prefix": prefix, "sleep": 0.002})
+    job_id = engine.start("archive", owner="a", ids=ids, params={"prefix": prefix, "sleep": 0.001})
     wait_for(lambda: engine.state(job_id).count("processed") >= 50)
     engine.signal(job_id, "pause")
     paused = wait_for(lambda: (s := engine.state(job_id)).status is Status.PAUSED and s)
     assert paused.actions() == ["stop", "cancel", "resume"]
-    time.sleep(1.0)
+    # Maintenance past every deadline leaves a paused job alone, and the worker went round.
+    later = time.time() + engine.settings.queue_timeout + engine.settings.lease_seconds
+    assert engine.maintain(later, force=True)["requeued"] == 0
+    worker_went_round(engine)
     assert engine.state(job_id).count("processed") == paused.count("processed")  # no step ran
     assert len(archived(prefix)) == paused.count("processed")
     engine.signal(job_id, "resume")

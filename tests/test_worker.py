@@ -62,7 +62,7 @@ def test_an_items_job_counts_good_and_bad_and_keeps_per_id_outcomes(engine, work
 
 
 def test_a_one_shot_job_reports_live_and_ends_with_results(engine, worker):
-    job_id = engine.start("rebuild", owner="a", params={"n": 60, "sleep": 0.02})
+    job_id = engine.start("rebuild", owner="a", params={"n": 60, "sleep": 0.01})
     live = wait_for(
         lambda: (
             (s := engine.state(job_id)).status is Status.RUNNING

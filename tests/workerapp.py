@@ -12,15 +12,13 @@ from batchflow.engine import Engine
 from batchflow.store import Store
 from batchflow.tasks import make_celery
 from tests.handlers import make_registry
+from tests.helpers import broker_options
 
 settings = Settings.from_mapping()
 engine = Engine(settings, Store.from_url(settings.redis_url, settings.key_prefix), make_registry())
 celery = make_celery(
     engine,
-    config={
-        "broker_transport_options": {"global_keyprefix": f"{settings.key_prefix}:broker:"},
-        "worker_send_task_events": False,
-    },
+    config={**broker_options(settings.key_prefix), "worker_send_task_events": False},
 )
 if os.environ.get("BFT_VISIBILITY_TIMEOUT"):
     celery.conf.broker_transport_options["visibility_timeout"] = float(
