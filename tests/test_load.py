@@ -28,8 +28,7 @@ from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 
 from batchflow import BatchFlow, Status
 from batchflow.config import Settings
-from batchflow.engine import Engine
-from batchflow.engine import CLEANUP_GRACE
+from batchflow.engine import CLEANUP_GRACE, Engine
 from batchflow.store import Store
 from batchflow.tasks import make_celery
 from tests.handlers import REDIS_URL
