@@ -287,7 +287,9 @@ class TaskJob(Handler):
     ``job.set_results``; the page sees it live (throttled to ``BATCHFLOW_PROGRESS_INTERVAL``). A
     heartbeat keeps the job's lease while ``run`` works. To honour Stop, check
     ``job.stop_requested()`` now and then and return early. If the worker dies, ``run`` starts
-    again from the beginning with its counters reset, and the page says so.
+    again from the beginning with its counters reset, and the page says so; a ``run`` that keeps
+    where it is in ``job.data`` and calls ``job.checkpoint()`` between units is resumed from its
+    last checkpoint instead.
     """
 
     kind: ClassVar[Kind] = Kind.TASK

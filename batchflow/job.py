@@ -91,6 +91,8 @@ class StepBuffer:
         self.ending: Status | None = None
         #: Seconds to wait before the next step (``job.defer``, ``step_delay``).
         self.deferred = 0.0
+        #: Whether the step has called :meth:`checkpoint`.
+        self.checkpointing = False
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -148,9 +150,12 @@ class StepBuffer:
         self.deferred = max(self.deferred, seconds)
 
     def checkpoint(self, data: dict[str, Any]) -> None:
-        """Mark what was reported so far (and ``data``) as a consistent state to commit."""
+        """Mark what was reported so far (and ``data``) as a consistent state to commit. From the
+        first checkpoint on, only checkpoints are committed while the step runs (a one-shot
+        job's live progress too), so that a step resumed from one neither skips nor repeats."""
         data_json = json.dumps(data, default=str)
         with self._lock:
+            self.checkpointing = True
             self._ready.absorb(self._pending)
             self._pending = _Report()
             if data_json != self._data_before:
@@ -167,7 +172,7 @@ class StepBuffer:
         with self._lock:
             if self._unconfirmed is not None:
                 return self._unconfirmed
-            if everything:
+            if everything and not self.checkpointing:
                 self._ready.absorb(self._pending)
                 self._pending = _Report()
             ready, self._ready = self._ready, _Report()
@@ -368,7 +373,9 @@ class Job:
         every ``BATCHFLOW_CHECKPOINT_INTERVAL`` while the step goes on, so that a step run again
         after its worker died resumes from there instead of repeating the whole step.
         ``ItemsJob`` calls it after every id; a handler of another kind may call it between
-        units."""
+        units. A ``TaskJob`` that checkpoints (keeping where it is in ``job.data``) is resumed
+        from its last checkpoint after its worker died, instead of starting again from scratch;
+        from its first checkpoint on, its live progress is sent at checkpoints only."""
         self.buffer.checkpoint(self.data)
 
     def complete(self, message: str | None = None) -> None:

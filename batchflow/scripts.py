@@ -84,8 +84,13 @@ if status == 'pending' then
   redis.call('HSET', job, 'status', 'running', 'started_at', now / 1000)
 end
 if kind == 'task' and phase == 'run' and attempts > 1 then
-  -- A one-shot job cut off mid-run starts again from the beginning: its live counters go back.
-  redis.call('HSET', job, 'processed', 0, 'good', 0, 'bad', 0, 'restarted', 1)
+  redis.call('HSET', job, 'restarted', 1)
+  if redis.call('HGET', job, 'checkpoints') == '0' then
+    -- A one-shot job cut off mid-run without a checkpoint starts again from the beginning: its
+    -- live counters go back. One that checkpointed resumes from its last checkpoint (its data
+    -- and counters as committed with it).
+    redis.call('HSET', job, 'processed', 0, 'good', 0, 'bad', 0)
+  end
 end
 local processed = tonumber(redis.call('HGET', job, 'processed'))
 if kind ~= 'task' and phase == 'run' and attempts > 1 then
