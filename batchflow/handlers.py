@@ -16,12 +16,13 @@ may repeat for the step that was cut off.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
 import re
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, ClassVar
 
 from .job import Job, StepResponse
@@ -31,6 +32,21 @@ StepResult = StepResponse | str | None
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._ -]+")
+
+
+@contextlib.contextmanager
+def _files_dir_errors(job: Job) -> Iterator[None]:
+    """An OS error while writing a job's file (a full disk, a folder that is not writable)
+    names the setting and the folder, keeping the system's own words."""
+    try:
+        yield
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        error = OSError(
+            f"Could not write the job's file in BATCHFLOW_FILES_DIR ({job.files_dir}): {reason}"
+        )
+        error.errno = exc.errno
+        raise error from exc
 
 
 def neutralize_cell(value: Any) -> Any:
@@ -163,8 +179,9 @@ class FileJob(Handler):
         path = self.file_path(job)
         committed = job.committed_file_size
         if committed == 0:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            open(path, "ab").close()
+            with _files_dir_errors(job):
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                open(path, "ab").close()
         elif not os.path.exists(path):
             # Recreating it would yield a file without its first rows: cleaned up, or a worker
             # whose BATCHFLOW_FILES_DIR is not the folder the other workers share.
@@ -181,7 +198,7 @@ class FileJob(Handler):
         raw = data.encode() if isinstance(data, str) else data
         path = job.file_path or self.file_path(job)
         offset = job.file_size
-        with open(path, "r+b") as handle:
+        with _files_dir_errors(job), open(path, "r+b") as handle:
             handle.seek(offset)
             handle.write(raw)
         job.record_file(path, size=offset + len(raw))

@@ -25,7 +25,7 @@ from batchflow.keys import valid_job_id
 from batchflow.schema import ClaimCode
 from batchflow.store import Store
 from tests.handlers import CLEANUPS, HOOKS, Crash, make_registry, row, side
-from tests.helpers import ListDispatcher
+from tests.helpers import ListDispatcher, make_config
 
 
 def test_a_job_runs_to_completion_with_exact_counters(engine: Engine, manual: ListDispatcher):
@@ -314,3 +314,23 @@ def test_keys_share_one_hash_tag_and_bad_ids_are_unknown(engine):
                 entry(bad)
         assert engine.run_step(bad, 0).refused is ClaimCode.MISSING
         assert engine.cleanup(bad) is False
+
+
+def test_a_file_job_on_an_unusable_files_dir_fails_naming_the_setting(settings, tmp_path, manual):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the folder should be")
+    config = make_config(settings.key_prefix, str(blocker))
+    engine = Engine(
+        Settings.from_mapping(config),
+        Store.from_url(settings.redis_url, settings.key_prefix),
+        make_registry(),
+    )
+    engine.dispatcher = manual
+    job_id = engine.start("report", owner="a", params={"rows": 10})
+    manual.drain(engine)
+    d = engine.state(job_id).to_dict()
+    assert d["status"] == "failed"
+    assert d["error"].startswith(
+        f"Could not write the job's file in BATCHFLOW_FILES_DIR ({blocker}): "
+    )
+    assert "Not a directory" in d["error"]  # the system's own words are kept
