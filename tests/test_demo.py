@@ -494,6 +494,10 @@ def _wait_outcome(page: Any, outcome: str, timeout: float = 120_000) -> None:
     page.locator(f'[data-batchflow-job][data-status="{outcome}"]').first.wait_for(timeout=timeout)
 
 
+#: Posts in the browser walk-through: enough to watch and to cancel midway.
+POSTS = 1500
+
+
 @pytest.mark.browser
 @pytest.mark.slow
 def test_a_newcomer_runs_every_demo_job_in_a_browser(run_demo, browser, tmp_path):
@@ -505,7 +509,7 @@ def test_a_newcomer_runs_every_demo_job_in_a_browser(run_demo, browser, tmp_path
         "embedded",
         "--contacts",
         str(contacts),
-        env={"BATCHFLOW_DEMO_ITEM_DELAY": "0.001"},
+        env={"BATCHFLOW_DEMO_ITEM_DELAY": "0.001", "BATCHFLOW_DEMO_POSTS": str(POSTS)},
     )
     url = demo.wait_for_line(r"running at (http://\S+)").group(1)
     assert "started" in demo.output() and "in memory only" in demo.output()
@@ -562,12 +566,12 @@ def test_a_newcomer_runs_every_demo_job_in_a_browser(run_demo, browser, tmp_path
     page.click("#start-archive")
     page.wait_for_url(re.compile(r"/jobs/[A-Za-z0-9_-]{16,}$"))
     _wait_outcome(page, "completed_with_failures")
-    locked = 5000 // LOCKED_EVERY
-    assert page.locator("[data-bf=good]").inner_text() == f"{5000 - locked:,}"
+    locked = POSTS // LOCKED_EVERY
+    assert page.locator("[data-bf=good]").inner_text() == f"{POSTS - locked:,}"
     assert page.locator("[data-bf=bad]").inner_text() == f"{locked:,}"
     _shot(page, "demo-archive-done")
     page.goto(url)
-    assert page.locator("#posts-archived").inner_text() == f"{5000 - locked:,}"
+    assert page.locator("#posts-archived").inner_text() == f"{POSTS - locked:,}"
 
     # 3. The one-shot job (TaskJob): stop one run from its page, finish one in the dialog.
     page.click("#start-index")
@@ -590,8 +594,8 @@ def test_a_newcomer_runs_every_demo_job_in_a_browser(run_demo, browser, tmp_path
     )
     _shot(page, "demo-index-dialog-running")
     dialog.locator('[data-status="completed_with_failures"]').wait_for(timeout=120_000)
-    empty = 5000 // EMPTY_EVERY
-    assert dialog.locator("[data-bf=good]").inner_text() == f"{5000 - empty:,}"
+    empty = POSTS // EMPTY_EVERY
+    assert dialog.locator("[data-bf=good]").inner_text() == f"{POSTS - empty:,}"
     assert dialog.locator("[data-bf=bad]").inner_text() == f"{empty:,}"
     _shot(page, "demo-index-dialog-done")
 

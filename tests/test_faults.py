@@ -54,6 +54,8 @@ from tests.helpers import (
 )
 
 LEASE = 2.0
+#: Workers say they are alive every WORKER_TTL / 4; silent for WORKER_TTL, their steps are taken.
+WORKER_TTL = 1.0
 QUEUE_TIMEOUT = 3.0
 MAINTENANCE = 0.25
 RECOVERY_BOUND = 10.0
@@ -214,6 +216,7 @@ def fault_config(prefix: str, files_dir: str, **overrides: Any) -> dict[str, Any
         prefix,
         files_dir,
         BATCHFLOW_LEASE_SECONDS=LEASE,
+        BATCHFLOW_WORKER_TTL=WORKER_TTL,
         BATCHFLOW_QUEUE_TIMEOUT=QUEUE_TIMEOUT,
         BATCHFLOW_MAINTENANCE_INTERVAL=MAINTENANCE,
         BATCHFLOW_BATCH_MAX=500,
@@ -493,11 +496,11 @@ def test_sigkill_mid_step_a_second_worker_finishes_the_file_exactly(
         recovered_at = commit_time(prefix, job_id, cut_seq + 1)
         earliest = QUEUE_TIMEOUT
     else:
-        # Nobody ran the step before its lease lapsed (a redelivery found it busy); the lease
-        # was last renewed at most one heartbeat (a third of the lease) before the kill.
+        # Nobody ran the step before its worker was known dead (a redelivery found it busy):
+        # the worker said it was alive at most a quarter of WORKER_TTL before the kill.
         assert int(state.fields["recoveries"]) == 1
         recovered_at = commit_time(prefix, job_id, cut_seq)
-        earliest = LEASE * 2 / 3
+        earliest = WORKER_TTL * 3 / 4
     elapsed = recovered_at - killed_at
     measured(f"sigkill {pool} {point} {how}", elapsed)
     assert earliest - 0.2 < elapsed < RECOVERY_BOUND
@@ -514,31 +517,31 @@ def _zombie(pid: int) -> bool:
 
 @pytest.mark.slow
 def test_sigkill_mid_item_step_every_id_has_exactly_one_committed_outcome(engine, workers, prefix):
-    ids = [f"i{n:05d}" for n in range(20_000)]
+    ids = [f"i{n:05d}" for n in range(8_000)]
     # Two prefork workers: whichever runs the id loses its pool child; both live on.
     workers.spawn(pool="prefork")
     workers.start(pool="prefork")
-    arm(prefix, "change", action="kill", left=1, item="i12345")
+    arm(prefix, "change", action="kill", left=1, item="i05678")
     job_id = engine.start("f-items", owner="a", ids=ids, params={"prefix": prefix})
     (hit,) = fired(prefix, "change")
     state = terminal(engine, job_id, timeout=90)
     d = state.to_dict()
-    assert (d["status"], d["good"], d["bad"], d["skipped"]) == ("completed", 20_000, 0, 0)
-    assert d["processed"] == d["total"] == 20_000
+    assert (d["status"], d["good"], d["bad"], d["skipped"]) == ("completed", 8_000, 0, 0)
+    assert d["processed"] == d["total"] == 8_000
     results = dict(engine.store.iter_hash(job_id, "results"))
     assert set(results) == set(ids) and not dict(engine.store.iter_hash(job_id, "errors"))
     cut = hit["seq"]
     assert_one_chain(prefix, job_id, state, cut={cut})
-    # Side effects repeated only inside the step that was cut off: a run of ids up to i12345.
+    # Side effects repeated only inside the step that was cut off: a run of ids up to i05678.
     changed = {k: int(v) for k, v in side.hgetall(f"{prefix}:changed").items()}
     assert set(changed) == set(ids)
     twice = sorted(k for k, v in changed.items() if v == 2)
     assert max(changed.values()) <= 2
     if twice:
         first, last = ids.index(twice[0]), ids.index(twice[-1])
-        assert twice == ids[first : last + 1] and last < ids.index("i12345")
+        assert twice == ids[first : last + 1] and last < ids.index("i05678")
     calls = {k: int(v) for k, v in side.hgetall(f"{prefix}:calls").items()}
-    assert calls["i12345"] == 2 and sum(calls.values()) == 20_000 + len(twice) + 1
+    assert calls["i05678"] == 2 and sum(calls.values()) == 8_000 + len(twice) + 1
     measured("sigkill prefork child mid item", commit_time(prefix, job_id, cut) - hit["t"])
     measured("ids changed twice by that sigkill", len(twice))
 
@@ -549,16 +552,16 @@ def test_a_sigkill_repeats_about_one_checkpoint_interval_of_work(workers, prefix
     into a step. The step's progress was committed every BATCHFLOW_CHECKPOINT_INTERVAL (0.1 s)
     while it ran, so the step run again repeats only the ids after the last checkpoint (without
     checkpoints: all 400 ids the step had changed, 0.8 s of work)."""
-    # Steps of exactly 500 ids (about a second): the kill at i01400 comes 0.8 s into one.
+    # Steps of exactly 500 ids (about a second): the kill at i00900 comes 0.8 s into one.
     config = fault_config(prefix, files_dir, BATCHFLOW_BATCH_MIN=500, BATCHFLOW_BATCH_INITIAL=500)
     engine = make_engine(config, prefix)
-    ids = [f"i{n:05d}" for n in range(2000)]
+    ids = [f"i{n:05d}" for n in range(1000)]
     workers.start(config, pool="prefork")
-    arm(prefix, "change", action="kill", left=1, item="i01400")
+    arm(prefix, "change", action="kill", left=1, item="i00900")
     job_id = engine.start("f-items", owner="a", ids=ids, params={"prefix": prefix, "sleep": 0.002})
     fired(prefix, "change")
     state = terminal(engine, job_id, timeout=90)
-    assert (state.count("good"), state.count("processed")) == (2000, 2000)
+    assert (state.count("good"), state.count("processed")) == (1000, 1000)
     changed = {k: int(v) for k, v in side.hgetall(f"{prefix}:changed").items()}
     assert set(changed) == set(ids) and max(changed.values()) <= 2
     repeated = sorted(k for k, v in changed.items() if v == 2)
@@ -776,7 +779,7 @@ def test_redis_restarted_mid_job_with_persistence_the_job_finishes_exactly(
         workers.spawn()
         workers.start()
         client = web_client(prefix, files_dir, BATCHFLOW_REDIS_URL=server.url)
-        ids = [f"r{n:05d}" for n in range(20_000)]
+        ids = [f"r{n:05d}" for n in range(10_000)]
         r = web_start(client, "archive", {"ids": ids, "params": {"prefix": prefix}})
         assert r.status_code == 202
         job_id = r.json["id"]
@@ -797,11 +800,11 @@ def test_redis_restarted_mid_job_with_persistence_the_job_finishes_exactly(
         finished_at = time.time()
         assert (done["status"], done["good"], done["bad"], done["skipped"]) == (
             "completed",
-            20_000,
+            10_000,
             0,
             0,
         )
-        assert done["processed"] == done["total"] == 20_000
+        assert done["processed"] == done["total"] == 10_000
         engine = make_engine(config, prefix)
         assert set(dict(engine.store.iter_hash(job_id, "results"))) == set(ids)
         state = engine.state(job_id)
@@ -831,7 +834,7 @@ def test_redis_restarted_without_persistence_the_job_is_reported_lost(own_redis,
     try:
         workers.start()
         client = web_client(prefix, files_dir, BATCHFLOW_REDIS_URL=server.url)
-        ids = [f"r{n:05d}" for n in range(20_000)]
+        ids = [f"r{n:05d}" for n in range(10_000)]
         r = web_start(
             client, "archive", {"ids": ids, "params": {"prefix": prefix, "sleep": 0.0003}}
         )
