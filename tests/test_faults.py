@@ -212,16 +212,14 @@ def _pings(client: Any) -> bool:
 
 
 def fault_config(prefix: str, files_dir: str, **overrides: Any) -> dict[str, Any]:
-    return make_config(
-        prefix,
-        files_dir,
-        BATCHFLOW_LEASE_SECONDS=LEASE,
-        BATCHFLOW_WORKER_TTL=WORKER_TTL,
-        BATCHFLOW_QUEUE_TIMEOUT=QUEUE_TIMEOUT,
-        BATCHFLOW_MAINTENANCE_INTERVAL=MAINTENANCE,
-        BATCHFLOW_BATCH_MAX=500,
-        **overrides,
-    )
+    settings = {
+        "BATCHFLOW_LEASE_SECONDS": LEASE,
+        "BATCHFLOW_WORKER_TTL": WORKER_TTL,
+        "BATCHFLOW_QUEUE_TIMEOUT": QUEUE_TIMEOUT,
+        "BATCHFLOW_MAINTENANCE_INTERVAL": MAINTENANCE,
+        "BATCHFLOW_BATCH_MAX": 500,
+    }
+    return make_config(prefix, files_dir, **{**settings, **overrides})
 
 
 @pytest.fixture
@@ -921,14 +919,17 @@ def redis_client_url() -> str:
 
 
 @pytest.mark.slow
-def test_a_step_slower_than_the_lease_is_kept_alive_and_never_run_twice(engine, workers, prefix):
-    workers.spawn()
-    workers.start()  # a second worker that would take the step over if its lease lapsed
-    # Each step outlives two leases; the one-shot job outlives four.
+def test_a_step_slower_than_the_lease_is_kept_alive_and_never_run_twice(workers, prefix, files_dir):
+    lease = 1.0  # a short lease of its own, renewed every third of it
+    config = fault_config(prefix, files_dir, BATCHFLOW_LEASE_SECONDS=lease)
+    engine = make_engine(config, prefix)
+    workers.spawn(config)
+    workers.start(config)  # a second worker that would take the step over if its lease lapsed
+    # Each step outlives two leases (and the worker TTL); the one-shot job outlives four.
     steps = engine.start(
-        "f-count", owner="a", params={"n": 2, "per_step": 1, "sleep": 2 * LEASE, "prefix": prefix}
+        "f-count", owner="a", params={"n": 2, "per_step": 1, "sleep": 2 * lease, "prefix": prefix}
     )
-    task = engine.start("f-task", owner="a", params={"n": 4, "sleep": LEASE, "prefix": prefix})
+    task = engine.start("f-task", owner="a", params={"n": 4, "sleep": lease, "prefix": prefix})
     for job_id, total in ((steps, 2), (task, 4)):
         state = terminal(engine, job_id, timeout=60)
         d = state.to_dict()
