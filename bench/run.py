@@ -34,7 +34,8 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from batchflow.engine import Engine  # noqa: E402
-from batchflow.store import TERMINAL, Store  # noqa: E402
+from batchflow.schema import is_terminal  # noqa: E402
+from batchflow.store import Store  # noqa: E402
 from bench import harness  # noqa: E402
 from bench.handlers import BATCHES, make_registry  # noqa: E402
 from bench.harness import (  # noqa: E402
@@ -133,7 +134,7 @@ def wait_job(ctx: Context, job_id: str, timeout: float, interval: float = 0.02) 
     """Poll the job's status until it is terminal; returns the job hash."""
     key = ctx.engine.store.keys.job(job_id)
     wait_for(
-        lambda: ctx.polled("HGET", key, "status") in TERMINAL, timeout, interval, f"job {job_id}"
+        lambda: is_terminal(ctx.polled("HGET", key, "status")), timeout, interval, f"job {job_id}"
     )
     return ctx.r.hgetall(key)
 

@@ -83,3 +83,20 @@ def worker(celery_app: Any) -> Iterator[Any]:
         celery_app, pool="threads", concurrency=2, perform_ping_check=False, shutdown_timeout=20
     ) as w:
         yield w
+
+
+@pytest.fixture(scope="session")
+def built_wheel(tmp_path_factory: Any) -> Any:
+    """The wheel of this checkout, built once per run for the packaging tests."""
+    import subprocess
+
+    out = tmp_path_factory.mktemp("wheel")
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), ROOT],
+        capture_output=True,
+        text=True,
+        cwd=str(out),
+    )
+    assert build.returncode == 0, build.stderr[-3000:]
+    (wheel,) = out.glob("batchflow-*.whl")
+    return wheel

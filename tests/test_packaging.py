@@ -36,19 +36,31 @@ print("ok")
 
 
 @pytest.mark.slow
-def test_pip_install_into_a_new_virtualenv_ships_templates_and_static(tmp_path):
+def test_pip_install_into_a_new_virtualenv_ships_templates_and_static(tmp_path, built_wheel):
     env_dir = tmp_path / "venv"
     # System site-packages provide the dependencies (no download); batchflow itself is installed
-    # from this checkout as a regular, non-editable install, and must win over any other copy.
-    venv.create(env_dir, with_pip=True, system_site_packages=True)
+    # from the wheel of this checkout as a regular install, and must win over any other copy.
+    # This interpreter's pip installs into the new environment (--python), which spares the new
+    # environment a pip of its own (ensurepip takes seconds).
+    venv.create(env_dir, with_pip=False, system_site_packages=True)
     python = str(env_dir / "bin" / "python")
-    build = subprocess.run(
-        [python, "-m", "pip", "install", "-q", "--no-deps", ROOT],
+    install = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            python,
+            "install",
+            "-q",
+            "--no-deps",
+            str(built_wheel),
+        ],
         capture_output=True,
         text=True,
         cwd=tmp_path,
     )
-    assert build.returncode == 0, build.stderr[-3000:]
+    assert install.returncode == 0, install.stderr[-3000:]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     run = subprocess.run(
         [python, "-c", CHECK], capture_output=True, text=True, cwd=tmp_path, env=env

@@ -65,3 +65,15 @@ def test_the_scripts_take_the_terminal_set_from_status():
         text = getattr(scripts, name)
         assert text.startswith(f"local TERMINAL = {LUA_TERMINAL}")
         assert "'completed' or" not in text  # no second, hand-written copy of the set
+
+
+def test_the_benchmarks_still_import():
+    """bench/ is not run by the suite (it measures, it does not assert), but it must not rot."""
+    import subprocess
+    import sys
+
+    root = PACKAGE.parent
+    done = subprocess.run(
+        [sys.executable, "bench/run.py", "--help"], cwd=root, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
