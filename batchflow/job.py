@@ -18,6 +18,7 @@ import dataclasses
 import json
 import math
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,6 +36,10 @@ class StepResponse:
 
     message: str | None = None
     data: dict[str, Any] | None = None
+
+
+#: Seconds between two checkpoints that count; a tenth of the default commit interval.
+CHECKPOINT_GAP = 0.01
 
 
 @dataclasses.dataclass
@@ -93,6 +98,7 @@ class StepBuffer:
         self.deferred = 0.0
         #: Whether the step has called :meth:`checkpoint`.
         self.checkpointing = False
+        self._next_checkpoint = 0.0
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -152,10 +158,17 @@ class StepBuffer:
     def checkpoint(self, data: dict[str, Any]) -> None:
         """Mark what was reported so far (and ``data``) as a consistent state to commit. From the
         first checkpoint on, only checkpoints are committed while the step runs (a one-shot
-        job's live progress too), so that a step resumed from one neither skips nor repeats."""
+        job's live progress too), so that a step resumed from one neither skips nor repeats.
+
+        Calls closer than :data:`CHECKPOINT_GAP` to the last one that counted are skipped (an
+        item job checkpoints after every id: thousands a second)."""
+        self.checkpointing = True
+        now = time.monotonic()
+        if now < self._next_checkpoint:
+            return
+        self._next_checkpoint = now + CHECKPOINT_GAP
         data_json = json.dumps(data, default=str)
         with self._lock:
-            self.checkpointing = True
             self._ready.absorb(self._pending)
             self._pending = _Report()
             if data_json != self._data_before:
