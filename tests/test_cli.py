@@ -16,7 +16,7 @@ from flask import Flask
 from batchflow import BatchFlow, Status
 from batchflow.engine import Engine
 from tests.handlers import make_registry
-from tests.helpers import broker_options, make_config, wait_for, wait_terminal
+from tests.helpers import broker_options, make_config, wait_for, wait_terminal, worker_went_round
 
 Invoke = Callable[..., Result]
 UNKNOWN = "A" * 22  # shaped like a job id, but no such job
@@ -175,12 +175,12 @@ def test_cancel_undoes_and_is_refused_where_unsupported(flask_batchflow, jobs, r
 
 
 def test_pause_then_resume(flask_batchflow, jobs, running, prefix):
-    job_id = jobs.start("count", owner="a", params={"n": 2_000, "sleep": 0.001, "prefix": prefix})
+    job_id = jobs.start("count", owner="a", params={"n": 600, "sleep": 0.0005, "prefix": prefix})
     wait_for(lambda: jobs.state(job_id).count("processed") > 0)
     assert flask_batchflow("pause", job_id).exit_code == 0
     wait_for(lambda: jobs.state(job_id).status is Status.PAUSED)
     paused_at = jobs.state(job_id).count("processed")
-    time.sleep(0.5)
+    worker_went_round(jobs)  # the worker had its chance to run a step: it ran none of this job's
     assert jobs.state(job_id).count("processed") == paused_at
     again = flask_batchflow("pause", job_id)  # idempotent: asking again is fine
     assert again.exit_code == 0 and re.match(

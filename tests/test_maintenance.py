@@ -68,17 +68,24 @@ def test_a_step_claimed_moments_ago_is_not_taken_for_dead(engine, manual):
     assert engine.state(job_id).fields[F.LEASE_OWNER] == "host:3:new"
 
 
-def test_a_running_step_says_its_worker_is_alive(engine, manual):
+def test_a_running_step_says_its_worker_is_alive(prefix, files_dir, manual):
     """The heartbeat marks the process alive while a step runs, so maintenance leaves it alone
-    however long the step takes (here, longer than the worker TTL)."""
+    however long the step takes (here, longer than the worker TTL, 0.4 s for the test)."""
+    ttl = 0.4
+    config = make_config(prefix, files_dir, BATCHFLOW_LEASE_SECONDS=LEASE, BATCHFLOW_WORKER_TTL=ttl)
+    settings = Settings.from_mapping(config)
+    engine = Engine(
+        settings, Store.from_url(settings.redis_url, settings.key_prefix), make_registry()
+    )
+    engine.dispatcher = manual
     job_id = engine.start("count", owner="a", params={"n": 50})
     manual.drain(engine, limit=1)
     seen: list[bool] = []
 
     def long_step(job):
         worker = job.buffer.committed(F.LEASE_OWNER)
-        wait_for(lambda: engine.store.living([worker]), timeout=TTL)
-        time.sleep(TTL + 0.5)  # past the TTL: only fresh signs of life keep the step
+        wait_for(lambda: engine.store.living([worker]), timeout=ttl * 5)
+        time.sleep(ttl * 2)  # past the TTL: only fresh signs of life keep the step
         seen.append(bool(engine.store.living([worker])))
         seen.append(engine.maintain(time.time(), force=True)["requeued"] == 0)
 

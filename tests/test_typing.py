@@ -6,7 +6,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.helpers import ROOT
+
+pytestmark = pytest.mark.slow  # a mypy run from cold: seconds
 
 # The tutorial's handler module, app module and worker module in one, typed as strict code is.
 USER_MODULE = """
