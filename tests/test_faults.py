@@ -1134,6 +1134,35 @@ class TestStopAndCancelRacesOnASharedWorker(OnASharedWorker):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("victim", ["whole worker", "pool child"])
+def test_a_cancel_after_a_lost_step_undoes_what_the_lost_step_changed(
+    engine, workers, prefix, victim
+):
+    """The lost step (s0100-s0109) changed s0100-s0104 before its worker died; the cancel comes
+    before it runs again. The slice is settled first, so the undo covers every changed id."""
+    pool = "solo" if victim == "whole worker" else "prefork"
+    first = workers.start(pool=pool)
+    action = "block" if victim == "whole worker" else "kill"
+    arm(prefix, "change", action=action, left=1, item="s0105")  # inside seq 11
+    job_id = engine.start("f-fixed", owner="a", ids=IDS, params={"prefix": prefix})
+    (hit,) = fired(prefix, "change")
+    if victim == "whole worker":
+        first.kill()
+    # Before the step is taken over (a second at least): the cancel is recorded first.
+    assert engine.signal(job_id, "cancel").status is Status.CANCELING
+    if victim == "whole worker":
+        workers.start()
+    state = terminal(engine, job_id, timeout=60)
+    d = state.to_dict()
+    assert (d["status"], d["undone"], d["undo_failed"]) == ("canceled", 110, 0)
+    changed = changed_ids(prefix)
+    undone = {k: int(v) for k, v in side.hgetall(f"{prefix}:undone").items()}
+    assert set(changed) == set(IDS[:110]) and undone == {i: 1 for i in IDS[:110]}
+    assert hit["seq"] == 11 and int(state.fields["recoveries"]) == 1
+    assert_one_chain(prefix, job_id, state, cut={11})
+
+
+@pytest.mark.slow
 def test_a_stop_with_every_worker_down_is_obeyed_when_one_comes_back(engine, workers, prefix):
     first = workers.start()
     arm(prefix, "change", action="block", left=1, item="s0105")  # inside seq 11
