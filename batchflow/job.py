@@ -54,7 +54,14 @@ class _Report:
     undo_errors: list[list[str]] = dataclasses.field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return any(dataclasses.astuple(self))
+        return bool(
+            self.incr
+            or self.set
+            or self.messages
+            or self.results
+            or self.errors
+            or self.undo_errors
+        )
 
     def absorb(self, other: _Report) -> None:
         for name, n in other.incr.items():

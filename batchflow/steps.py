@@ -76,6 +76,12 @@ class StepOutcome:
         return "lost" if self.lost or self.status is None else self.status.value
 
 
+def _careful(job: Job) -> bool:
+    """Whether the step is inside the slice of a lost step (CLAIM sets ``careful_until``)."""
+    b = job.buffer
+    return int(b.committed(F.CAREFUL_UNTIL) or 0) > int(b.committed(F.PROCESSED) or 0)
+
+
 class StepRunner:
     """Runs one step of a job, from claim to commit.
 
@@ -117,13 +123,15 @@ class StepRunner:
         started = time.monotonic()
         interval = s.progress_interval if live else s.checkpoint_interval
         spec = self.registry.find(job.handler)
+        # Read before the heartbeat commits checkpoints (they move `processed` on).
+        batch = self._batch(job)
         with self.heartbeat.watch(job, worker, interval, live=live):
-            updates = self._advance(spec, job)
+            updates = self._advance(spec, job, batch)
         if spec is not None and not job.ended:
             job.defer(spec.handler_class.step_delay)
             if phase != Phase.CREATE:
                 elapsed = time.monotonic() - started
-                updates[F.BATCH_SIZE] = self._next_batch(spec, job, elapsed)
+                updates[F.BATCH_SIZE] = self._next_batch(spec, batch, elapsed)
         now = time.time()
         deferred = job.buffer.deferred
         committed = self.store.commit(
@@ -152,7 +160,7 @@ class StepRunner:
 
     # -- the handler's part ------------------------------------------------------------------
 
-    def _advance(self, spec: HandlerSpec | None, job: Job) -> dict[str, Any]:
+    def _advance(self, spec: HandlerSpec | None, job: Job, batch: int) -> dict[str, Any]:
         """Run the handler's part of the step; returns fields for the commit to set."""
         if spec is None:
             log.error(
@@ -164,13 +172,15 @@ class StepRunner:
             return self._end(None, job, Status.FAILED)
         handler = spec.create()
         try:
-            return self._run_handler(spec, handler, job)
+            return self._run_handler(spec, handler, job, batch)
         except Exception as exc:  # noqa: BLE001 - a handler's error fails its job, not the worker
             log.exception("job %s (%s) failed", job.id, job.handler)
             job.fail(error_message(exc))
             return self._end(handler, job, Status.FAILED)
 
-    def _run_handler(self, spec: HandlerSpec, handler: Handler, job: Job) -> dict[str, Any]:
+    def _run_handler(
+        self, spec: HandlerSpec, handler: Handler, job: Job, batch: int
+    ) -> dict[str, Any]:
         status, phase = job.status, job.buffer.committed(F.PHASE) or Phase.CREATE.value
         settling = self._settling(spec, job, phase)
         if status is Status.STOPPING and not settling:
@@ -182,7 +192,7 @@ class StepRunner:
             return self._give_up(handler, job, phase)
         if status is Status.CANCELING and not settling:
             if phase == Phase.UNDO and spec.kind is not Kind.TASK:
-                self._respond(job, handler.undo_job(job, self._batch(job)))
+                self._respond(job, handler.undo_job(job, batch))
                 if not job.ended:
                     return {}
             return self._end(handler, job, Status.CANCELED)
@@ -194,7 +204,7 @@ class StepRunner:
             self._respond(job, handler.create_job(job))
             updates[F.PHASE] = Phase.RUN.value
         else:
-            self._respond(job, handler.continue_job(job, self._batch(job)))
+            self._respond(job, handler.continue_job(job, batch))
         handler.after_step(job)
         if job.lease_lost:
             # Another worker holds the lease now: this step's ending is not the job's (its commit
@@ -210,21 +220,18 @@ class StepRunner:
     def _settling(self, spec: HandlerSpec, job: Job, phase: str) -> bool:
         """Whether this step goes again through the slice of a lost step (CLAIM keeps a stop or
         cancel waiting until that slice is settled, so that it is counted, or undone)."""
-        b = job.buffer
-        careful = int(b.committed(F.CAREFUL_UNTIL) or 0) > int(b.committed(F.PROCESSED) or 0)
-        return careful and phase == Phase.RUN and spec.kind is not Kind.TASK
+        return _careful(job) and phase == Phase.RUN and spec.kind is not Kind.TASK
 
     def _batch(self, job: Job) -> int:
         """One unit while retrying a lost step and through the rest of its slice (CLAIM sets
         ``careful_until``), so a unit that kills its worker is found alone; else the batch."""
-        b = job.buffer
-        careful = int(b.committed(F.CAREFUL_UNTIL) or 0) > int(b.committed(F.PROCESSED) or 0)
-        return 1 if job.attempt > 1 or careful else int(b.committed(F.BATCH_SIZE) or 1)
+        careful = job.attempt > 1 or _careful(job)
+        return 1 if careful else int(job.buffer.committed(F.BATCH_SIZE) or 1)
 
-    def _next_batch(self, spec: HandlerSpec, job: Job, elapsed: float) -> int:
+    def _next_batch(self, spec: HandlerSpec, current: int, elapsed: float) -> int:
         """Aim the next step at ``BATCHFLOW_STEP_TARGET`` seconds: at most doubling, at least
         halving, within the configured bounds. A fixed ``batch_size`` never moves."""
-        s, current = self.settings, self._batch(job)
+        s = self.settings
         fixed = spec.handler_class.batch_size
         if fixed:
             return s.clamp_batch(fixed)
