@@ -29,6 +29,7 @@ from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 from batchflow import BatchFlow, Status
 from batchflow.config import Settings
 from batchflow.engine import CLEANUP_GRACE, Engine
+from batchflow.schema import Signal
 from batchflow.store import Store
 from batchflow.tasks import make_celery
 from tests.handlers import REDIS_URL
@@ -512,8 +513,10 @@ def web_load(
 ) -> WebLoad:
     """Serve ``tests.webapp`` with Werkzeug's threaded server on a real socket, run a worker
     subprocess, start one ``count`` job per user over HTTP (CSRF token, JSON POST), then run
-    ``pollers`` clients polling ``/status`` every 0.2 s for ``window`` seconds (and at least three
-    times each) and ``followers`` clients reading ``/events`` to the end, spread over the jobs.
+    ``pollers`` clients polling ``/status`` every 0.2 s and ``followers`` clients reading
+    ``/events`` to the end, spread over the jobs. The jobs are paused from their start until every
+    follower has its first event, then run while the pollers go on for ``window`` seconds more
+    (and at least three polls each).
     Ten polls by one client alone come first, as a baseline. Everything is stopped before it
     returns; nothing is asserted here."""
     interval, min_polls = 0.2, 3
@@ -601,7 +604,7 @@ def web_load(
             conn.close()
 
     finals: dict[str, Any] = {}
-    stuck = 0
+    stuck, elapsed = 0, window
     try:
         warmup = state.engine.start("count", owner="warmup", params={"n": 1})
         wait_terminal(state.engine, warmup, timeout=30)  # the worker is up
@@ -609,6 +612,8 @@ def web_load(
             user: _start_over_http(address, user, {"params": {"n": units, "sleep": sleep}})
             for user in users
         }
+        for job_id in jobs.values():
+            state.engine.signal(job_id, Signal.PAUSE)
         # One client alone first, for scale: ten polls with nothing else going on.
         hard_stop = time.monotonic() + 30
         stop.set()
@@ -624,8 +629,17 @@ def web_load(
                     clients.append(thread)
                     thread.start()
             time.sleep(1.0 / max(pollers, followers))  # ramp up over a second
-        time.sleep(max(0.0, window - (time.monotonic() - began)))
+        # The jobs wait, paused, until every follower has its first event: on a loaded 2-core
+        # machine starting 400 client threads and answering them can take longer than a job.
+        try:
+            wait_for(lambda: len(streams) == followers and all(streams), timeout=30)
+        except AssertionError:
+            errors.append(f"only {sum(map(bool, streams))} of {followers} streams began")
+        for job_id in jobs.values():
+            state.engine.signal(job_id, Signal.RESUME)
+        time.sleep(window)
         stop.set()
+        elapsed = time.monotonic() - began
         for thread in clients:
             thread.join(max(0.1, hard_stop + 5 - time.monotonic()))
         stuck = sum(t.is_alive() for t in clients)
@@ -654,14 +668,14 @@ def web_load(
         serving.join(10)
         worker.stop()
     return WebLoad(
-        window, pollers, baseline, latencies, errors, streams, metering.records, finals, stuck
+        elapsed, pollers, baseline, latencies, errors, streams, metering.records, finals, stuck
     )
 
 
 @pytest.mark.slow
 def test_two_hundred_pollers_and_two_hundred_event_streams(prefix: str, files_dir: str) -> None:
-    """200 clients poll ``/jobs/<id>/status`` every 0.2 s for 5 s (and at least three times
-    each) and 200 follow ``/jobs/<id>/events`` to the end, all at once, on four running jobs of
+    """200 clients poll ``/jobs/<id>/status`` every 0.2 s (for 5 s after every stream began, and
+    at least three times each) and 200 follow ``/jobs/<id>/events`` to the end, all at once, on four running jobs of
     four users, through Werkzeug's threaded server (a real socket) in this process and a worker
     subprocess.
 
@@ -693,9 +707,9 @@ def test_two_hundred_pollers_and_two_hundred_event_streams(prefix: str, files_di
         followers=followers,
         window=5.0,
         units=units,
-        # About 10 s of work per job: 5 s longer than the window, so that every stream starts
-        # before its job ends even when a loaded machine answers the first polls slowly.
-        sleep=0.02,  # steps of about 0.5 s
+        # About 5 s of work per job once every stream has begun (web_load holds them paused
+        # until then), in steps of about 0.5 s.
+        sleep=0.01,
         config={
             "BATCHFLOW_REDIS_URL": REDIS_URL,
             "BATCHFLOW_STEP_TARGET": 0.5,
@@ -735,7 +749,7 @@ def test_more_event_streams_than_the_default_redis_pool(prefix: str, files_dir: 
         followers=120,
         window=3.0,
         units=100,
-        sleep=0.05,  # 5 s: every stream is open at once while the job runs
+        sleep=0.03,  # 3 s once every stream is open
         config={},
     )
     report = run.report()
