@@ -675,9 +675,9 @@ def web_load(
 @pytest.mark.slow
 def test_two_hundred_pollers_and_two_hundred_event_streams(prefix: str, files_dir: str) -> None:
     """200 clients poll ``/jobs/<id>/status`` every 0.2 s (for 5 s after every stream began, and
-    at least three times each) and 200 follow ``/jobs/<id>/events`` to the end, all at once, on four running jobs of
-    four users, through Werkzeug's threaded server (a real socket) in this process and a worker
-    subprocess.
+    at least three times each) and 200 follow ``/jobs/<id>/events`` to the end, all at once, on
+    four running jobs of four users, through Werkzeug's threaded server (a real socket) in this
+    process and a worker subprocess.
 
     Proves: no errors under that load (every poll answers 200 with the job's JSON for the
     poller's job, and each poller's ``processed`` never goes back; every event is JSON for the
