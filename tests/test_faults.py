@@ -1133,25 +1133,60 @@ class TestStopAndCancelRacesOnASharedWorker(OnASharedWorker):
         assert side.hgetall(f"{prefix}:undone") == {}
 
 
+#: Where an item step can be cut off: after its claim, mid-slice (five of its ten ids changed),
+#: after the handler returned (all ten changed, nothing committed), after its commit (the
+#: successor never enqueued).
+LOST_STEP_POINTS = ["claimed", "change", "commit", "enqueue"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("victim", ["whole worker", "pool child"])
-def test_a_cancel_after_a_lost_step_undoes_what_the_lost_step_changed(
-    engine, workers, prefix, victim
+@pytest.mark.parametrize("point", LOST_STEP_POINTS)
+@pytest.mark.parametrize("what", ["stop", "cancel"])
+def test_a_stop_or_cancel_right_after_a_lost_step_is_exact(engine, workers, prefix, what, point):
+    """Step 11 (s0100-s0109) is cut off by the SIGKILL of its pool child at ``point``; the stop or
+    cancel is recorded before anyone runs the step again. The lost slice is settled first (run
+    again, one id per step, as the worker holding it is known dead), so a stop counts those ids
+    as done, not as never reached, and a cancel undoes every id that was changed, once."""
+    workers.start(pool="prefork")
+    where = {"item": "s0105"} if point == "change" else {"min_seq": 11}
+    arm(prefix, point, action="kill", left=1, **where)
+    job_id = engine.start("f-fixed", owner="a", ids=IDS, params={"prefix": prefix})
+    (hit,) = fired(prefix, point)
+    # The worker says its dead child's step is free WORKER_TTL * 3/4 after the kill at the
+    # earliest: the signal is recorded long before.
+    asked = engine.signal(job_id, what).status
+    assert asked is (Status.STOPPING if what == "stop" else Status.CANCELING)
+    state = terminal(engine, job_id, timeout=60)
+    d = state.to_dict()
+    assert hit["seq"] == 11
+    changed = changed_ids(prefix)
+    assert set(changed) == set(IDS[:110]) and max(changed.values()) <= 2, changed
+    if what == "stop":
+        assert (d["status"], d["processed"], d["good"], d["skipped"]) == ("stopped", 110, 110, 90)
+        assert set(dict(engine.store.iter_hash(job_id, "results"))) == set(IDS[:110])
+    else:
+        assert (d["status"], d["undone"], d["undo_failed"]) == ("canceled", 110, 0)
+        undone = {k: int(v) for k, v in side.hgetall(f"{prefix}:undone").items()}
+        assert undone == {i: 1 for i in IDS[:110]}  # every changed id undone, once
+    lost = point != "enqueue"  # at "enqueue" the step had committed; only its successor was lost
+    assert int(state.fields["recoveries"]) == int(lost)
+    assert_one_chain(prefix, job_id, state, cut={11} if point in ("change", "commit") else set())
+
+
+@pytest.mark.slow
+def test_a_cancel_after_a_whole_worker_died_mid_step_undoes_what_the_lost_step_changed(
+    engine, workers, prefix
 ):
-    """The lost step (s0100-s0109) changed s0100-s0104 before its worker died; the cancel comes
-    before it runs again. The slice is settled first, so the undo covers every changed id."""
-    pool = "solo" if victim == "whole worker" else "prefork"
-    first = workers.start(pool=pool)
-    action = "block" if victim == "whole worker" else "kill"
-    arm(prefix, "change", action=action, left=1, item="s0105")  # inside seq 11
+    """The lost step (s0100-s0109) changed s0100-s0104 before its worker (the only one) was
+    killed; the cancel comes before a new worker starts. The slice is settled first, so the undo
+    covers every changed id."""
+    first = workers.start()
+    arm(prefix, "change", action="block", left=1, item="s0105")  # inside seq 11
     job_id = engine.start("f-fixed", owner="a", ids=IDS, params={"prefix": prefix})
     (hit,) = fired(prefix, "change")
-    if victim == "whole worker":
-        first.kill()
-    # Before the step is taken over (a second at least): the cancel is recorded first.
+    first.kill()
     assert engine.signal(job_id, "cancel").status is Status.CANCELING
-    if victim == "whole worker":
-        workers.start()
+    workers.start()
     state = terminal(engine, job_id, timeout=60)
     d = state.to_dict()
     assert (d["status"], d["undone"], d["undo_failed"]) == ("canceled", 110, 0)
