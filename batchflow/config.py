@@ -18,6 +18,7 @@ from .exceptions import ConfigurationError
 DEFAULTS: dict[str, Any] = {
     "BATCHFLOW_REDIS_URL": "redis://127.0.0.1:6379/0",
     "BATCHFLOW_BROKER_URL": None,  # None: the same Redis as BATCHFLOW_REDIS_URL
+    "BATCHFLOW_REDIS_TIMEOUT": 2.0,
     "BATCHFLOW_KEY_PREFIX": "batchflow",
     "BATCHFLOW_QUEUE": "batchflow",
     "BATCHFLOW_JOB_TTL": 24 * 3600,
@@ -45,6 +46,7 @@ class Settings:
     """Validated deployment settings. Build one with :meth:`from_mapping`."""
 
     redis_url: str
+    redis_timeout: float
     broker_url: str
     key_prefix: str
     queue: str
@@ -99,6 +101,7 @@ class Settings:
             )
         settings = cls(
             redis_url=redis_url,
+            redis_timeout=number("BATCHFLOW_REDIS_TIMEOUT", float, 0.1),
             broker_url=str(get("BATCHFLOW_BROKER_URL") or redis_url),
             key_prefix=prefix,
             queue=str(get("BATCHFLOW_QUEUE")),

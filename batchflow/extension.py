@@ -72,7 +72,7 @@ class BatchFlow:
             # Flask config wins, then the environment (the same keys), then the default.
             app.config.setdefault(key, os.environ.get(key, value))
         settings = Settings.from_mapping(app.config)
-        store = Store.from_url(settings.redis_url, settings.key_prefix)
+        store = Store.from_url(settings.redis_url, settings.key_prefix, settings.redis_timeout)
         engine = Engine(settings, store, self.registry)
         celery = make_celery(
             engine,

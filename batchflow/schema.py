@@ -151,6 +151,7 @@ class F:
     CAREFUL_UNTIL = "careful_until"  # after a lost step, go one unit at a time up to here
     LEASE_OWNER = "lease_owner"  # the worker holding the current step, "" when none
     LEASE_UNTIL = "lease_until"  # ms: lease expiry, or the deadline for the next claim
+    COMMITTED_BY = "committed_by"  # "<seq> <worker>" of the last commit: a replay is known
     BATCH_SIZE = "batch_size"
     ENDING = "ending"  # the seq of the step that began to end the job (a cancel is too late)
     STALLED = "stalled"  # "1": failed because its worker kept dying

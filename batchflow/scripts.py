@@ -144,9 +144,14 @@ COMMIT = (
 -- ARGV[5] = deadline for the next step to be claimed (ms),
 -- ARGV[6] = TTL of a terminal job's keys (s), ARGV[7] = event channel, ARGV[8] = messages kept,
 -- ARGV[9] = messages shown in an event
--- Returns {'ok', new seq, status} or {'lost'} when the step's fence no longer holds.
+-- Returns {'ok', new seq, status} or {'lost'} when the step's fence no longer holds. The same
+-- commit sent again (its reply was lost) changes nothing and returns what the first one did.
 local job = KEYS[1]
-local f = redis.call('HMGET', job, 'seq', 'lease_owner', 'status', 'signal')
+local f = redis.call('HMGET', job, 'seq', 'lease_owner', 'status', 'signal', 'committed_by')
+local me = ARGV[1] .. ' ' .. ARGV[2]
+if f[1] and tonumber(f[1]) == tonumber(ARGV[1]) + 1 and f[5] == me then
+  return {'ok', tonumber(f[1]), f[3]}
+end
 if not f[1] or tonumber(f[1]) ~= tonumber(ARGV[1]) or f[2] ~= ARGV[2] then return {'lost'} end
 local p = cjson.decode(ARGV[4])
 local new_status = p.set and p.set.status
@@ -173,6 +178,7 @@ apply(job, KEYS[6], p, ARGV[3], ARGV[8])
 apply_outcomes(p, KEYS[3], KEYS[4], KEYS[5])
 local seq = redis.call('HINCRBY', job, 'seq', 1)
 redis.call('HSET', job, 'attempts', 0, 'lease_owner', '', 'lease_until', ARGV[5])
+redis.call('HSET', job, 'committed_by', me)
 local status = redis.call('HGET', job, 'status')
 if TERMINAL[status] then
   redis.call('HSET', job, 'finished_at', ARGV[3], 'signal', '')

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from .config import Settings
-from .exceptions import UnknownHandler
+from .exceptions import Unavailable, UnknownHandler
 from .handlers import Handler, StepResult, error_message
 from .heartbeat import Heartbeat, worker_id
 from .job import Job, StepResponse
@@ -45,6 +45,8 @@ log = logging.getLogger("batchflow")
 CANCELABLE_ENDINGS = (Status.COMPLETED, Status.STOPPED)
 #: How much longer than the TTL a terminal job's keys live, so maintenance can clean up first.
 CLEANUP_GRACE = 3600
+#: Seconds before a commit Redis did not answer is sent again, doubling up to the maximum.
+COMMIT_RETRY_FIRST, COMMIT_RETRY_MAX = 0.25, 2.0
 
 
 class Dispatcher(Protocol):
@@ -134,14 +136,13 @@ class StepRunner:
                 updates[F.BATCH_SIZE] = self._next_batch(spec, batch, elapsed)
         now = time.time()
         deferred = job.buffer.deferred
-        committed = self.store.commit(
+        committed = self._commit(
             job_id,
             seq,
             worker,
             now,
             job.buffer.payload(job.data, updates),
             ms(now + deferred + s.queue_timeout),
-            s.job_ttl + CLEANUP_GRACE,
         )
         if committed is None:
             log.warning("step %s/%s lost its lease before committing; discarded", job_id, seq)
@@ -157,6 +158,30 @@ class StepRunner:
                     "could not enqueue step %s/%s; maintenance will retry", job_id, new_seq
                 )
         return StepOutcome(status=status)
+
+    def _commit(
+        self, job_id: str, seq: int, worker: str, now: float, payload: Any, deadline_ms: int
+    ) -> tuple[int, str] | None:
+        """COMMIT, sent again while Redis does not answer, for as long as the lease could hold.
+
+        A commit whose reply was lost (Redis stalled past the timeout, then carried it out) is
+        recognised by COMMIT when it comes again; one refused is fenced off as always. So a stall
+        costs the wait, not the step's work.
+        """
+        ttl = self.settings.job_ttl + CLEANUP_GRACE
+        give_up = time.monotonic() + self.settings.lease_seconds
+        pause = COMMIT_RETRY_FIRST
+        while True:
+            try:
+                return self.store.commit(job_id, seq, worker, now, payload, deadline_ms, ttl)
+            except Unavailable:
+                if time.monotonic() + pause > give_up:
+                    raise
+                log.warning(
+                    "step %s/%s: Redis did not take the commit; sending it again", job_id, seq
+                )
+                time.sleep(pause)
+                pause = min(pause * 2, COMMIT_RETRY_MAX)
 
     # -- the handler's part ------------------------------------------------------------------
 

@@ -37,6 +37,9 @@ from .scripts import CLAIM, COMMIT, MARK_CLEANED, RECOVER, RENEW, SIGNAL
 MESSAGES_KEPT = 100
 MESSAGES_SHOWN = 20
 ITEM_CHUNK = 5000
+#: A new job's keys expire this long after they are written unless its index entries follow (see
+#: :meth:`Store.create`).
+CREATE_GRACE_MS = 60_000
 
 Snapshot = tuple[dict[str, str], list[str]]
 Fn = TypeVar("Fn", bound=Callable[..., Any])
@@ -129,8 +132,13 @@ class Store:
         self.events = EventHub(client, self.keys.events_pattern())
 
     @classmethod
-    def from_url(cls, url: str, prefix: str) -> Store:
-        """A store on a new connection pool; short timeouts so a dead Redis fails fast.
+    def from_url(cls, url: str, prefix: str, timeout: float = 2.0) -> Store:
+        """A store on a new connection pool, where a Redis that does not answer fails fast.
+
+        :param timeout: seconds a connection or a command may take before it fails as
+            :class:`Unavailable` (``BATCHFLOW_REDIS_TIMEOUT``): a Redis that is down, stalled or
+            cut off costs a web request this long, not a hung thread. Every command batchflow
+            sends normally answers in milliseconds.
 
         The pool blocks (up to 10 s) rather than failing when all its connections are busy, so a
         burst of requests waits its turn; ``?max_connections=N`` in the URL sizes it (default 64).
@@ -140,8 +148,8 @@ class Store:
             max_connections=64,
             timeout=10,
             decode_responses=True,
-            socket_connect_timeout=3,
-            socket_timeout=10,
+            socket_connect_timeout=timeout,
+            socket_timeout=timeout,
             health_check_interval=15,
         )
         return cls(redis.Redis(connection_pool=pool), prefix)
@@ -154,20 +162,29 @@ class Store:
     ) -> None:
         """Write a new job, its ids and its index entries, all or nothing for the job's keys.
 
-        Ids go to Redis in chunks inside one MULTI, so a half-written id list is never seen.
+        Ids go to Redis in chunks inside one MULTI, so a half-written id list is never seen. The
+        job's keys expire (:data:`CREATE_GRACE_MS`) until its index entries are written in the
+        next round trip: a create that timed out on a stalled Redis, which Redis then carries out
+        once it answers again, leaves nothing behind for good (the starter was told it failed, and
+        no step was sent).
         """
         keys = self.keys
+        created = [keys.job(job_id)] + ([keys.items(job_id)] if ids is not None else [])
         with self.client.pipeline(transaction=True) as pipe:
             pipe.delete(*keys.all_of(job_id))
             if ids is not None:
                 for chunk in _chunks(ids):
                     pipe.rpush(keys.items(job_id), *chunk)
             pipe.hset(keys.job(job_id), mapping={k: _text(v) for k, v in fields.items()})
+            for key in created:
+                pipe.pexpire(key, CREATE_GRACE_MS)
             pipe.execute()
         with self.client.pipeline(transaction=False) as pipe:
             pipe.zadd(keys.active, {job_id: created_ms})
             pipe.zadd(keys.all_jobs, {job_id: created_ms})
             pipe.zadd(keys.owner(str(fields[F.OWNER])), {job_id: created_ms})
+            for key in created:
+                pipe.persist(key)
             pipe.execute()
 
     @_translating

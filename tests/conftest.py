@@ -20,7 +20,7 @@ from batchflow.engine import Engine  # noqa: E402
 from batchflow.store import Store  # noqa: E402
 from batchflow.tasks import make_celery  # noqa: E402
 from tests.handlers import REDIS_URL, make_registry  # noqa: E402
-from tests.helpers import ListDispatcher, broker_options, make_config  # noqa: E402
+from tests.helpers import ListDispatcher, RedisServer, broker_options, make_config  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -100,3 +100,22 @@ def built_wheel(tmp_path_factory: Any) -> Any:
     assert build.returncode == 0, build.stderr[-3000:]
     (wheel,) = out.glob("batchflow-*.whl")
     return wheel
+
+
+@pytest.fixture
+def own_redis(tmp_path: Any) -> Iterator[Any]:
+    """Start redis-servers of the test's own (``own_redis(appendonly=...)``), killed by pid at
+    the end."""
+    servers: list[RedisServer] = []
+
+    def start(appendonly: bool) -> RedisServer:
+        directory = tmp_path / f"redis-{len(servers)}"
+        directory.mkdir()
+        servers.append(RedisServer(str(directory), appendonly=appendonly))
+        return servers[-1].start()
+
+    try:
+        yield start
+    finally:
+        for server in servers:
+            server.kill()

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
+import signal
+import socket
+import subprocess
 import time
 from typing import Any
+
+import redis
 
 from batchflow.engine import Engine
 from tests.handlers import REDIS_URL
@@ -157,3 +163,72 @@ class WorkerProcess:
                 self.proc.wait(20)
             except Exception:  # noqa: BLE001
                 self.kill()
+
+
+ALICE = {"X-Test-User": "alice"}
+
+
+def web_start(client: Any, handler: str, body: dict[str, Any]) -> Any:
+    """Start a job through a Flask test client as alice, the way a page does (CSRF token, JSON)."""
+    page = client.get(f"/jobs/start/{handler}", headers=ALICE)
+    assert page.status_code == 200
+    csrf = re.search(r'name="csrf-token" content="([^"]+)"', page.text).group(1)
+    return client.post(f"/jobs/start/{handler}", json=body, headers={**ALICE, "X-CSRFToken": csrf})
+
+
+def web_status(client: Any, job_id: str) -> Any:
+    return client.get(f"/jobs/{job_id}/status", headers={**ALICE, "Accept": "application/json"})
+
+
+class RedisServer:
+    """A redis-server of the test's own on a free port, stopped by its pid (never 6379)."""
+
+    def __init__(self, directory: str, *, appendonly: bool) -> None:
+        self.dir = directory
+        self.appendonly = appendonly
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        assert self.port != 6379
+        self.proc = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "yes" if self.appendonly else "no",
+                "--dir",
+                self.dir,
+                "--loglevel",
+                "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        client = redis.Redis(port=self.port, socket_connect_timeout=1)
+        wait_for(lambda: _pings(client), timeout=15)
+        client.close()
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+
+def _pings(client: Any) -> bool:
+    try:
+        return bool(client.ping())
+    except Exception:  # noqa: BLE001 - still starting
+        return False

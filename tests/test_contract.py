@@ -23,7 +23,17 @@ from typing import Any
 
 import pytest
 
-from batchflow import FileJob, Handler, InvalidTransition, ItemsJob, Registry, Status, TaskJob
+from batchflow import (
+    FileJob,
+    Handler,
+    InvalidTransition,
+    ItemsJob,
+    Registry,
+    Status,
+    TaskJob,
+    Unavailable,
+    steps,
+)
 from batchflow.config import Settings
 from batchflow.engine import Engine
 from batchflow.job import Job
@@ -246,6 +256,34 @@ class TestEngineContract:
         committed_before = lost.count("processed")
         assert all(committed_before <= int(unit) < 4 for unit in repeated), marks
         assert all(n <= 2 for n in marks.values()), marks
+
+    @pytest.mark.parametrize("applied", [True, False], ids=["applied", "never-arrived"])
+    def test_a_commit_without_a_reply_is_sent_again_and_counts_once(
+        self, engine, manual, kind, prefix, monkeypatch, applied
+    ):
+        """Redis did not answer a commit in time (a stall): either it had carried it out (the
+        reply was lost) or it never got it. The worker sends the same commit again: the step
+        commits once, its successor follows, nothing is repeated or counted twice."""
+        monkeypatch.setattr(steps, "COMMIT_RETRY_FIRST", 0.01)
+        real_commit = engine.store.commit
+        calls: list[int] = []
+
+        def commit(job_id: str, seq: int, *args: Any) -> Any:
+            calls.append(seq)
+            if len(calls) == 2:  # the second step's commit goes unanswered once
+                if applied:
+                    real_commit(job_id, seq, *args)
+                raise Unavailable("Redis does not answer (Timeout reading from socket).")
+            return real_commit(job_id, seq, *args)
+
+        monkeypatch.setattr(engine.store, "commit", commit)
+        job_id = self.start(engine, kind, prefix)
+        manual.drain(engine)
+        self.assert_exact(engine, job_id, kind, prefix)
+        assert self.marks(prefix) == {str(unit): 1 for unit in range(UNITS)}
+        assert calls[1] == calls[2] == 1  # step 1's commit, sent twice
+        assert job_id not in {job.id for job in engine.store.active_jobs()}  # its ending known
+        assert int(engine.state(job_id).fields[F.RECOVERIES] or 0) == 0
 
     def test_stop_keeps_the_work_and_answers_between_steps(self, engine, manual, kind, prefix):
         job_id = self.start(engine, kind, prefix)

@@ -120,6 +120,16 @@ def test_unknown_handler_bad_params_and_ids_leave_nothing(engine, manual, redis_
     assert list(redis_client.scan_iter(match=f"{prefix}:*")) == []
 
 
+def test_a_started_jobs_keys_do_not_expire(engine, manual, redis_client, prefix):
+    """A new job's keys are written to expire (CREATE_GRACE_MS) and made lasting in the round
+    trip that indexes the job: so a started job's keys never expire by themselves, while a create
+    cut off between the two (tests/test_stalls.py) leaves nothing behind for good."""
+    job_id = engine.start("archive", owner="x", ids=["a", "b"], params={"prefix": prefix})
+    keys = [k for k in redis_client.scan_iter(match=f"{prefix}:*") if job_id in k]
+    assert len(keys) == 2 and all(redis_client.pttl(k) == -1 for k in keys), keys
+    assert [j.id for j in engine.jobs("x")] == [job_id]
+
+
 def test_redis_down_is_unavailable(prefix, files_dir):
     settings = Settings.from_mapping(
         {"BATCHFLOW_REDIS_URL": "redis://127.0.0.1:1/0", "BATCHFLOW_KEY_PREFIX": prefix}

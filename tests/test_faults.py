@@ -28,7 +28,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import time
 import uuid
 from collections import Counter
@@ -45,11 +44,14 @@ from batchflow.tasks import make_celery
 from tests.fault_handlers import FAULT_POINTS, fault_row, make_fault_registry
 from tests.handlers import side
 from tests.helpers import (
+    ALICE,
     ListDispatcher,
     WorkerProcess,
     broker_options,
     make_config,
     wait_for,
+    web_start,
+    web_status,
     worker_went_round,
 )
 
@@ -152,62 +154,6 @@ class Workers:
                 worker.kill()
 
 
-class RedisServer:
-    """A redis-server of the test's own on a free port, stopped by its pid (never 6379)."""
-
-    def __init__(self, directory: str, *, appendonly: bool) -> None:
-        self.dir = directory
-        self.appendonly = appendonly
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> RedisServer:
-        assert self.port != 6379
-        self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "yes" if self.appendonly else "no",
-                "--dir",
-                self.dir,
-                "--loglevel",
-                "warning",
-            ],
-            stdout=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        import redis
-
-        client = redis.Redis(port=self.port, socket_connect_timeout=1)
-        wait_for(lambda: _pings(client), timeout=15)
-        client.close()
-        return self
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-
-def _pings(client: Any) -> bool:
-    try:
-        return bool(client.ping())
-    except Exception:  # noqa: BLE001 - still starting
-        return False
-
-
 # -- fixtures and helpers ----------------------------------------------------------------------
 
 
@@ -278,7 +224,7 @@ class SharedWorker:
             side.delete(key)
 
         def idle() -> bool:
-            left = [job for job, status, _ in engine.store.active_jobs() if status]
+            left = [job.id for job in engine.store.active_jobs() if job.status]
             for job_id in left:
                 with contextlib.suppress(Exception):
                     engine.signal(job_id, "stop")
@@ -720,8 +666,6 @@ def test_a_stop_recorded_while_the_broker_is_down_is_still_obeyed(engine, worker
 
 # -- 4. Redis restarted mid-job ----------------------------------------------------------------
 
-ALICE = {"X-Test-User": "alice"}
-
 
 def web_client(prefix: str, files_dir: str, **config: Any) -> Any:
     from tests.webapp import create_app
@@ -734,36 +678,6 @@ def web_client(prefix: str, files_dir: str, **config: Any) -> Any:
         **config,
     }
     return create_app(prefix, files_dir, **overrides).test_client()
-
-
-def web_start(client: Any, handler: str, body: dict[str, Any]) -> Any:
-    import re
-
-    page = client.get(f"/jobs/start/{handler}", headers=ALICE)
-    assert page.status_code == 200
-    csrf = re.search(r'name="csrf-token" content="([^"]+)"', page.text).group(1)
-    return client.post(f"/jobs/start/{handler}", json=body, headers={**ALICE, "X-CSRFToken": csrf})
-
-
-def web_status(client: Any, job_id: str) -> Any:
-    return client.get(f"/jobs/{job_id}/status", headers={**ALICE, "Accept": "application/json"})
-
-
-@pytest.fixture
-def own_redis(tmp_path: Any) -> Iterator[Any]:
-    servers: list[RedisServer] = []
-
-    def start(appendonly: bool) -> RedisServer:
-        directory = tmp_path / f"redis-{len(servers)}"
-        directory.mkdir()
-        servers.append(RedisServer(str(directory), appendonly=appendonly))
-        return servers[-1].start()
-
-    try:
-        yield start
-    finally:
-        for server in servers:
-            server.kill()
 
 
 @pytest.mark.slow

@@ -1,0 +1,133 @@
+"""Redis stalled (its process paused with SIGSTOP, then resumed) for longer than the client's
+timeout, in the middle of an item job, at the default ``BATCHFLOW_REDIS_TIMEOUT`` (2 s).
+
+A stall is not an outage: every connection stays open, and what was sent during the stall is
+carried out when Redis wakes, after the client has given up on it. What is proved: the web answers
+503 within the timeout (not the old 10 s), a start during the stall is refused and leaves nothing
+behind for good, an event stream ends or goes on (never hangs), and after the stall the job ends
+exactly: every counter and outcome exact, each id's side effect done once or, for the ids of a
+step cut off by the stall, twice at most, and every worker still running.
+
+In a file of its own, as its tests mostly wait: the suite's other process goes on meanwhile.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+import redis
+
+from batchflow.config import Settings
+from batchflow.engine import Engine
+from batchflow.store import CREATE_GRACE_MS, Store
+from tests.handlers import make_registry, side
+from tests.helpers import ALICE, WorkerProcess, make_config, wait_for, web_start, web_status
+from tests.webapp import create_app
+
+TIMEOUT = 2.0  # the default BATCHFLOW_REDIS_TIMEOUT
+IDS = [f"r{n:05d}" for n in range(4000)]  # 2 ms each: about 8 s of work on one worker
+
+
+def follow_events(client: Any, job_id: str, log: list[tuple[float, str]]) -> threading.Thread:
+    """Read ``/jobs/<id>/events`` on a thread, logging (time, what) until the stream ends."""
+
+    def read() -> None:
+        response = client.get(f"/jobs/{job_id}/events", headers=ALICE, buffered=False)
+        try:
+            for chunk in response.response:
+                text = chunk.decode() if isinstance(chunk, bytes) else chunk
+                if '"terminal": true' in text:
+                    log.append((time.monotonic(), "terminal"))
+                elif text.startswith("data:"):
+                    log.append((time.monotonic(), "event"))
+            log.append((time.monotonic(), "ended"))
+        except Exception as exc:  # noqa: BLE001 - how the stream broke is what the test reads
+            log.append((time.monotonic(), f"broke: {type(exc).__name__}"))
+        finally:
+            response.close()
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stall", [15, 30])
+def test_a_redis_stall_longer_than_the_timeout_loses_nothing_and_hangs_nothing(
+    own_redis, prefix, files_dir, stall
+):
+    server = own_redis(appendonly=False)
+    config = make_config(
+        prefix, files_dir, BATCHFLOW_REDIS_URL=server.url, BATCHFLOW_LEASE_SECONDS=30
+    )
+    for key in ("MAINTENANCE_INTERVAL", "STEP_TARGET", "QUEUE_TIMEOUT"):
+        del config[f"BATCHFLOW_{key}"]  # the defaults: maintenance every 1 s, 1 s steps, 300 s
+    workers = [WorkerProcess(config, pool="prefork", name="stall-a")]
+    workers.append(WorkerProcess(config, name="stall-b"))
+    try:
+        client = create_app(prefix, files_dir, **config).test_client()
+        r = web_start(client, "archive", {"ids": IDS, "params": {"prefix": prefix, "sleep": 0.002}})
+        assert r.status_code == 202, r.data
+        job_id = r.json["id"]
+        wait_for(lambda: web_status(client, job_id).json["processed"] >= 1000, timeout=60)
+        events: list[tuple[float, str]] = []
+        follower = follow_events(client, job_id, events)
+        wait_for(lambda: events, timeout=10)
+
+        server.proc.send_signal(signal.SIGSTOP)
+        stalled_at = time.monotonic()
+        began = time.monotonic()
+        refused = web_start(client, "archive", {"ids": ["late-1", "late-2"], "params": {}})
+        assert refused.status_code == 503 and "Redis" in refused.json["error"]
+        answers = [time.monotonic() - began]
+        while time.monotonic() - stalled_at < stall - TIMEOUT:
+            began = time.monotonic()
+            r = web_status(client, job_id)
+            assert r.status_code == 503 and "Redis does not answer" in r.json["error"]
+            answers.append(time.monotonic() - began)
+        time.sleep(max(0.0, stall - (time.monotonic() - stalled_at)))
+        server.proc.send_signal(signal.SIGCONT)
+        resumed_at = time.monotonic()
+        print(f"[stall {stall}s] 503s answered in {min(answers):.2f}-{max(answers):.2f} s")
+        assert max(answers) < TIMEOUT + 1.0, answers  # the timeout, not the old 10 s
+
+        assert web_status(client, job_id).status_code == 200  # the web is back at once
+        done = wait_for(
+            lambda: (s := web_status(client, job_id).json)["terminal"] and s, timeout=90
+        )
+        finished = time.monotonic() - resumed_at
+        counts = {k: done[k] for k in ("status", "processed", "good", "bad", "skipped")}
+        assert counts == {
+            "status": "completed",
+            "processed": 4000,
+            "good": 4000,
+            "bad": 0,
+            "skipped": 0,
+        }
+        archived = {k: int(v) for k, v in side.hgetall(f"{prefix}:archived").items()}
+        assert set(archived) == set(IDS) and max(archived.values()) <= 2, Counter(archived.values())
+        twice = sum(n == 2 for n in archived.values())
+        print(f"[stall {stall}s] job ended {finished:.1f} s after; {twice} ids changed twice")
+        follower.join(timeout=30)
+        assert not follower.is_alive(), f"the event stream hangs: {events[-3:]}"
+        assert all(w.proc.poll() is None for w in workers), "a worker died of the stall"
+
+        # The start refused during the stall was carried out by Redis when it woke; its keys
+        # expire, as nothing indexes them, and no step was ever sent for it.
+        fresh = redis.Redis.from_url(server.url, decode_responses=True)
+        jobs = {k.split(":")[1] for k in fresh.scan_iter(match=f"{prefix}:{{*}}:job")}
+        orphans = jobs - {f"{{{job_id}}}"}
+        for orphan in orphans:
+            ttl = fresh.pttl(f"{prefix}:{orphan}:job")
+            assert 0 < ttl <= CREATE_GRACE_MS, (orphan, ttl)
+        settings = Settings.from_mapping(config)
+        engine = Engine(settings, Store.from_url(server.url, prefix), make_registry())
+        assert [j.id for j in engine.jobs("alice")] == [job_id]  # no trace of the refused start
+    finally:
+        for worker in workers:
+            worker.kill()
