@@ -87,17 +87,27 @@ def worker(celery_app: Any) -> Iterator[Any]:
 
 @pytest.fixture(scope="session")
 def built_wheel(tmp_path_factory: Any) -> Any:
-    """The wheel of this checkout, built once per run for the packaging tests."""
+    """The wheel of this checkout, built once per run for the packaging tests: the first test
+    process to ask builds it, under a lock in the run's shared temporary folder, and the others
+    (pytest-xdist) take that one."""
+    import fcntl
     import subprocess
 
-    out = tmp_path_factory.mktemp("wheel")
-    build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), ROOT],
-        capture_output=True,
-        text=True,
-        cwd=str(out),
-    )
-    assert build.returncode == 0, build.stderr[-3000:]
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the folder every test process of this run shares
+    out = shared / "wheel"
+    with open(shared / "wheel.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not list(out.glob("batchflow-*.whl")):
+            out.mkdir(exist_ok=True)
+            build = subprocess.run(
+                [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), ROOT],
+                capture_output=True,
+                text=True,
+                cwd=str(out),
+            )
+            assert build.returncode == 0, build.stderr[-3000:]
     (wheel,) = out.glob("batchflow-*.whl")
     return wheel
 

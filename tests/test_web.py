@@ -215,7 +215,13 @@ def test_signals_over_http(client, web_worker):
     wait_for(lambda: client.get(f"/jobs/{job_id}/status", headers=ALICE).json["processed"] > 0)
     r = client.post(f"/jobs/{job_id}/stop", headers=headers)
     assert r.status_code == 202 and r.json["status"] in ("stopping", "stopped")
-    assert client.post(f"/jobs/{job_id}/stop", headers=headers).status_code == 202
+    # Asked again: the same answer while the step in flight has not ended the job, and "already
+    # ended" once it has (on a loaded machine it may have; test_faults asks twice with the step
+    # held, where the answer must be the same).
+    twice = client.post(f"/jobs/{job_id}/stop", headers=headers)
+    assert twice.status_code == 202 or (
+        twice.status_code == 409 and "already ended" in twice.json["error"]
+    ), twice.json
     status = finish(client, job_id)
     assert status["status"] == "stopped" and status["skipped"] == 100000 - status["processed"]
     again = client.post(f"/jobs/{job_id}/stop", headers=headers)
