@@ -72,9 +72,26 @@ class Increment(ItemsJob):
         side.hincrby(job.params["key"], "n", 1)
 
 
+class SlowIncrement(ItemsJob):
+    """``HINCRBY params["key"] <id> 1`` then ``params["sleep"]`` seconds of pretend work per id:
+    the key counts how many times each id was changed, so repeated work is known id by id.
+
+    Fixed steps of ``batch_size`` ids (500: about a second at 2 ms per id), so that "a step" is
+    the same slice whatever the adaptive sizing would do.
+    """
+
+    labels = {"title": "Slow incrementing (benchmark)"}
+    batch_size = 500
+
+    def change(self, item_id: str, job: Job) -> None:
+        side.hincrby(job.params["key"], item_id, 1)
+        time.sleep(float(job.params["sleep"]))
+
+
 def make_registry() -> Registry:
     registry = Registry()
     registry.add("units", Units)
     registry.add("steps", Steps)
     registry.add("increment", Increment)
+    registry.add("slow-increment", SlowIncrement)
     return registry

@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import redis
@@ -86,14 +86,19 @@ class Worker:
     """A real ``celery worker`` subprocess (solo pool) on the run's prefix and queue.
 
     Each worker also listens on a private queue, so that a readiness ping reaches that worker.
+    ``settings`` are more ``BATCHFLOW_*`` values for this worker only, on top of the run's; the
+    worker consumes the queue they name (``BATCHFLOW_QUEUE``, the run's queue unless set).
     """
 
-    def __init__(self, ctx: Context, name: str) -> None:
+    def __init__(self, ctx: Context, name: str, settings: Mapping[str, Any] | None = None) -> None:
         self.ctx = ctx
         self.name = f"{name}-{uuid.uuid4().hex[:6]}"
         self.private_queue = f"{ctx.queue}.{self.name}"
         self.log_path = os.path.join(ctx.tmp, f"{self.name}.log")
-        env = {**os.environ, **{k: str(v) for k, v in ctx.config.items()}}
+        self.settings = dict(settings or {})
+        config = {**ctx.config, **self.settings}
+        self.queue = str(config["BATCHFLOW_QUEUE"])
+        env = {**os.environ, **{k: str(v) for k, v in config.items()}}
         env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
@@ -109,7 +114,7 @@ class Worker:
                     "-c",
                     "1",
                     "-Q",
-                    f"{ctx.queue},{self.private_queue}",
+                    f"{self.queue},{self.private_queue}",
                     "-n",
                     f"{self.name}@%h",
                     "--loglevel",
@@ -155,6 +160,14 @@ class Worker:
     def log_tail(self, lines: int = 30) -> str:
         with open(self.log_path, errors="replace") as f:
             return "".join(f.readlines()[-lines:])
+
+    def kill(self) -> float:
+        """SIGKILL the worker's process group, as a crash (nothing runs after it); returns the
+        time the signal was sent (``time.time()``)."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        killed_at = time.time()
+        self.proc.wait(10)
+        return killed_at
 
     def stop(self) -> None:
         _stop_process(self.proc)
@@ -204,10 +217,15 @@ class Context:
     def key(self, *parts: str) -> str:
         return ":".join((self.prefix, "bench", *parts))
 
-    def start_worker(self, name: str) -> Worker:
-        worker = Worker(self, name)
+    def start_worker(
+        self, name: str, settings: Mapping[str, Any] | None = None, wait: bool = True
+    ) -> Worker:
+        """Start a worker (with ``settings`` on top of the run's); without ``wait``, the caller
+        calls ``wait_ready()`` later (several workers then start side by side)."""
+        worker = Worker(self, name, settings)
         self.workers.append(worker)
-        worker.wait_ready()
+        if wait:
+            worker.wait_ready()
         return worker
 
     def stop_worker(self, worker: Worker) -> None:

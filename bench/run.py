@@ -1,9 +1,13 @@
 #!/usr/bin/env python
 """batchflow's benchmarks: every figure is a ratio against a peer measured in the same run.
 
-    python bench/run.py            # the full run (about 2 minutes on an idle 2-core machine)
-    python bench/run.py --quick    # fewer items, steps and repetitions (about 40 s)
-    python bench/run.py --only 2,3 # some benchmarks only (1-6)
+    python bench/run.py            # the full run (about 3 minutes on an idle 2-core machine)
+    python bench/run.py --quick    # fewer items, steps, repetitions and kills (about 80 s)
+    python bench/run.py --only 2,3 # some benchmarks only (1-7)
+
+1. engine units/s in-process; 2-3. step overhead and Redis commands per step; 4. items
+throughput; 5. progress and stop latency; 6. scale; 7. work repeated per SIGKILL, with the default
+checkpoints against none (its peer is batchflow without checkpoints; see bench/crash.py).
 
 Needs a Redis at 127.0.0.1:6379 (``--redis-url`` for another). The RQ peer needs ``pip install rq``
 (3.0 or later, for ``RQ_KEY_PREFIX``); without it that peer is skipped with a note. Nothing is
@@ -37,6 +41,7 @@ from batchflow.engine import Engine  # noqa: E402
 from batchflow.schema import is_terminal  # noqa: E402
 from batchflow.store import Store  # noqa: E402
 from bench import harness  # noqa: E402
+from bench.crash import bench_crash  # noqa: E402
 from bench.handlers import BATCHES, make_registry  # noqa: E402
 from bench.harness import (  # noqa: E402
     Context,
@@ -994,7 +999,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="a short run (about 40 s)")
+    parser.add_argument("--quick", action="store_true", help="a short run (about 80 s)")
     parser.add_argument("--items", type=int, help="ids in the item jobs (default 20000)")
     parser.add_argument(
         "--peer-items", type=int, help="items for the one-task-per-item peers (default 600)"
@@ -1017,15 +1022,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--progress-steps", type=int, help="steps of the progress-latency job (default 200)"
     )
     parser.add_argument(
+        "--kills",
+        type=int,
+        help="SIGKILLs per configuration in benchmark 7 (default 5, --quick 3)",
+    )
+    parser.add_argument(
         "--only",
-        default="1,2,3,4,5,6",
-        help="comma-separated benchmarks to run (1-6; 2 and 3 run together)",
+        default="1,2,3,4,5,6,7",
+        help="comma-separated benchmarks to run (1-7; 2 and 3 run together)",
     )
     parser.add_argument(
         "--redis-url",
         default=os.environ.get("BATCHFLOW_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"),
     )
     opts = parser.parse_args(argv)
+    if opts.kills is not None and opts.kills < 1:
+        parser.error("--kills must be at least 1")
     quick = opts.quick
     defaults = {
         "items": 8000 if quick else 20_000,
@@ -1038,6 +1050,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "job_steps": 4 if quick else 12,
         "stop_trials": 3 if quick else 6,
         "progress_steps": 60 if quick else 200,
+        "kills": 3 if quick else 5,
     }
     for name, value in defaults.items():
         if getattr(opts, name) is None:
@@ -1048,6 +1061,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     opts.peer_reps = max(1, opts.reps - 1)
     opts.only = {int(x) for x in opts.only.split(",") if x.strip()}
     return opts
+
+
+#: The benchmarks that run on the run's one shared worker (1 has none; 7 starts its own).
+SHARED_WORKER = {2, 3, 4, 5, 6}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1071,12 +1088,13 @@ def main(argv: list[str] | None = None) -> int:
         ({4}, "4. items throughput", bench_items),
         ({5}, "5. progress and stop latency", bench_latency),
         ({6}, "6. scale", bench_scale),
+        ({7}, "7. work repeated per SIGKILL", bench_crash),
     ]
     try:
         for numbers, title, bench in plan:
             if not numbers & opts.only:
                 continue
-            if numbers != {1} and not ctx.workers:
+            if numbers & SHARED_WORKER and not ctx.workers:
                 ctx.start_worker("w1")
             print(f"{title} ...", end=" ", flush=True)
             t0 = time.time()
