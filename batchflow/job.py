@@ -226,6 +226,9 @@ class StepBuffer:
             payload = report.payload()
             if self._unconfirmed is not None:
                 payload["unconfirmed"] = self._unconfirmed[1]
+            # COMMIT refuses the step if the job lacks a checkpoint it applied (a Redis restart
+            # lost it): what this buffer holds would then not add up.
+            payload["checkpoints"] = self._numbered
             return payload
 
 

@@ -15,7 +15,8 @@ _PRELUDE = f"local TERMINAL = {LUA_TERMINAL}\n"
 # The status update shared by COMMIT, RENEW and SIGNAL. `p` is the decoded payload:
 #   incr: {field: delta}, set: {field: value}, messages: [text], results: [[id, json]],
 #   errors: [[id, message]], undo_errors: [[id, message]]; checkpoint: its number (RENEW), or
-#   unconfirmed: a numbered checkpoint to apply once (COMMIT).
+#   unconfirmed: a numbered checkpoint to apply once, and checkpoints: the number of the last
+#   checkpoint the step sent (COMMIT).
 _APPLY = (
     _PRELUDE
     + """
@@ -41,12 +42,11 @@ local function apply_outcomes(p, results, errors, undo_errors)
   end
 end
 
--- Whether numbered checkpoint `p` was applied already (and if not, record that it is now).
-local function applied(job, p)
-  if not p.checkpoint then return false end
-  if (tonumber(redis.call('HGET', job, 'checkpoints')) or 0) >= p.checkpoint then return true end
-  redis.call('HSET', job, 'checkpoints', p.checkpoint)
-  return false
+-- How many of the checkpoints a step sent, up to number `n`, the job lacks: 0 (applied, or
+-- sent again), 1 (`n` is the next one), more (one it applied is gone: Redis restarted and lost
+-- writes it had acknowledged, so the step cannot go on from what it holds).
+local function missing(job, n)
+  return n - (tonumber(redis.call('HGET', job, 'checkpoints')) or 0)
 end
 
 local function publish(job, msgs, channel, shown)
@@ -154,6 +154,8 @@ if f[1] and tonumber(f[1]) == tonumber(ARGV[1]) + 1 and f[5] == me then
 end
 if not f[1] or tonumber(f[1]) ~= tonumber(ARGV[1]) or f[2] ~= ARGV[2] then return {'lost'} end
 local p = cjson.decode(ARGV[4])
+local lacking = missing(job, p.checkpoints or 0)
+if lacking > 1 or (lacking == 1 and not p.unconfirmed) then return {'lost'} end
 local new_status = p.set and p.set.status
 if new_status and f[3] == 'canceling' and new_status ~= 'failed' and new_status ~= 'canceled' then
   -- A cancel that arrived mid-step wins over the step's own ending: its work is undone too.
@@ -169,8 +171,9 @@ if new_status == 'paused' and f[3] == 'running' and f[4] ~= 'pause' then
   p.set.status = nil
   p.messages = nil
 end
-if p.unconfirmed and not applied(job, p.unconfirmed) then
+if p.unconfirmed and lacking == 1 then
   -- A checkpoint the heartbeat sent without learning whether it was applied: apply it once.
+  redis.call('HSET', job, 'checkpoints', p.unconfirmed.checkpoint)
   apply(job, KEYS[6], p.unconfirmed, ARGV[3], ARGV[8])
   apply_outcomes(p.unconfirmed, KEYS[3], KEYS[4], KEYS[5])
 end
@@ -207,10 +210,13 @@ RENEW = (
 local job = KEYS[1]
 local f = redis.call('HMGET', job, 'seq', 'lease_owner', 'status', 'signal')
 if not f[1] or tonumber(f[1]) ~= tonumber(ARGV[1]) or f[2] ~= ARGV[2] then return {'lost'} end
+local p = ARGV[4] ~= '' and cjson.decode(ARGV[4]) or nil
+local lacking = (p and p.checkpoint) and missing(job, p.checkpoint) or 1
+if lacking > 1 then return {'lost'} end
 redis.call('HSET', job, 'lease_until', ARGV[5])
-if ARGV[4] ~= '' then
-  local p = cjson.decode(ARGV[4])
-  if not applied(job, p) then
+if p then
+  if lacking == 1 then
+    if p.checkpoint then redis.call('HSET', job, 'checkpoints', p.checkpoint) end
     apply(job, KEYS[2], p, ARGV[3], ARGV[7])
     apply_outcomes(p, KEYS[3], KEYS[4], KEYS[5])
   end

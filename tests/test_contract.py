@@ -18,10 +18,11 @@ import csv
 import io
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import redis
 
 from batchflow import (
     FileJob,
@@ -39,16 +40,20 @@ from batchflow.engine import Engine
 from batchflow.job import Job
 from batchflow.schema import ClaimCode, F
 from batchflow.store import Store
-from tests.handlers import Crash, side
-from tests.helpers import ListDispatcher
+from tests.handlers import REDIS_URL, Crash, side
+from tests.helpers import ListDispatcher, wait_for
 
 UNITS = 12
 BATCH = 3
 #: Job id -> the unit whose first attempt kills its worker.
 CRASH_AT: dict[str, str] = {}
+#: (job id, unit) -> something that happens once, as that unit begins.
+AT_UNIT: dict[tuple[str, str], Callable[[], None]] = {}
 
 
 def do_unit(job: Job, unit: str) -> None:
+    if (job.id, unit) in AT_UNIT:
+        AT_UNIT.pop((job.id, unit))()
     time.sleep(float(job.params.get("sleep", 0)))
     if CRASH_AT.get(job.id) == unit:
         del CRASH_AT[job.id]  # once: the step that runs it again gets through
@@ -168,6 +173,7 @@ def engine(settings: Settings) -> Iterator[Engine]:
         registry.add(name, cls)
     yield Engine(settings, Store.from_url(settings.redis_url, settings.key_prefix), registry)
     CRASH_AT.clear()
+    AT_UNIT.clear()
 
 
 class TestEngineContract:
@@ -394,6 +400,45 @@ class TestEngineContract:
         repeated = {unit for unit, n in self.marks(prefix).items() if n > 1}
         assert repeated == {str(unit) for unit in range(committed, 10)}
         assert len(repeated) <= 4, repeated  # at most about 0.1 s of 30 ms units
+
+    def test_a_checkpoint_redis_lost_after_applying_it_fails_the_step_not_the_counts(
+        self, engine, manual, kind, prefix
+    ):
+        """Redis acknowledged checkpoints, then lost them (a restart that lost the last second of
+        its append-only file): the job's keys go back to how they were at unit 3 while the step,
+        at unit 9, holds what came after them. The step must not commit on top of that: its next
+        checkpoint and its commit are refused, and the step run again from what Redis has is
+        exact."""
+        raw = redis.Redis.from_url(REDIS_URL)
+        keys = engine.store.keys.all_of
+        params = {"prefix": prefix, "sleep": 0.03}
+        ids = [str(unit) for unit in range(UNITS)] if kind == "items" else None
+        name = kind if kind == "task" else f"{kind}-one-step"  # a one-shot job is one step
+        job_id = engine.start(name, owner="c", params=params, ids=ids)
+        manual.drain(engine, limit=1)  # create_job
+        saved: dict[str, Any] = {}
+
+        def save() -> None:
+            saved.update({key: raw.dump(key) for key in keys(job_id)})
+            saved["checkpoints"] = engine.state(job_id).fields.get(F.CHECKPOINTS)
+
+        def lose() -> None:  # back to the saved keys, once a later checkpoint was applied
+            wait_for(lambda: engine.state(job_id).fields[F.CHECKPOINTS] != saved["checkpoints"])
+            for key in keys(job_id):
+                raw.delete(key)
+                if saved[key] is not None:
+                    raw.restore(key, 0, saved[key])
+
+        AT_UNIT[(job_id, "3")] = save
+        AT_UNIT[(job_id, "9")] = lose
+        outcome = engine.run_step(job_id, 1)
+        assert outcome.lost, outcome
+        lease = engine.settings.lease_seconds
+        assert engine.maintain(time.time() + lease + 1, force=True)["lost"] == 1
+        manual.drain(engine)
+        self.assert_exact(engine, job_id, kind, prefix)
+        marks = self.marks(prefix)
+        assert set(marks) == {str(unit) for unit in range(UNITS)} and max(marks.values()) <= 2
 
     def test_cleanup_runs_once_however_many_ask(self, engine, manual, kind, prefix):
         job_id = self.start(engine, kind, prefix)
