@@ -147,14 +147,16 @@ COMMIT = (
 -- Returns {'ok', new seq, status} or {'lost'} when the step's fence no longer holds. The same
 -- commit sent again (its reply was lost) changes nothing and returns what the first one did.
 local job = KEYS[1]
-local f = redis.call('HMGET', job, 'seq', 'lease_owner', 'status', 'signal', 'committed_by')
+local f = redis.call(
+  'HMGET', job, 'seq', 'lease_owner', 'status', 'signal', 'committed_by', 'checkpoints'
+)
 local me = ARGV[1] .. ' ' .. ARGV[2]
 if f[1] and tonumber(f[1]) == tonumber(ARGV[1]) + 1 and f[5] == me then
   return {'ok', tonumber(f[1]), f[3]}
 end
 if not f[1] or tonumber(f[1]) ~= tonumber(ARGV[1]) or f[2] ~= ARGV[2] then return {'lost'} end
 local p = cjson.decode(ARGV[4])
-local lacking = missing(job, p.checkpoints or 0)
+local lacking = (p.checkpoints or 0) - (tonumber(f[6]) or 0)  -- see missing()
 if lacking > 1 or (lacking == 1 and not p.unconfirmed) then return {'lost'} end
 local new_status = p.set and p.set.status
 if new_status and f[3] == 'canceling' and new_status ~= 'failed' and new_status ~= 'canceled' then
@@ -180,8 +182,9 @@ end
 apply(job, KEYS[6], p, ARGV[3], ARGV[8])
 apply_outcomes(p, KEYS[3], KEYS[4], KEYS[5])
 local seq = redis.call('HINCRBY', job, 'seq', 1)
-redis.call('HSET', job, 'attempts', 0, 'lease_owner', '', 'lease_until', ARGV[5])
-redis.call('HSET', job, 'committed_by', me)
+redis.call(
+  'HSET', job, 'attempts', 0, 'lease_owner', '', 'lease_until', ARGV[5], 'committed_by', me
+)
 local status = redis.call('HGET', job, 'status')
 if TERMINAL[status] then
   redis.call('HSET', job, 'finished_at', ARGV[3], 'signal', '')
