@@ -42,11 +42,12 @@ local function apply_outcomes(p, results, errors, undo_errors)
   end
 end
 
--- How many of the checkpoints a step sent, up to number `n`, the job lacks: 0 (applied, or
--- sent again), 1 (`n` is the next one), more (one it applied is gone: Redis restarted and lost
--- writes it had acknowledged, so the step cannot go on from what it holds).
-local function missing(job, n)
-  return n - (tonumber(redis.call('HGET', job, 'checkpoints')) or 0)
+-- How many of the checkpoints a step sent, up to number `n`, a job that has applied `have` (its
+-- `checkpoints` field) lacks: 0 or less (applied, or sent again), 1 (`n` is the next one), more
+-- (one it applied is gone: Redis restarted and lost writes it had acknowledged, so the step
+-- cannot go on from what it holds).
+local function missing(have, n)
+  return (n or 0) - (tonumber(have) or 0)
 end
 
 local function publish(job, msgs, channel, shown)
@@ -156,7 +157,7 @@ if f[1] and tonumber(f[1]) == tonumber(ARGV[1]) + 1 and f[5] == me then
 end
 if not f[1] or tonumber(f[1]) ~= tonumber(ARGV[1]) or f[2] ~= ARGV[2] then return {'lost'} end
 local p = cjson.decode(ARGV[4])
-local lacking = (p.checkpoints or 0) - (tonumber(f[6]) or 0)  -- see missing()
+local lacking = missing(f[6], p.checkpoints)
 if lacking > 1 or (lacking == 1 and not p.unconfirmed) then return {'lost'} end
 local new_status = p.set and p.set.status
 if new_status and f[3] == 'canceling' and new_status ~= 'failed' and new_status ~= 'canceled' then
@@ -211,10 +212,10 @@ RENEW = (
 -- (`ending`): fenced like COMMIT, but `seq` stays, for the step goes on.
 -- Returns {'ok', status, signal} or {'lost'}.
 local job = KEYS[1]
-local f = redis.call('HMGET', job, 'seq', 'lease_owner', 'status', 'signal')
+local f = redis.call('HMGET', job, 'seq', 'lease_owner', 'status', 'signal', 'checkpoints')
 if not f[1] or tonumber(f[1]) ~= tonumber(ARGV[1]) or f[2] ~= ARGV[2] then return {'lost'} end
 local p = ARGV[4] ~= '' and cjson.decode(ARGV[4]) or nil
-local lacking = (p and p.checkpoint) and missing(job, p.checkpoint) or 1
+local lacking = (p and p.checkpoint) and missing(f[5], p.checkpoint) or 1
 if lacking > 1 then return {'lost'} end
 redis.call('HSET', job, 'lease_until', ARGV[5])
 if p then

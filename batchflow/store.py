@@ -28,6 +28,7 @@ from typing import Any, TypeVar, cast
 import redis
 import redis.exceptions
 
+from .config import DEFAULTS
 from .events import RESYNC, EventHub, decode_event
 from .exceptions import JobNotFound, Unavailable
 from .keys import Keys
@@ -132,13 +133,13 @@ class Store:
         self.events = EventHub(client, self.keys.events_pattern())
 
     @classmethod
-    def from_url(cls, url: str, prefix: str, timeout: float = 2.0) -> Store:
+    def from_url(
+        cls, url: str, prefix: str, timeout: float = DEFAULTS["BATCHFLOW_REDIS_TIMEOUT"]
+    ) -> Store:
         """A store on a new connection pool, where a Redis that does not answer fails fast.
 
-        :param timeout: seconds a connection or a command may take before it fails as
-            :class:`Unavailable` (``BATCHFLOW_REDIS_TIMEOUT``): a Redis that is down, stalled or
-            cut off costs a web request this long, not a hung thread. Every command batchflow
-            sends normally answers in milliseconds.
+        :param timeout: seconds a connection or command may take before :class:`Unavailable`
+            (``BATCHFLOW_REDIS_TIMEOUT``): a stalled Redis costs a request this, not a thread.
 
         The pool blocks (up to 10 s) rather than failing when all its connections are busy, so a
         burst of requests waits its turn; ``?max_connections=N`` in the URL sizes it (default 64).
