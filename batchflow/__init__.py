@@ -27,10 +27,12 @@ from .exceptions import (
     InvalidParams,
     InvalidTransition,
     JobNotFound,
+    LimitReached,
     PermissionDenied,
     TooManyItems,
     Unavailable,
     UnknownHandler,
+    UserError,
 )
 from .extension import BatchFlow
 from .handlers import FileJob, Handler, ItemsJob, TaskJob
@@ -51,6 +53,7 @@ __all__ = [
     "Job",
     "JobNotFound",
     "JobState",
+    "LimitReached",
     "PermissionDenied",
     "Registry",
     "Status",
@@ -59,6 +62,7 @@ __all__ = [
     "TooManyItems",
     "Unavailable",
     "UnknownHandler",
+    "UserError",
     "registry",
 ]
 __version__ = "0.1.0.dev0"

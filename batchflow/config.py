@@ -36,6 +36,10 @@ DEFAULTS: dict[str, Any] = {
     "BATCHFLOW_MAX_BODY": 16 * 1024 * 1024,
     "BATCHFLOW_PROGRESS_INTERVAL": 0.25,
     "BATCHFLOW_CHECKPOINT_INTERVAL": 0.1,
+    "BATCHFLOW_MAX_ACTIVE_JOBS": 10,  # per owner; a handler's max_active_jobs overrides it
+    "BATCHFLOW_STREAM_SECONDS": 300.0,
+    "BATCHFLOW_STREAMS_PER_USER": 4,
+    "BATCHFLOW_FORGET_ANON_AT_LOGIN": False,
 }
 
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -65,6 +69,10 @@ class Settings:
     max_body: int
     progress_interval: float
     checkpoint_interval: float
+    max_active_jobs: int
+    stream_seconds: float
+    streams_per_user: int
+    forget_anon_at_login: bool
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any] | None = None) -> Settings:
@@ -91,6 +99,17 @@ class Settings:
             if value < minimum:
                 raise ConfigurationError(f"{key} must be at least {minimum}, not {value}.")
             return value
+
+        def flag(key: str) -> bool:
+            raw = get(key)
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off", ""):
+                return False
+            raise ConfigurationError(f"{key} must be true or false, not {raw!r}.")
 
         redis_url = str(get("BATCHFLOW_REDIS_URL"))
         prefix = str(get("BATCHFLOW_KEY_PREFIX"))
@@ -120,6 +139,10 @@ class Settings:
             max_body=number("BATCHFLOW_MAX_BODY", int, 1024),
             progress_interval=number("BATCHFLOW_PROGRESS_INTERVAL", float, 0.01),
             checkpoint_interval=number("BATCHFLOW_CHECKPOINT_INTERVAL", float, 0.01),
+            max_active_jobs=number("BATCHFLOW_MAX_ACTIVE_JOBS", int, 0),
+            stream_seconds=number("BATCHFLOW_STREAM_SECONDS", float, 1.0),
+            streams_per_user=number("BATCHFLOW_STREAMS_PER_USER", int, 1),
+            forget_anon_at_login=flag("BATCHFLOW_FORGET_ANON_AT_LOGIN"),
         )
         if settings.batch_min > settings.batch_max:
             raise ConfigurationError("BATCHFLOW_BATCH_MIN must not exceed BATCHFLOW_BATCH_MAX.")

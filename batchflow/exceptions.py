@@ -13,6 +13,9 @@ class BatchflowError(Exception):
 
     #: The HTTP status the web layer answers with when this error reaches a request.
     http_status = 500
+    #: More fields of the JSON error body, and more response headers (``Retry-After``...).
+    details: dict[str, object] = {}
+    headers: dict[str, str] = {}
 
 
 class ConfigurationError(BatchflowError):
@@ -90,3 +93,28 @@ class Unavailable(BatchflowError):
     """Redis or the Celery broker does not answer; nothing was created."""
 
     http_status = 503
+
+
+class LimitReached(BatchflowError):
+    """Too many at once: the owner's active jobs, or their open event streams (HTTP 429).
+
+    :param message: what the limit is and what to do, for the person.
+    :param retry_after: seconds after which trying again may succeed (the ``Retry-After`` header).
+    :param details: more fields of the JSON error body (the owner's running job ids...).
+    """
+
+    http_status = 429
+
+    def __init__(
+        self, message: str, *, retry_after: int = 5, details: dict[str, object] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.details = dict(details or {})
+        self.headers = {"Retry-After": str(retry_after)}
+
+
+class UserError(Exception):
+    """Raise from a handler when the message is meant for the person watching the job: it is
+    shown on the page as written. Any other exception is shown as a generic message with a short
+    reference, and its text goes to the worker's log under that reference (admins see it)."""

@@ -196,9 +196,11 @@ def batchflow_error(exc: BatchflowError) -> Any:
     body: dict[str, Any] = {"error": str(exc)}
     if isinstance(exc, InvalidParams) and exc.errors:
         body["errors"] = exc.errors
+    body.update(exc.details)
     if _wants_json():
-        return jsonify(body), code
-    return render_template("batchflow/error.html", error=str(exc), code=code), code
+        return jsonify(body), code, exc.headers
+    page = render_template("batchflow/error.html", error=str(exc), code=code)
+    return page, code, exc.headers
 
 
 @blueprint.errorhandler(HTTPException)
