@@ -40,6 +40,10 @@ DEFAULTS: dict[str, Any] = {
     "BATCHFLOW_STREAM_SECONDS": 300.0,
     "BATCHFLOW_STREAMS_PER_USER": 4,
     "BATCHFLOW_FORGET_ANON_AT_LOGIN": False,
+    "BATCHFLOW_CONTENT_SECURITY_POLICY": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'self'"
+    ),
 }
 
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -73,6 +77,7 @@ class Settings:
     stream_seconds: float
     streams_per_user: int
     forget_anon_at_login: bool
+    content_security_policy: str
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any] | None = None) -> Settings:
@@ -143,6 +148,7 @@ class Settings:
             stream_seconds=number("BATCHFLOW_STREAM_SECONDS", float, 1.0),
             streams_per_user=number("BATCHFLOW_STREAMS_PER_USER", int, 1),
             forget_anon_at_login=flag("BATCHFLOW_FORGET_ANON_AT_LOGIN"),
+            content_security_policy=str(get("BATCHFLOW_CONTENT_SECURITY_POLICY") or ""),
         )
         if settings.batch_min > settings.batch_max:
             raise ConfigurationError("BATCHFLOW_BATCH_MIN must not exceed BATCHFLOW_BATCH_MAX.")

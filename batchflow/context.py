@@ -89,6 +89,22 @@ def default_identity() -> str:
     return f"anon:{session[_SESSION_KEY]}"
 
 
+def forget_anonymous_identity_at_login(app: Flask) -> None:
+    """With Flask-Login, drop the anonymous identity from the session when a user logs in on
+    ``app`` (``BATCHFLOW_FORGET_ANON_AT_LOGIN``): the jobs started before logging in stay with
+    the anonymous id, and a later logout starts a fresh one. Without Flask-Login, nothing to do.
+    """
+    try:
+        from flask_login import user_logged_in
+    except ImportError:
+        return
+
+    def forget(sender: Flask, **extra: Any) -> None:
+        session.pop(_SESSION_KEY, None)
+
+    user_logged_in.connect(forget, app, weak=False)
+
+
 def current_identity() -> str:
     """The current user's id, from the app's identity hook.
 

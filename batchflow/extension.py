@@ -12,7 +12,14 @@ from flask_wtf.csrf import CSRFProtect
 
 from .cli import cli
 from .config import DEFAULTS, Settings
-from .context import AdminCheck, Identity, State, default_identity, get_state
+from .context import (
+    AdminCheck,
+    Identity,
+    State,
+    default_identity,
+    forget_anonymous_identity_at_login,
+    get_state,
+)
 from .engine import Engine
 from .exceptions import ConfigurationError
 from .registry import Registry
@@ -72,6 +79,7 @@ class BatchFlow:
             # Flask config wins, then the environment (the same keys), then the default.
             app.config.setdefault(key, os.environ.get(key, value))
         settings = Settings.from_mapping(app.config)
+        self._check_secret_key(app)
         store = Store.from_url(settings.redis_url, settings.key_prefix, settings.redis_timeout)
         engine = Engine(settings, store, self.registry)
         celery = make_celery(
@@ -95,6 +103,21 @@ class BatchFlow:
             app.config.setdefault("WTF_CSRF_CHECK_DEFAULT", False)
             CSRFProtect(app)
         app.cli.add_command(cli)
+        if settings.forget_anon_at_login:
+            forget_anonymous_identity_at_login(app)
+
+    def _check_secret_key(self, app: Flask) -> None:
+        """ConfigurationError unless the app has the secret batchflow needs: the signed session
+        keeps the anonymous identity (the default identity hook), and Flask-WTF signs the CSRF
+        tokens with it."""
+        needs_session = self.identity is default_identity
+        needs_csrf = self.csrf and not app.config.get("WTF_CSRF_SECRET_KEY")
+        if (needs_session or needs_csrf) and not app.config.get("SECRET_KEY"):
+            why = "the session that says whose jobs are whose" if needs_session else "CSRF tokens"
+            raise ConfigurationError(
+                f"Set SECRET_KEY on the app before init_app: batchflow signs {why} with it "
+                "(a long random string, the same in every web process, kept out of the code)."
+            )
 
     @staticmethod
     def state(app: Flask | None = None) -> State:

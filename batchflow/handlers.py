@@ -30,7 +30,8 @@ from .schema import Kind, Status
 
 StepResult = StepResponse | str | None
 
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# A spreadsheet skips leading blanks before it looks for a formula: " =1+1" runs too.
+_FORMULA = re.compile(r"[ \t\r\n\u00a0]*[=+\-@]|[\t\r]")
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._ -]+")
 
 
@@ -51,9 +52,9 @@ def _files_dir_errors(job: Job) -> Iterator[None]:
 
 def neutralize_cell(value: Any) -> Any:
     """``value`` for a CSV cell: text that a spreadsheet would run as a formula (it starts with
-    ``=``, ``+``, ``-``, ``@``, a tab or a carriage return) gets a leading ``'``; anything else is
-    returned as it is."""
-    if isinstance(value, str) and value.startswith(_FORMULA_START):
+    ``=``, ``+``, ``-`` or ``@``, after any spaces, tabs, line breaks or no-break spaces, or with a
+    tab or a carriage return) gets a leading ``'``; anything else is returned as it is."""
+    if isinstance(value, str) and _FORMULA.match(value):
         return "'" + value
     return value
 

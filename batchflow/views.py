@@ -29,7 +29,7 @@ from flask import (
     url_for,
 )
 from werkzeug.datastructures import MultiDict
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from .context import current_identity, get_state, is_admin, permission_subject
 from .display import labels_for, register_template_filters
@@ -56,6 +56,9 @@ TEMPLATES = _resource_dir("templates")
 STATIC = _resource_dir("static")
 _RESERVED_FIELDS = {"csrf_token", "ids", "ids[]", "redirect_url", "submit"}
 _UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
+#: The jobs list's last page number, and the most per-id outcomes one results page asks for.
+MAX_PAGE = 1_000_000
+MAX_RESULTS_COUNT = 1000
 _API_ENDPOINTS = {"batchflow.status", "batchflow.events", "batchflow.results"}
 
 
@@ -99,13 +102,22 @@ def status_json(state: JobState) -> dict[str, Any]:
 
 
 def _safe_redirect(url: str | None) -> str | None:
-    """``url`` if it points into this site (where to go back to), else InvalidParams."""
+    """``url`` if a browser resolves it to a page of this site, else InvalidParams.
+
+    Only a path is accepted (``/reports?x=1``): one ``/`` and then not a second one or a
+    backslash, which browsers read as the start of another host (``//evil``, ``///evil``,
+    ``/\\evil``). A full URL is accepted only for the app's own ``SERVER_NAME``: the rule never
+    trusts the ``Host`` header the request itself sent.
+    """
     if not url:
         return None
+    if "\\" in url or any(ord(c) < 33 or ord(c) == 127 for c in url):
+        raise InvalidParams("redirect_url must point into this site.")
     parts = urlsplit(url)
-    same_host = parts.netloc == request.host and parts.scheme in ("http", "https")
-    local = not parts.scheme and not parts.netloc and url.startswith("/")
-    if (local or same_host) and "\\" not in url and not any(ord(c) < 32 for c in url):
+    local = not parts.scheme and not parts.netloc and url.startswith("/") and url[1:2] != "/"
+    server = current_app.config.get("SERVER_NAME")
+    own = bool(server) and parts.scheme in ("http", "https") and parts.netloc == server
+    if local or own:
         return url
     raise InvalidParams("redirect_url must point into this site.")
 
@@ -130,9 +142,13 @@ def _job_response(job_id: str, code: int = 202) -> Response:
 def _read_start_request() -> tuple[dict[str, Any], list[Any] | None, str | None]:
     """Parameters, ids and redirect_url from a JSON body or a form."""
     if request.is_json:
-        body = request.get_json(silent=True)
+        try:
+            body = request.get_json(silent=True)
+        except RecursionError:
+            body = None
         if not isinstance(body, dict):
             raise InvalidParams('Send a JSON object: {"params": {...}, "ids": [...]}.')
+        _check_json(body)
         params = body.get("params", {})
         if not isinstance(params, dict):
             raise InvalidParams("params must be a JSON object.")
@@ -147,6 +163,33 @@ def _read_start_request() -> tuple[dict[str, Any], list[Any] | None, str | None]
     ids = form.getlist("ids") or form.getlist("ids[]") or None
     params = {k: v for k, v in form.items() if k not in _RESERVED_FIELDS}
     return params, ids, form.get("redirect_url") or request.args.get("redirect_url")
+
+
+#: How deep a start request's JSON may nest (params are settings, not documents).
+MAX_JSON_DEPTH = 32
+
+
+def _check_json(body: Any) -> None:
+    """InvalidParams unless ``body`` nests at most :data:`MAX_JSON_DEPTH` levels and all its text
+    is valid Unicode (JSON may carry a lone surrogate such as ``"\\ud800"``; Redis may not)."""
+    level = [body]
+    for _ in range(MAX_JSON_DEPTH + 1):
+        level = [
+            child
+            for value in level
+            if isinstance(value, (dict, list))
+            for child in (value.values() if isinstance(value, dict) else value)
+        ]
+        if not level:
+            break
+    else:
+        raise InvalidParams(f"The JSON nests too deeply: at most {MAX_JSON_DEPTH} levels.")
+    try:
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidParams(
+            "The request carries text that is not valid Unicode (a lone surrogate)."
+        ) from None
 
 
 def _validate_form(form_class: type, params: dict[str, Any]) -> dict[str, Any]:
@@ -181,13 +224,42 @@ def template_globals() -> dict[str, Any]:
 @blueprint.before_request
 def check_csrf() -> None:
     if request.method in _UNSAFE:
-        # Refuse an oversized body before anything reads it (413), whatever the app's limit.
-        request.max_content_length = get_state().settings.max_body
+        _limit_body(get_state().settings.max_body)
     csrf = current_app.extensions.get("csrf")
     enabled = current_app.config.get("WTF_CSRF_ENABLED", True)
     if get_state().csrf and csrf and enabled and request.method in _UNSAFE:
         if not g.get("csrf_valid"):
             csrf.protect()
+
+
+def _limit_body(limit: int) -> None:
+    """Refuse a body over ``limit`` bytes with 413, whatever the app's own limit: a declared
+    length before anything reads it; a chunked body (no length) as it is read, one byte past the
+    limit (werkzeug's reader would stop at the limit and hand on a truncated body)."""
+    if request.content_length is not None:
+        request.max_content_length = limit
+        return
+    request.max_content_length = limit + 1
+    if len(request.get_data(cache=True)) > limit:
+        raise RequestEntityTooLarge()
+
+
+@blueprint.after_request
+def security_headers(response: Response) -> Response:
+    """Defence in depth on every response batchflow serves, unless the app already set a header:
+    scripts and styles only from this site (the pages have no inline script), no framing by
+    another site, no MIME sniffing, no referrer to other sites; and nothing about a job (pages,
+    status, streams, downloads, reports) kept in a cache."""
+    headers = response.headers
+    policy = get_state().settings.content_security_policy
+    if policy:
+        headers.setdefault("Content-Security-Policy", policy)
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault("Referrer-Policy", "same-origin")
+    headers.setdefault("X-Frame-Options", "SAMEORIGIN")
+    if request.endpoint != "batchflow.static":
+        headers["Cache-Control"] = "no-store"
+    return response
 
 
 @blueprint.errorhandler(BatchflowError)
@@ -220,6 +292,8 @@ def jobs() -> Any:
     if status_filter and status_filter not in {s.value for s in Status}:
         raise InvalidParams(f"Unknown status {status_filter!r}.")
     page = max(1, request.args.get("page", 1, type=int) or 1)
+    if page > MAX_PAGE:
+        raise InvalidParams(f"page must be at most {MAX_PAGE}.")
     per_page = max(1, min(100, request.args.get("per_page", 25, type=int) or 25))
     states = get_state().engine.jobs(
         None if admin else user,
@@ -361,8 +435,9 @@ def results(job_id: str) -> Any:
         raise InvalidParams("which must be 'results' or 'errors'.")
     cursor = request.args.get("cursor", 0, type=int) or 0
     count = request.args.get("count", 100, type=int) or 100
-    if cursor < 0 or count < 1:
-        raise InvalidParams("cursor must be >= 0 and count >= 1.")
+    if not 0 <= cursor < 2**64 or count < 1:
+        raise InvalidParams("cursor must be a cursor this route gave, and count >= 1.")
+    count = min(count, MAX_RESULTS_COUNT)
     page = get_state().engine.results(job_id, which, cursor, count)
     return jsonify({"which": which, "items": page.items, "cursor": page.cursor})
 

@@ -49,6 +49,11 @@ def page():
         page = context.new_page()
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
+        # batchflow's pages send a Content-Security-Policy: anything it blocks is a bug.
+        page.on(
+            "console",
+            lambda msg: "Content Security Policy" in msg.text and errors.append(msg.text),
+        )
         yield page
         browser.close()
         assert errors == [], errors
