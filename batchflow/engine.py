@@ -47,6 +47,7 @@ log = logging.getLogger("batchflow")
 
 MAX_ID_LENGTH = 512
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclasses.dataclass
@@ -196,6 +197,8 @@ class Engine:
                 raise InvalidParams(f"Each id must be 1 to {MAX_ID_LENGTH} characters long.")
             if _CONTROL.search(text):
                 raise InvalidParams("Ids must not contain control characters.")
+            if not text.isascii() and _SURROGATE.search(text):
+                raise InvalidParams("Ids must be valid Unicode text (a lone surrogate is not).")
             checked.append(text)
         if not checked:
             raise InvalidParams("The list of ids is empty: there is nothing to do.")

@@ -114,6 +114,8 @@ def test_unknown_handler_bad_params_and_ids_leave_nothing(engine, manual, redis_
         engine.start("archive", owner="x", ids=[], params={"prefix": prefix})
     with pytest.raises(InvalidParams, match="control"):
         engine.start("archive", owner="x", ids=["a\x00b"], params={"prefix": prefix})
+    with pytest.raises(InvalidParams, match="lone surrogate"):
+        engine.start("archive", owner="x", ids=["é", "a\ud800"], params={"prefix": prefix})
     with pytest.raises(TooManyItems):
         engine.start("archive", owner="x", ids=range(engine.settings.max_ids + 1))
     assert manual.steps == []
