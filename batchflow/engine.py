@@ -233,9 +233,9 @@ class Engine:
             return admitted.job_ids[0]
         if admitted.code is AdmitCode.FULL:
             running = admitted.job_ids
-            which = "jobs" if own_limit is None else f"{spec.name!r} jobs"
+            which = "" if own_limit is None else f"{spec.name!r} "
             raise LimitReached(
-                f"You already have {len(running)} {which} running, the most one person may "
+                f"You already have {len(running)} active {which}job(s), the most one person may "
                 f"run at once ({limit}). Wait for one to finish, or stop one, then try again.",
                 retry_after=LIMIT_RETRY_AFTER,
                 details={"active_jobs": running},
