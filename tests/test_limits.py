@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from flask import Flask
 
 from batchflow import BatchFlow, LimitReached
 from batchflow.config import Settings
@@ -272,3 +273,18 @@ def test_deduplication_is_per_owner_parameters_and_active_jobs_only(prefix, file
     steps.drain(engine)
     after = engine.submit("dedup", owner="alice", params={"n": 1})
     assert after.created and after.job_id != first.job_id
+
+
+def test_the_cli_retry_counts_toward_the_owners_limit(prefix, files_dir):
+    app = Flask("limits_cli")
+    app.config.update(make_config(prefix, files_dir, BATCHFLOW_MAX_ACTIVE_JOBS=1))
+    BatchFlow(app, registry=make_registry())
+    engine = BatchFlow.state(app).engine
+    engine.dispatcher = steps = ListDispatcher()
+    failed = engine.start("archive", owner="alice", ids=["bad-1"], params={"prefix": prefix})
+    steps.drain(engine)
+    engine.start("count", owner="alice", params={"n": 1})  # alice's one place is taken
+    refused = app.test_cli_runner().invoke(args=["batchflow", "retry", failed])
+    assert refused.exit_code == 3 and "Wait for one to finish" in refused.output
+    steps.drain(engine)
+    assert app.test_cli_runner().invoke(args=["batchflow", "retry", failed]).exit_code == 0
