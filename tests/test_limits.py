@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from batchflow import BatchFlow, LimitReached
+from batchflow import BatchFlow, ConfigurationError, LimitReached, Registry
 from batchflow.config import Settings
 from batchflow.engine import Engine
 from batchflow.schema import AdmitCode
@@ -288,3 +288,12 @@ def test_the_cli_retry_counts_toward_the_owners_limit(prefix, files_dir):
     assert refused.exit_code == 3 and "Wait for one to finish" in refused.output
     steps.drain(engine)
     assert app.test_cli_runner().invoke(args=["batchflow", "retry", failed]).exit_code == 0
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "3", True])
+def test_a_handlers_limit_must_be_a_whole_number(bad):
+    class Wrong(Count):
+        max_active_jobs = bad
+
+    with pytest.raises(ConfigurationError, match="max_active_jobs must be a whole number"):
+        Registry().add("wrong", Wrong)
