@@ -1,10 +1,13 @@
-"""The Lua scripts of the step protocol, registered on the store's client (see store.py).
+"""The Lua scripts of the step protocol, registered on the store's client (see store.py), and
+ADMIT, the start's admission check (see admission.py).
 
-Each opens with its KEYS and ARGV slots. Every script touches the keys of one job only (one
-Redis Cluster slot); global indexes are written by plain commands outside them. Field names are
-those of :class:`batchflow.schema.F`; the terminal statuses come from :class:`~batchflow.schema.
-Status` through ``TERMINAL`` below; return codes are :class:`~batchflow.schema.ClaimCode` and
-:class:`~batchflow.schema.SignalCode`.
+Each opens with its KEYS and ARGV slots. Every step-protocol script touches the keys of one job
+only (one Redis Cluster slot); global indexes are written by plain commands outside them. ADMIT
+is the exception: besides the owner's hash of active jobs it reads the status of each job listed
+there (keys it builds from ARGV, so it needs one Redis, not a Cluster). Field names are those of
+:class:`batchflow.schema.F`; the terminal statuses come from :class:`~batchflow.schema.Status`
+through ``TERMINAL`` below; return codes are :class:`~batchflow.schema.ClaimCode`,
+:class:`~batchflow.schema.SignalCode` and :class:`~batchflow.schema.AdmitCode`.
 """
 
 from .schema import LUA_TERMINAL
