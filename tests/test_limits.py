@@ -4,6 +4,7 @@ active jobs (atomic across web processes and concurrent starts), and opt-in de-d
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -297,3 +298,13 @@ def test_a_handlers_limit_must_be_a_whole_number(bad):
 
     with pytest.raises(ConfigurationError, match="max_active_jobs must be a whole number"):
         Registry().add("wrong", Wrong)
+
+
+def test_cleaning_an_expired_job_removes_it_from_its_owners_active_jobs(prefix, files_dir):
+    engine, steps = _engine(prefix, files_dir, limit=2)
+    job_id = engine.start("count", owner="alice", params={"n": 1})
+    active = engine.store.keys.owner_active("alice")
+    assert engine.store.client.hexists(active, job_id)
+    steps.drain(engine)
+    engine.maintain(time.time() + engine.settings.job_ttl + 60, force=True)
+    assert not engine.store.client.exists(active)
