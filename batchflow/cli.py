@@ -1,7 +1,8 @@
 """Command line: ``flask batchflow ...`` inside an app (``batchflow demo`` is the demo's own).
 
 Exit codes: 0 success; 1 the job ended badly (``watch``: failed/stalled); 2 usage errors and
-unknown jobs (Click's convention); 3 the request is not allowed now (stop a finished job...).
+unknown jobs (Click's convention); 3 the request is not allowed now (stop a finished job, retry
+while the job's owner has as many active jobs as their limit allows...).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from flask.cli import with_appcontext
 
 from .context import get_state
 from .engine import Engine
-from .exceptions import BatchflowError, InvalidTransition, JobNotFound
+from .exceptions import BatchflowError, InvalidTransition, JobNotFound, LimitReached
 from .schema import Status
 from .state import JobState
 
@@ -26,7 +27,7 @@ def _engine() -> Engine:
 
 def _fail(exc: BatchflowError) -> None:
     click.echo(f"Error: {exc}", err=True)
-    sys.exit(3 if isinstance(exc, InvalidTransition) else 2)
+    sys.exit(3 if isinstance(exc, (InvalidTransition, LimitReached)) else 2)
 
 
 def _line(state: JobState) -> str:

@@ -21,6 +21,7 @@ import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from .admission import SHARED_POOL, Admission, fingerprint
 from .config import Settings
 from .display import labels_for
 from .exceptions import (
@@ -28,6 +29,7 @@ from .exceptions import (
     InvalidParams,
     InvalidTransition,
     JobNotFound,
+    LimitReached,
     TooManyItems,
     Unavailable,
 )
@@ -36,18 +38,29 @@ from .job import Job
 from .keys import valid_job_id
 from .maintenance import Maintenance
 from .registry import HandlerSpec, Registry
-from .schema import ClaimCode, F, Kind, Signal, SignalCode, initial_fields, ms
+from .schema import AdmitCode, ClaimCode, F, Kind, Signal, SignalCode, initial_fields, ms
 from .state import JobState
 from .steps import CLEANUP_GRACE, Dispatcher, StepOutcome, StepRunner
 from .store import Store
 
-__all__ = ["CLEANUP_GRACE", "Dispatcher", "Engine", "Page", "StepOutcome"]
+__all__ = ["CLEANUP_GRACE", "Dispatcher", "Engine", "Page", "Started", "StepOutcome"]
 
 log = logging.getLogger("batchflow")
 
 MAX_ID_LENGTH = 512
+#: Seconds a start refused for the owner's limit is told to wait (``Retry-After``).
+LIMIT_RETRY_AFTER = 30
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+@dataclasses.dataclass(frozen=True)
+class Started:
+    """What a start did: ``job_id`` is the new job's, or (``created`` False) that of an identical
+    active job of the owner's that a ``deduplicate`` handler answers with."""
+
+    job_id: str
+    created: bool
 
 
 @dataclasses.dataclass
@@ -86,6 +99,7 @@ class Engine:
         self.settings = settings
         self.store = store
         self.registry = registry
+        self.admission = Admission(store.client, store.keys)
         #: How steps reach workers: set by the Celery layer (``make_celery``), or by tests.
         self.dispatcher: Dispatcher | None = None
         self.steps = StepRunner(settings, store, registry, self._dispatch)
@@ -115,7 +129,26 @@ class Engine:
         redirect_url: str | None = None,
         extra: dict[str, Any] | None = None,
     ) -> str:
-        """Create a job and enqueue its first step; returns the new job's id.
+        """Create a job and enqueue its first step; returns the job's id (with a
+        ``deduplicate`` handler, perhaps that of an identical job already active: see
+        :meth:`submit`, which tells the two apart)."""
+        return self.submit(
+            handler, owner=owner, params=params, ids=ids, redirect_url=redirect_url, extra=extra
+        ).job_id
+
+    def submit(
+        self,
+        handler: str,
+        *,
+        owner: str,
+        params: dict[str, Any] | None = None,
+        ids: Iterable[Any] | None = None,
+        redirect_url: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> Started:
+        """Create a job and enqueue its first step, unless the handler deduplicates and one of
+        ``owner``'s active jobs has the same handler, parameters (as validated) and ids: then
+        that job is the answer (``created`` False).
 
         Nothing is left behind if anything fails: the job's keys are removed again when its first
         step cannot be enqueued.
@@ -124,6 +157,8 @@ class Engine:
         :raises UnknownHandler: no handler by that name.
         :raises InvalidParams: the handler refused the parameters, or the ids are not acceptable.
         :raises TooManyItems: more ids than ``BATCHFLOW_MAX_IDS``.
+        :raises LimitReached: ``owner`` has as many active jobs as their limit allows
+            (``BATCHFLOW_MAX_ACTIVE_JOBS``, or the handler's ``max_active_jobs``).
         :raises Unavailable: Redis or the broker does not answer.
         """
         spec = self.registry.get(handler)
@@ -136,6 +171,9 @@ class Engine:
         id_list, source = self._check_ids(spec, instance, ids)
         job_id = _new_job_id()
         now = time.time()
+        existing = self._admit(spec, owner, job_id, fingerprint(spec.name, params, id_list), now)
+        if existing is not None:
+            return Started(existing, created=False)
         s = self.settings
         fields = initial_fields(
             job_id=job_id,
@@ -154,12 +192,13 @@ class Engine:
             now=now,
             extra=extra,
         )
-        self.store.create(job_id, fields, id_list, ms(now))
         try:
+            self.store.create(job_id, fields, id_list, ms(now))
             self._dispatch().enqueue_step(job_id, 0)
         except Exception as exc:
             with contextlib.suppress(BatchflowError):
                 self.store.delete_job(job_id, owner)
+                self.admission.release(owner, job_id)
             if isinstance(exc, BatchflowError):
                 raise
             raise Unavailable(
@@ -167,7 +206,42 @@ class Engine:
                 "Check that the Celery broker (BATCHFLOW_BROKER_URL) runs."
             ) from exc
         log.info("started job %s (%s) for %s", job_id, spec.name, owner)
-        return job_id
+        return Started(job_id, created=True)
+
+    def _admit(
+        self, spec: HandlerSpec, owner: str, job_id: str, print_: str, now: float
+    ) -> str | None:
+        """Take the new job's place among the owner's active jobs; the id of an identical active
+        job to answer with instead (a deduplicating handler), or None to go on and create it.
+
+        :raises LimitReached: the owner's pool of active jobs is full.
+        """
+        own_limit = spec.handler_class.max_active_jobs
+        limit = self.settings.max_active_jobs if own_limit is None else own_limit
+        dedup = spec.handler_class.deduplicate
+        if limit <= 0 and not dedup:
+            return None  # nothing to count or to match: no Redis round trip
+        pool = SHARED_POOL if own_limit is None else spec.name
+        admitted = self.admission.admit(
+            owner,
+            job_id,
+            pool=pool,
+            limit=limit,
+            fingerprint=print_ if dedup else "",
+            now_ms=ms(now),
+        )
+        if admitted.code is AdmitCode.SAME:
+            return admitted.job_ids[0]
+        if admitted.code is AdmitCode.FULL:
+            running = admitted.job_ids
+            which = "" if own_limit is None else f"{spec.name!r} "
+            raise LimitReached(
+                f"You already have {len(running)} active {which}job(s), the most one person may "
+                f"run at once ({limit}). Wait for one to finish, or stop one, then try again.",
+                retry_after=LIMIT_RETRY_AFTER,
+                details={"active_jobs": running},
+            )
+        return None
 
     def _check_ids(
         self, spec: HandlerSpec, handler: Handler, ids: Iterable[Any] | None
@@ -205,9 +279,21 @@ class Engine:
         return checked, "request"
 
     def retry_failed(self, job_id: str, owner: str) -> str:
-        """Start a new job over only the ids that failed in ``job_id``.
+        """Start a new job over only the ids that failed in ``job_id``; its id (see
+        :meth:`retry`).
 
         :raises InvalidTransition: the job is not a finished item job with failed ids.
+        :raises LimitReached: ``owner`` has as many active jobs as their limit allows.
+        """
+        return self.retry(job_id, owner).job_id
+
+    def retry(self, job_id: str, owner: str) -> Started:
+        """Start a new job, owned by ``owner``, over only the ids that failed in ``job_id``, with
+        its parameters and redirect URL (see :meth:`submit`). The caller decides whether
+        ``owner`` may start the job's handler: the web layer asks its permission hook.
+
+        :raises InvalidTransition: the job is not a finished item job with failed ids.
+        :raises LimitReached: ``owner`` has as many active jobs as their limit allows.
         """
         state = self.state(job_id)
         if state.kind != Kind.ITEMS.value or not state.status.terminal:
@@ -215,7 +301,7 @@ class Engine:
         failed = [item for item, _ in self.store.iter_hash(job_id, "errors")]
         if not failed:
             raise InvalidTransition("This job has no failed ids to retry.")
-        return self.start(
+        return self.submit(
             state.fields[F.HANDLER],
             owner=owner,
             params=json.loads(state.fields.get(F.PARAMS) or "{}"),
@@ -375,9 +461,11 @@ class Engine:
         """Clean up a job whose time is up; its owner, for the index, if its state is there."""
         self.cleanup(job_id)
         try:
-            return self.state(job_id).owner
+            owner = self.state(job_id).owner
         except JobNotFound:
             return None
+        self.admission.release(owner, job_id)
+        return owner
 
     def maintain(self, now: float | None = None, *, force: bool = False) -> dict[str, int]:
         """Recover overdue steps and clean expired jobs (see :mod:`batchflow.maintenance`).

@@ -77,6 +77,12 @@ class Handler:
     :cvar params_form: a Flask-WTF form class describing the job's parameters; the web layer
         renders it as the job's start page and validates it.
     :cvar sensitive_params: parameter names masked wherever the job is shown.
+    :cvar max_active_jobs: how many of this handler's jobs one owner may have active (not yet
+        ended) at once, counted apart from their other jobs; 0 for no limit. None (the default)
+        puts the handler's jobs in the owner-wide pool that ``BATCHFLOW_MAX_ACTIVE_JOBS`` limits.
+        A start over the limit is refused with :class:`~batchflow.exceptions.LimitReached` (429).
+    :cvar deduplicate: a start identical to one of the owner's active jobs (same handler,
+        validated parameters and ids) returns that job instead of starting a second one.
     """
 
     kind: ClassVar[Kind] = Kind.HANDLER
@@ -89,6 +95,8 @@ class Handler:
     step_delay: ClassVar[float] = 0.0
     params_form: ClassVar[type | None] = None
     sensitive_params: ClassVar[tuple[str, ...]] = ()
+    max_active_jobs: ClassVar[int | None] = None
+    deduplicate: ClassVar[bool] = False
 
     def validate_params(self, params: dict[str, Any]) -> dict[str, Any]:
         """Check and normalise the parameters a job is started with, in the starting request.

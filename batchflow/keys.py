@@ -13,6 +13,11 @@ def valid_job_id(job_id: object) -> bool:
     return isinstance(job_id, str) and bool(JOB_ID_RE.match(job_id))
 
 
+def _digest(owner: str) -> str:
+    # Owners are arbitrary strings (emails, ids); a digest keeps the key's alphabet fixed.
+    return hashlib.sha256(owner.encode()).hexdigest()[:32]
+
+
 class Keys:
     """Builds every Redis key batchflow uses; no other code formats a key.
 
@@ -78,9 +83,17 @@ class Keys:
         return f"{self.prefix}:index:all"
 
     def owner(self, owner: str) -> str:
-        # Owners are arbitrary strings (emails, ids); a digest keeps the key's alphabet fixed.
-        digest = hashlib.sha256(owner.encode()).hexdigest()[:32]
-        return f"{self.prefix}:index:owner:{digest}"
+        return f"{self.prefix}:index:owner:{_digest(owner)}"
+
+    def owner_active(self, owner: str) -> str:
+        """The owner's active jobs as admission counts them (see :mod:`batchflow.admission`)."""
+        return f"{self.prefix}:index:owner-active:{_digest(owner)}"
+
+    def job_around_id(self) -> tuple[str, str]:
+        """A job hash's key as the text before and after its id, for a script that reads the
+        hashes of jobs it finds in an index: ``head .. id .. tail`` is :meth:`job`."""
+        head, tail = self.job("\0").split("\0")
+        return head, tail
 
     def worker(self, worker_id: str) -> str:
         """A worker process's sign of life: it exists while the process runs steps and lives."""

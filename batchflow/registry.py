@@ -109,6 +109,12 @@ def _overrides(cls: type, base: type, method: str) -> bool:
 
 def _check_complete(cls: type[Handler]) -> None:
     name = cls.__qualname__
+    limit = cls.max_active_jobs
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise ConfigurationError(
+            f"{name}.max_active_jobs must be a whole number >= 0 (0 = no limit), or None for "
+            "the owner-wide BATCHFLOW_MAX_ACTIVE_JOBS."
+        )
     if issubclass(cls, ItemsJob):
         if not _overrides(cls, ItemsJob, "change"):
             raise ConfigurationError(f"{name} must define change(item_id, job).")

@@ -115,6 +115,14 @@ class SignalCode(str, enum.Enum):
     ENDING = "ending"  # a cancel after the step in flight began to end the job: too late
 
 
+class AdmitCode(str, enum.Enum):
+    """ADMIT's answer to a new job (see :mod:`batchflow.admission`)."""
+
+    OK = "ok"  # admitted: its place is taken, create the job
+    SAME = "same"  # an identical job of the owner's is still active: that one is the answer
+    FULL = "full"  # the owner has as many active jobs as the limit allows
+
+
 class F:
     """The fields of the job hash (``prefix:{job_id}:job``); every value is a string."""
 

@@ -40,7 +40,8 @@ from .exceptions import (
     PermissionDenied,
 )
 from .handlers import neutralize_cell
-from .schema import Status
+from .registry import HandlerSpec
+from .schema import F, Status
 from .state import JobState
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -123,7 +124,8 @@ def _safe_redirect(url: str | None) -> str | None:
 
 
 def _job_response(job_id: str, code: int = 202) -> Response:
-    """Answer a request that started a job: 303 to its page, or 202 with its URLs."""
+    """Answer a request that started a job: 303 to its page, or ``code`` with its URLs (202 for
+    a new job, 200 for an identical active job that a deduplicating handler answered with)."""
     page = url_for("batchflow.progress", job_id=job_id)
     if not _wants_json():
         return redirect(page, code=303)  # type: ignore[return-value]
@@ -316,12 +318,19 @@ def jobs() -> Any:
     )
 
 
-@blueprint.route("/start/<handler>", methods=["GET", "POST"])
-def start(handler: str) -> Any:
+def _require_permission(handler: str) -> HandlerSpec:
+    """The handler, if its permission hook allows the current user, who will own the job about
+    to be created (a fresh start or a retry: every route that creates a job asks this)."""
     spec = get_state().registry.get(handler)
-    user = current_identity()
     if not spec.allows(permission_subject()):
         raise PermissionDenied("You are not allowed to start this job.")
+    return spec
+
+
+@blueprint.route("/start/<handler>", methods=["GET", "POST"])
+def start(handler: str) -> Any:
+    spec = _require_permission(handler)
+    user = current_identity()
     form_class = spec.handler_class.params_form
     labels = labels_for(spec.name, spec.handler_class.labels)
     if request.method == "GET":
@@ -330,7 +339,7 @@ def start(handler: str) -> Any:
     try:
         if form_class is not None:
             params = _validate_form(form_class, params)
-        job_id = get_state().engine.start(
+        started = get_state().engine.submit(
             handler,
             owner=user,
             params=params,
@@ -343,7 +352,7 @@ def start(handler: str) -> Any:
         form = form_class()  # bound to the posted form, so it re-renders with its CSRF token
         form.validate()
         return _start_page(handler, labels, form, error=str(exc)), 400
-    return _job_response(job_id)
+    return _job_response(started.job_id, 202 if started.created else 200)
 
 
 def _start_page(handler: str, labels: dict[str, str], form: Any, **context: Any) -> str:
@@ -396,7 +405,9 @@ def action(job_id: str, action: str) -> Any:
     state = _visible(job_id)
     engine = get_state().engine
     if action == "retry":
-        return _job_response(engine.retry_failed(job_id, owner=current_identity()))
+        _require_permission(state.fields.get(F.HANDLER, ""))  # the hook asks about the new owner
+        started = engine.retry(job_id, owner=current_identity())
+        return _job_response(started.job_id, 202 if started.created else 200)
     if action == "cleanup":
         engine.request_cleanup(job_id)
         new_state = engine.state(job_id)

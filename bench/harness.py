@@ -188,6 +188,8 @@ class Context:
             "BATCHFLOW_QUEUE": self.queue,
             "BATCHFLOW_FILES_DIR": os.path.join(self.tmp, "files"),
             "BATCHFLOW_BENCH_REDIS_URL": redis_url,
+            # Benchmarks run up to a hundred jobs of one owner at once.
+            "BATCHFLOW_MAX_ACTIVE_JOBS": 0,
         }
         self.redis_url = redis_url
         self.r = redis.Redis.from_url(redis_url, decode_responses=True)

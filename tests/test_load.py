@@ -113,8 +113,13 @@ def test_a_thousand_item_jobs_at_once_on_two_worker_processes(
     # Steps of 50 ids: three steps per job (create, 50, 50), so 3,000 steps interleave, and the
     # run fits its time on two shared cores. Maintenance at its default interval rather than the
     # suite's 0.5 s: a pass costs two Redis round trips per active job, here a thousand.
+    # A hundred active jobs per owner: no per-owner limit (test_limits.py tests it).
     config = make_config(
-        prefix, files_dir, BATCHFLOW_BATCH_INITIAL=50, BATCHFLOW_MAINTENANCE_INTERVAL=5.0
+        prefix,
+        files_dir,
+        BATCHFLOW_BATCH_INITIAL=50,
+        BATCHFLOW_MAINTENANCE_INTERVAL=5.0,
+        BATCHFLOW_MAX_ACTIVE_JOBS=0,
     )
     expected: dict[str, tuple[int, list[str], list[str]]] = {}
 

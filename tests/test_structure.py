@@ -11,7 +11,17 @@ import re
 import pytest
 
 from batchflow import scripts
-from batchflow.schema import LUA_TERMINAL, ClaimCode, F, Kind, Phase, Signal, SignalCode, Status
+from batchflow.schema import (
+    LUA_TERMINAL,
+    AdmitCode,
+    ClaimCode,
+    F,
+    Kind,
+    Phase,
+    Signal,
+    SignalCode,
+    Status,
+)
 
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "batchflow"
 MODULES = sorted(PACKAGE.rglob("*.py"))
@@ -48,7 +58,7 @@ def test_the_lua_scripts_speak_the_schemas_vocabulary():
     """Every quoted word in the scripts is a field of the hash, a status, a signal, a phase, a
     kind or a return code defined in schema.py: a field renamed in Python cannot drift in Lua."""
     known = set(F.names())
-    for vocabulary in (Status, Signal, Phase, Kind, ClaimCode, SignalCode):
+    for vocabulary in (Status, Signal, Phase, Kind, ClaimCode, SignalCode, AdmitCode):
         known |= {member.value for member in vocabulary}
     known |= {"lost", "requeue", "skip", "handler"}  # RECOVER's and COMMIT's own codes
     texts = [getattr(scripts, name) for name in dir(scripts) if name.isupper()]
