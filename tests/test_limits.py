@@ -278,7 +278,7 @@ def test_deduplication_is_per_owner_parameters_and_active_jobs_only(prefix, file
 
 def test_the_cli_retry_counts_toward_the_owners_limit(prefix, files_dir):
     app = Flask("limits_cli")
-    app.config.update(make_config(prefix, files_dir, BATCHFLOW_MAX_ACTIVE_JOBS=1))
+    app.config.update(SECRET_KEY="k", **make_config(prefix, files_dir, BATCHFLOW_MAX_ACTIVE_JOBS=1))
     BatchFlow(app, registry=make_registry())
     engine = BatchFlow.state(app).engine
     engine.dispatcher = steps = ListDispatcher()
