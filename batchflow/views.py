@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -38,11 +39,13 @@ from .exceptions import (
     InvalidParams,
     JobNotFound,
     PermissionDenied,
+    UnknownHandler,
 )
 from .handlers import neutralize_cell
 from .schema import Status
 from .state import JobState
 
+log = logging.getLogger("batchflow")
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -77,9 +80,27 @@ def _visible(job_id: str) -> JobState:
     return state
 
 
-def status_json(state: JobState) -> dict[str, Any]:
-    """The status JSON of the HTTP API: the job's state plus the URLs a client needs."""
+def _viewer_is_admin() -> bool:
+    """Whether the current request's user is an admin (asked once per request)."""
+    if "batchflow_admin" not in g:
+        try:
+            g.batchflow_admin = is_admin(current_identity())
+        except PermissionDenied:
+            g.batchflow_admin = False
+    return bool(g.batchflow_admin)
+
+
+def status_json(state: JobState, *, admin: bool | None = None) -> dict[str, Any]:
+    """The status JSON of the HTTP API: the job's state plus the URLs a client needs.
+
+    ``error_detail`` (the real messages behind the references in ``error`` and the messages) is
+    there for an admin only; ``admin`` defaults to whether the current request's user is one.
+    """
     data = state.to_dict()
+    if admin is None:
+        admin = _viewer_is_admin()
+    if admin:
+        data["error_detail"] = state.fields.get("error_detail") or None
     job_id = state.id
     data["url"] = url_for("batchflow.progress", job_id=job_id)
     data["status_url"] = url_for("batchflow.status", job_id=job_id)
@@ -193,13 +214,19 @@ def check_csrf() -> None:
 @blueprint.errorhandler(BatchflowError)
 def batchflow_error(exc: BatchflowError) -> Any:
     code = exc.http_status
-    body: dict[str, Any] = {"error": str(exc)}
+    message = str(exc)
+    if isinstance(exc, UnknownHandler):
+        # The end user learns only that the job is not available; the fix is for the developer.
+        log.warning("%s (requested at %s)", exc.developer_message, request.path)
+        if current_app.debug:
+            message = exc.developer_message
+    body: dict[str, Any] = {"error": message}
     if isinstance(exc, InvalidParams) and exc.errors:
         body["errors"] = exc.errors
     body.update(exc.details)
     if _wants_json():
         return jsonify(body), code, exc.headers
-    page = render_template("batchflow/error.html", error=str(exc), code=code)
+    page = render_template("batchflow/error.html", error=message, code=code)
     return page, code, exc.headers
 
 

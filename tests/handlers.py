@@ -10,7 +10,7 @@ from typing import Any
 
 import redis
 
-from batchflow import FileJob, Handler, ItemsJob, Registry, StepResponse, TaskJob
+from batchflow import FileJob, Handler, ItemsJob, Registry, StepResponse, TaskJob, UserError
 from batchflow.job import Job
 
 REDIS_URL = os.environ.get("BATCHFLOW_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -121,7 +121,7 @@ class Archive(ItemsJob):
         _hook(job, "change")
         every = int(job.params.get("every", 0))
         if "bad" in item_id or (every and item_id.isdigit() and int(item_id) % every == 0):
-            raise ValueError(f"cannot archive {item_id}")
+            raise UserError(f"cannot archive {item_id}")  # for the person: shown as written
         side.hincrby(self._key(job), item_id, 1)
         if job.params.get("sleep"):
             time.sleep(float(job.params["sleep"]))
