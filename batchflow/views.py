@@ -21,6 +21,7 @@ from flask import (
     Response,
     current_app,
     g,
+    has_request_context,
     jsonify,
     redirect,
     render_template,
@@ -81,7 +82,10 @@ def _visible(job_id: str) -> JobState:
 
 
 def _viewer_is_admin() -> bool:
-    """Whether the current request's user is an admin (asked once per request)."""
+    """Whether the current request's user is an admin (asked once per request); outside a
+    request (a stream that lost its context), never."""
+    if not has_request_context():
+        return False
     if "batchflow_admin" not in g:
         try:
             g.batchflow_admin = is_admin(current_identity())
