@@ -243,8 +243,9 @@ class ItemsJob(Handler):
     Ids come with the start request (a form list or a JSON array), or from :meth:`items` for sets
     too large to post. Each step works on the next slice of ids.
 
-    ``change`` returning a value records it as that id's result; raising records the id as bad with
-    the error's message, and the job goes on. ``undo`` (optional) reverses one change: defining it
+    ``change`` returning a value records it as that id's result; raising records the id as bad, and
+    the job goes on: a :class:`~batchflow.UserError`'s text is its message in the error report,
+    any other exception a generic one with a reference (its text goes to the log). ``undo`` (optional) reverses one change: defining it
     offers Cancel, which undoes every id that was changed, newest first.
     """
 
