@@ -245,8 +245,9 @@ class ItemsJob(Handler):
 
     ``change`` returning a value records it as that id's result; raising records the id as bad, and
     the job goes on: a :class:`~batchflow.UserError`'s text is its message in the error report,
-    any other exception a generic one with a reference (its text goes to the log). ``undo`` (optional) reverses one change: defining it
-    offers Cancel, which undoes every id that was changed, newest first.
+    any other exception a generic one with a reference (its text goes to the log). ``undo``
+    (optional) reverses one change: defining it offers Cancel, which undoes every id that was
+    changed, newest first.
     """
 
     kind: ClassVar[Kind] = Kind.ITEMS
