@@ -77,10 +77,11 @@ def list_jobs(owner: str | None, status: str | None, limit: int) -> None:
 def show(job_id: str) -> None:
     """Show one job in full."""
     try:
-        d = _engine().state(job_id).to_dict()
+        state = _engine().state(job_id)
     except JobNotFound as exc:
         _fail(exc)
         return
+    d = state.to_dict()
     for key in (
         "id",
         "handler",
@@ -99,6 +100,8 @@ def show(job_id: str) -> None:
         "file_name",
     ):
         click.echo(f"{key:>10}: {'' if d[key] is None else d[key]}")
+    if state.fields.get("error_detail"):  # what admins see behind the references
+        click.echo(f"    detail: {state.fields['error_detail']}")
     for message in d["messages"][-10:]:
         click.echo(f"   message: {message['text']}")
 
@@ -122,6 +125,8 @@ def watch(job_id: str) -> None:
                 click.echo(f"\n{d['text']['outcome_title']}")
                 if d["error"]:
                     click.echo(f"Error: {d['error']}", err=True)
+                if state.fields.get("error_detail"):  # the operator sees what admins see
+                    click.echo(f"Detail: {state.fields['error_detail']}", err=True)
                 sys.exit(1 if d["outcome"] in ("failed", "stalled") else 0)
     except BatchflowError as exc:
         _fail(exc)

@@ -33,7 +33,7 @@ from .exceptions import (
     TooManyItems,
     Unavailable,
 )
-from .handlers import Handler, ItemsJob
+from .handlers import Handler, ItemsJob, describe_failure
 from .job import Job
 from .keys import valid_job_id
 from .maintenance import Maintenance
@@ -453,8 +453,8 @@ class Engine:
         try:
             handler = self.registry.get(fields.get(F.HANDLER, "")).create()
             handler.cleanup_job(Job(fields, files_dir=self.settings.files_dir))
-        except Exception:  # noqa: BLE001 - logged; cleanup is not retried
-            log.exception("cleanup of job %s failed", job_id)
+        except Exception as exc:  # noqa: BLE001 - logged; cleanup is not retried
+            describe_failure(exc, f"cleanup_job of job {job_id}")
         return True
 
     def _expire(self, job_id: str) -> str | None:

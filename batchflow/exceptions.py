@@ -23,16 +23,23 @@ class ConfigurationError(BatchflowError):
 
 
 class UnknownHandler(BatchflowError):
-    """No handler is registered under the requested name."""
+    """No handler is registered under the requested name.
+
+    Its message is for the person who asked ("This job is not available."); what a developer
+    needs to fix it is :attr:`developer_message`, which the web layer logs (and shows in debug
+    mode only).
+    """
 
     http_status = 404
 
     def __init__(self, name: str) -> None:
-        super().__init__(
+        super().__init__("This job is not available.")
+        self.name = name
+        #: How to fix it: for the log and the developer's debug page, never for an end user.
+        self.developer_message = (
             f"No job handler is registered as {name!r}. Register one with "
             f"@registry.register({name!r}) in a module your app and worker both import."
         )
-        self.name = name
 
 
 class InvalidParams(BatchflowError):
@@ -116,5 +123,11 @@ class LimitReached(BatchflowError):
 
 class UserError(Exception):
     """Raise from a handler when the message is meant for the person watching the job: it is
-    shown on the page as written. Any other exception is shown as a generic message with a short
-    reference, and its text goes to the worker's log under that reference (admins see it)."""
+    shown on the page, in the status JSON and in the per-id error report as written (so write
+    nothing there a user must not read).
+
+    Any other exception a handler raises (in ``create_job``, ``continue_job``, ``change``,
+    ``undo``, ``cleanup_job`` or a callback) is shown as "Something went wrong (ref 7f3a9c2e).";
+    its message and traceback go to the worker's log (logger ``batchflow``) under that
+    reference, and admins (the ``can_admin`` hook) see its message beside the generic one.
+    """

@@ -18,17 +18,26 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import io
+import logging
 import os
 import re
+import secrets
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, ClassVar
 
+from .exceptions import UserError
 from .job import Job, StepResponse
 from .schema import Kind, Status
 
 StepResult = StepResponse | str | None
+
+log = logging.getLogger("batchflow")
+
+#: What everyone but an admin sees for an exception that is not a UserError.
+GENERIC_ERROR = "Something went wrong (ref {ref})."
 
 # A spreadsheet skips leading blanks before it looks for a formula: " =1+1" runs too.
 _FORMULA = re.compile(r"[ \t\r\n\u00a0]*[=+\-@]|[\t\r]")
@@ -243,9 +252,11 @@ class ItemsJob(Handler):
     Ids come with the start request (a form list or a JSON array), or from :meth:`items` for sets
     too large to post. Each step works on the next slice of ids.
 
-    ``change`` returning a value records it as that id's result; raising records the id as bad with
-    the error's message, and the job goes on. ``undo`` (optional) reverses one change: defining it
-    offers Cancel, which undoes every id that was changed, newest first.
+    ``change`` returning a value records it as that id's result; raising records the id as bad, and
+    the job goes on: a :class:`~batchflow.UserError`'s text is its message in the error report,
+    any other exception a generic one with a reference (its text goes to the log). ``undo``
+    (optional) reverses one change: defining it offers Cancel, which undoes every id that was
+    changed, newest first.
     """
 
     kind: ClassVar[Kind] = Kind.ITEMS
@@ -275,7 +286,8 @@ class ItemsJob(Handler):
             try:
                 result = self.change(item_id, job)
             except Exception as exc:  # noqa: BLE001 - the item is bad, the job goes on
-                job.record_error(item_id, error_message(exc))
+                failure = describe_failure(exc, f"job {job.id}: change({item_id!r})", item=True)
+                job.record_error(item_id, failure.shown)
                 job.bad()
             else:
                 if result is not None:
@@ -297,7 +309,8 @@ class ItemsJob(Handler):
                 try:
                     self.undo(item_id, job)
                 except Exception as exc:  # noqa: BLE001 - reported in the job's undo errors
-                    job.record_undone(1, 0, [[item_id, error_message(exc)]])
+                    failure = describe_failure(exc, f"job {job.id}: undo({item_id!r})", item=True)
+                    job.record_undone(1, 0, [[item_id, failure.shown]])
                 else:
                     job.record_undone(1, 1, [])
             job.checkpoint()
@@ -337,3 +350,33 @@ def error_message(exc: BaseException) -> str:
     """The text a user sees for an exception: its message, or its class name if it has none."""
     text = str(exc).strip()
     return text if text else type(exc).__name__
+
+
+@dataclasses.dataclass(frozen=True)
+class Failure:
+    """An exception a handler raised, as each audience sees it.
+
+    :param shown: for everyone: a :class:`UserError`'s text as written, else
+        :data:`GENERIC_ERROR` with the reference.
+    :param detail: the real text, ``"ref <ref>: <Class>: <message>"``, for the log and for
+        admins; empty for a UserError (nothing is hidden).
+    :param ref: the reference that ties ``shown`` to the log entry; empty for a UserError.
+    """
+
+    shown: str
+    detail: str = ""
+    ref: str = ""
+
+
+def describe_failure(exc: BaseException, where: str, *, item: bool = False) -> Failure:
+    """What to show for ``exc``, raised by a handler at ``where`` (``"job <id> (<handler>)"``...),
+    after logging it: anything but a UserError goes to the ``batchflow`` logger with its
+    traceback under a fresh reference (an error, or a warning for one bad id of an item job)."""
+    if isinstance(exc, UserError):
+        return Failure(error_message(exc))
+    ref = secrets.token_hex(4)
+    text = getattr(exc, "developer_message", None) or error_message(exc)
+    detail = f"{type(exc).__name__}: {text}"
+    level = logging.WARNING if item else logging.ERROR
+    log.log(level, "%s raised (ref %s): %s", where, ref, detail, exc_info=exc)
+    return Failure(GENERIC_ERROR.format(ref=ref), f"ref {ref}: {detail}", ref)

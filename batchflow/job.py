@@ -371,7 +371,7 @@ class Job:
         self.buffer.add_result(str(item_id), json.dumps(result, default=str))
 
     def record_error(self, item_id: str, message: str) -> None:
-        """Record why ``item_id`` failed; it is listed in the job's error report."""
+        """Record why ``item_id`` failed; it is listed in the job's error report as written."""
         self.buffer.add_error(str(item_id), str(message))
 
     def record_undone(self, passed: int, undone: int, failed: list[list[str]]) -> None:
@@ -408,7 +408,8 @@ class Job:
         self.buffer.end(Status.COMPLETED)
 
     def fail(self, message: str) -> None:
-        """End the job as failed after this step, with ``message`` shown to the user."""
+        """End the job as failed after this step, with ``message`` shown to the user as written
+        (like a :class:`~batchflow.UserError`'s)."""
         self.buffer.end(Status.FAILED, str(message) or "The job failed.")
 
     def defer(self, seconds: float) -> None:

@@ -168,7 +168,8 @@ class F:
     CHECKPOINTS = "checkpoints"  # the number of the last checkpoint applied (RENEW, COMMIT)
     # What the job shows.
     MESSAGE = "message"  # the latest message
-    ERROR = "error"
+    ERROR = "error"  # for everyone: a UserError's text, or a generic sentence with a reference
+    ERROR_DETAIL = "error_detail"  # admins only: the real messages behind those references
     RESULTS = "results"  # JSON: set_results()
     RESPONSE = "response"  # JSON: a step's StepResponse data
     FILE_PATH = "file_path"

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 from .config import Settings
 from .exceptions import Unavailable, UnknownHandler
-from .handlers import Handler, StepResult, error_message
+from .handlers import Failure, Handler, StepResult, describe_failure
 from .heartbeat import Heartbeat, worker_id
 from .job import Job, StepResponse
 from .registry import HandlerSpec, Registry
@@ -109,8 +109,9 @@ class StepRunner:
     def run(self, job_id: str, seq: int) -> StepOutcome:
         """Run step ``seq`` of a job (a valid id), if it is still due.
 
-        Never raises for a handler's error: the job fails with the error's message and the
-        traceback goes to the log.
+        Never raises for a handler's error: the job fails, showing a UserError's text or a
+        generic message with a reference; the real message and traceback go to the log under
+        that reference, and to the job's admin-only ``error_detail``.
         """
         s = self.settings
         worker = worker_id()
@@ -188,20 +189,21 @@ class StepRunner:
     def _advance(self, spec: HandlerSpec | None, job: Job, batch: int) -> dict[str, Any]:
         """Run the handler's part of the step; returns fields for the commit to set."""
         if spec is None:
-            log.error(
-                "job %s: %s (this worker does not import the module that registers it)",
-                job.id,
-                UnknownHandler(job.handler),
-            )
-            job.fail(f"This worker cannot run the job: {UnknownHandler(job.handler)}")
+            unknown = UnknownHandler(job.handler)
+            unknown.developer_message += " (this worker does not import the module that does)"
+            self._failed(job, describe_failure(unknown, f"job {job.id}"))
             return self._end(None, job, Status.FAILED)
         handler = spec.create()
         try:
             return self._run_handler(spec, handler, job, batch)
         except Exception as exc:  # noqa: BLE001 - a handler's error fails its job, not the worker
-            log.exception("job %s (%s) failed", job.id, job.handler)
-            job.fail(error_message(exc))
+            self._failed(job, describe_failure(exc, f"job {job.id} ({job.handler})"))
             return self._end(handler, job, Status.FAILED)
+
+    def _failed(self, job: Job, failure: Failure) -> None:
+        """Fail the job showing ``failure.shown``; its detail is kept for admins."""
+        job.fail(failure.shown)
+        _keep_detail(job, failure)
 
     def _run_handler(
         self, spec: HandlerSpec, handler: Handler, job: Job, batch: int
@@ -324,8 +326,9 @@ class StepRunner:
             try:
                 hook(job)
             except Exception as exc:  # noqa: BLE001 - a callback cannot undo the ending
-                log.exception("%s of job %s raised", hook.__name__, job.id)
-                job.add_message(f"{hook.__name__} failed: {error_message(exc)}")
+                failure = describe_failure(exc, f"{hook.__name__} of job {job.id}")
+                job.add_message(f"{hook.__name__} failed: {failure.shown}")
+                _keep_detail(job, failure)
 
     def _seal(self, job: Job) -> bool:
         """Record that this step ends the job, so that a cancel arriving from now on is refused
@@ -348,3 +351,16 @@ class StepRunner:
             job.lease.mark_lost()
             return False
         return seen.status != Status.CANCELING.value
+
+
+#: The most of ``error_detail`` kept (the latest text wins); the log has everything.
+DETAIL_LIMIT = 4000
+
+
+def _keep_detail(job: Job, failure: Failure) -> None:
+    """Add ``failure``'s real text to the job's admin-only ``error_detail`` field."""
+    if not failure.detail:
+        return
+    before = job.buffer.value(F.ERROR_DETAIL) or ""
+    joined = f"{before}\n{failure.detail}" if before else failure.detail
+    job.buffer.set(F.ERROR_DETAIL, joined[-DETAIL_LIMIT:])

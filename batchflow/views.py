@@ -10,16 +10,17 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlsplit
 
 from flask import (
     Blueprint,
     Response,
     current_app,
     g,
+    has_request_context,
     jsonify,
     redirect,
     render_template,
@@ -28,8 +29,7 @@ from flask import (
     stream_with_context,
     url_for,
 )
-from werkzeug.datastructures import MultiDict
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException
 
 from .context import current_identity, get_state, is_admin, permission_subject
 from .display import labels_for, register_template_filters
@@ -38,12 +38,15 @@ from .exceptions import (
     InvalidParams,
     JobNotFound,
     PermissionDenied,
+    UnknownHandler,
 )
 from .handlers import neutralize_cell
+from .intake import limit_body, read_start_request, safe_redirect, validate_form
 from .registry import HandlerSpec
 from .schema import F, Status
 from .state import JobState
 
+log = logging.getLogger("batchflow")
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -55,7 +58,6 @@ def _resource_dir(name: str) -> str:
 
 TEMPLATES = _resource_dir("templates")
 STATIC = _resource_dir("static")
-_RESERVED_FIELDS = {"csrf_token", "ids", "ids[]", "redirect_url", "submit"}
 _UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
 #: The jobs list's last page number, and the most per-id outcomes one results page asks for.
 MAX_PAGE = 1_000_000
@@ -81,9 +83,30 @@ def _visible(job_id: str) -> JobState:
     return state
 
 
-def status_json(state: JobState) -> dict[str, Any]:
-    """The status JSON of the HTTP API: the job's state plus the URLs a client needs."""
+def _viewer_is_admin() -> bool:
+    """Whether the current request's user is an admin (asked once per request); outside a
+    request (a stream that lost its context), never."""
+    if not has_request_context():
+        return False
+    if "batchflow_admin" not in g:
+        try:
+            g.batchflow_admin = is_admin(current_identity())
+        except PermissionDenied:
+            g.batchflow_admin = False
+    return bool(g.batchflow_admin)
+
+
+def status_json(state: JobState, *, admin: bool | None = None) -> dict[str, Any]:
+    """The status JSON of the HTTP API: the job's state plus the URLs a client needs.
+
+    ``error_detail`` (the real messages behind the references in ``error`` and the messages) is
+    there for an admin only; ``admin`` defaults to whether the current request's user is one.
+    """
     data = state.to_dict()
+    if admin is None:
+        admin = _viewer_is_admin()
+    if admin:
+        data["error_detail"] = state.fields.get("error_detail") or None
     job_id = state.id
     data["url"] = url_for("batchflow.progress", job_id=job_id)
     data["status_url"] = url_for("batchflow.status", job_id=job_id)
@@ -102,27 +125,6 @@ def status_json(state: JobState) -> dict[str, Any]:
     return data
 
 
-def _safe_redirect(url: str | None) -> str | None:
-    """``url`` if a browser resolves it to a page of this site, else InvalidParams.
-
-    Only a path is accepted (``/reports?x=1``): one ``/`` and then not a second one or a
-    backslash, which browsers read as the start of another host (``//evil``, ``///evil``,
-    ``/\\evil``). A full URL is accepted only for the app's own ``SERVER_NAME``: the rule never
-    trusts the ``Host`` header the request itself sent.
-    """
-    if not url:
-        return None
-    if "\\" in url or any(ord(c) < 33 or ord(c) == 127 for c in url):
-        raise InvalidParams("redirect_url must point into this site.")
-    parts = urlsplit(url)
-    local = not parts.scheme and not parts.netloc and url.startswith("/") and url[1:2] != "/"
-    server = current_app.config.get("SERVER_NAME")
-    own = bool(server) and parts.scheme in ("http", "https") and parts.netloc == server
-    if local or own:
-        return url
-    raise InvalidParams("redirect_url must point into this site.")
-
-
 def _job_response(job_id: str, code: int = 202) -> Response:
     """Answer a request that started a job: 303 to its page, or ``code`` with its URLs (202 for
     a new job, 200 for an identical active job that a deduplicating handler answered with)."""
@@ -139,68 +141,6 @@ def _job_response(job_id: str, code: int = 202) -> Response:
     response.status_code = code
     response.headers["Location"] = page
     return response
-
-
-def _read_start_request() -> tuple[dict[str, Any], list[Any] | None, str | None]:
-    """Parameters, ids and redirect_url from a JSON body or a form."""
-    if request.is_json:
-        try:
-            body = request.get_json(silent=True)
-        except RecursionError:
-            body = None
-        if not isinstance(body, dict):
-            raise InvalidParams('Send a JSON object: {"params": {...}, "ids": [...]}.')
-        _check_json(body)
-        params = body.get("params", {})
-        if not isinstance(params, dict):
-            raise InvalidParams("params must be a JSON object.")
-        ids = body.get("ids")
-        if ids is not None and not isinstance(ids, list):
-            raise InvalidParams("ids must be a JSON array.")
-        redirect_url = body.get("redirect_url")
-        if redirect_url is not None and not isinstance(redirect_url, str):
-            raise InvalidParams("redirect_url must be a string.")
-        return params, ids, redirect_url
-    form = request.form
-    ids = form.getlist("ids") or form.getlist("ids[]") or None
-    params = {k: v for k, v in form.items() if k not in _RESERVED_FIELDS}
-    return params, ids, form.get("redirect_url") or request.args.get("redirect_url")
-
-
-#: How deep a start request's JSON may nest (params are settings, not documents).
-MAX_JSON_DEPTH = 32
-
-
-def _check_json(body: Any) -> None:
-    """InvalidParams unless ``body`` nests at most :data:`MAX_JSON_DEPTH` levels and all its text
-    is valid Unicode (JSON may carry a lone surrogate such as ``"\\ud800"``; Redis may not)."""
-    level = [body]
-    for _ in range(MAX_JSON_DEPTH + 1):
-        level = [
-            child
-            for value in level
-            if isinstance(value, (dict, list))
-            for child in (value.values() if isinstance(value, dict) else value)
-        ]
-        if not level:
-            break
-    else:
-        raise InvalidParams(f"The JSON nests too deeply: at most {MAX_JSON_DEPTH} levels.")
-    try:
-        json.dumps(body, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidParams(
-            "The request carries text that is not valid Unicode (a lone surrogate)."
-        ) from None
-
-
-def _validate_form(form_class: type, params: dict[str, Any]) -> dict[str, Any]:
-    """Typed parameters from a handler's Flask-WTF form, or InvalidParams with field errors."""
-    form = form_class(formdata=MultiDict(params), meta={"csrf": False})
-    if not form.validate():
-        raise InvalidParams("Some fields need attention.", errors=dict(form.errors))
-    data = {k: v for k, v in form.data.items() if k not in _RESERVED_FIELDS}
-    return json.loads(json.dumps(data, default=str))  # type: ignore[no-any-return]
 
 
 #: The blueprint ``BatchFlow.init_app`` registers (at ``BatchFlow(url_prefix=...)``). One object
@@ -226,24 +166,12 @@ def template_globals() -> dict[str, Any]:
 @blueprint.before_request
 def check_csrf() -> None:
     if request.method in _UNSAFE:
-        _limit_body(get_state().settings.max_body)
+        limit_body(get_state().settings.max_body)
     csrf = current_app.extensions.get("csrf")
     enabled = current_app.config.get("WTF_CSRF_ENABLED", True)
     if get_state().csrf and csrf and enabled and request.method in _UNSAFE:
         if not g.get("csrf_valid"):
             csrf.protect()
-
-
-def _limit_body(limit: int) -> None:
-    """Refuse a body over ``limit`` bytes with 413, whatever the app's own limit: a declared
-    length before anything reads it; a chunked body (no length) as it is read, one byte past the
-    limit (werkzeug's reader would stop at the limit and hand on a truncated body)."""
-    if request.content_length is not None:
-        request.max_content_length = limit
-        return
-    request.max_content_length = limit + 1
-    if len(request.get_data(cache=True)) > limit:
-        raise RequestEntityTooLarge()
 
 
 @blueprint.after_request
@@ -267,13 +195,19 @@ def security_headers(response: Response) -> Response:
 @blueprint.errorhandler(BatchflowError)
 def batchflow_error(exc: BatchflowError) -> Any:
     code = exc.http_status
-    body: dict[str, Any] = {"error": str(exc)}
+    message = str(exc)
+    if isinstance(exc, UnknownHandler):
+        # The end user learns only that the job is not available; the fix is for the developer.
+        log.warning("%s (requested at %s)", exc.developer_message, request.path)
+        if current_app.debug:
+            message = exc.developer_message
+    body: dict[str, Any] = {"error": message}
     if isinstance(exc, InvalidParams) and exc.errors:
         body["errors"] = exc.errors
     body.update(exc.details)
     if _wants_json():
         return jsonify(body), code, exc.headers
-    page = render_template("batchflow/error.html", error=str(exc), code=code)
+    page = render_template("batchflow/error.html", error=message, code=code)
     return page, code, exc.headers
 
 
@@ -335,16 +269,16 @@ def start(handler: str) -> Any:
     labels = labels_for(spec.name, spec.handler_class.labels)
     if request.method == "GET":
         return _start_page(handler, labels, _blank_form(form_class))
-    params, ids, redirect_url = _read_start_request()
+    params, ids, redirect_url = read_start_request()
     try:
         if form_class is not None:
-            params = _validate_form(form_class, params)
+            params = validate_form(form_class, params)
         started = get_state().engine.submit(
             handler,
             owner=user,
             params=params,
             ids=ids,
-            redirect_url=_safe_redirect(redirect_url),
+            redirect_url=safe_redirect(redirect_url),
         )
     except InvalidParams as exc:
         if form_class is None or _wants_json():

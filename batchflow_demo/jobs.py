@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 from flask import current_app
 
-from batchflow import ItemsJob, Job, Registry, TaskJob
+from batchflow import ItemsJob, Job, Registry, TaskJob, UserError
 
 from .contacts import ContactsReport, StepResult
 
@@ -53,8 +53,13 @@ _WORDS = (
 ).split()
 
 
-class PostLocked(Exception):
-    """A post someone else is editing: archiving it fails, the job goes on."""
+class PostLocked(UserError):
+    """A post someone else is editing: archiving it fails, the job goes on (the message is for
+    the person, so it is a UserError: shown as written)."""
+
+
+class NoSuchPost(UserError, LookupError):
+    """An id that is not a post: it fails, the job goes on (shown as written)."""
 
 
 def post_text(post_id: int) -> tuple[str, str]:
@@ -140,12 +145,12 @@ class Posts:
         Running it again for the same job (a step retried after a lost worker) changes nothing.
 
         :raises PostLocked: the post is locked (every 13th).
-        :raises LookupError: no such post.
+        :raises NoSuchPost: no such post.
         """
         row = conn.execute("SELECT archived, archived_by FROM posts WHERE id = ?", (post_id,))
         found = row.fetchone()
         if found is None:
-            raise LookupError(f"Post {post_id} does not exist.")
+            raise NoSuchPost(f"Post {post_id} does not exist.")
         if post_id % LOCKED_EVERY == 0:
             raise PostLocked(f"Post {post_id} is locked by another editor; it was left as it was.")
         archived, archived_by = found

@@ -10,7 +10,7 @@ from typing import Any
 
 import redis
 
-from batchflow import FileJob, Handler, ItemsJob, Registry, StepResponse, TaskJob
+from batchflow import FileJob, Handler, ItemsJob, Registry, StepResponse, TaskJob, UserError
 from batchflow.job import Job
 
 REDIS_URL = os.environ.get("BATCHFLOW_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -121,7 +121,7 @@ class Archive(ItemsJob):
         _hook(job, "change")
         every = int(job.params.get("every", 0))
         if "bad" in item_id or (every and item_id.isdigit() and int(item_id) % every == 0):
-            raise ValueError(f"cannot archive {item_id}")
+            raise UserError(f"cannot archive {item_id}")  # for the person: shown as written
         side.hincrby(self._key(job), item_id, 1)
         if job.params.get("sleep"):
             time.sleep(float(job.params["sleep"]))
@@ -220,6 +220,53 @@ class Hooked(Handler):
         self._count(job, "finish")
 
 
+#: A driver error's text with a password in it: it must reach the log and admins, nobody else.
+LEAK = "could not connect to postgresql://u:secret@db/x"
+
+
+class Leaky(Handler):
+    """Raises LEAK where params["where"] says: create, continue, on_complete, cleanup; "user"
+    raises a UserError instead (its text is for the person)."""
+
+    def _raise_at(self, job: Job, where: str) -> None:
+        if job.params.get("where") == where:
+            raise ConnectionError(LEAK)
+
+    def create_job(self, job: Job) -> None:
+        self._raise_at(job, "create")
+        job.set_total(1)
+
+    def continue_job(self, job: Job, batch_size: int) -> None:
+        self._raise_at(job, "continue")
+        if job.params.get("where") == "user":
+            raise UserError("The export is too large for your plan: pick fewer months.")
+        job.mark_processed(1)
+        job.complete()
+
+    def on_complete(self, job: Job) -> None:
+        self._raise_at(job, "on_complete")
+
+    def cleanup_job(self, job: Job) -> None:
+        self._raise_at(job, "cleanup")
+
+
+class LeakyItems(ItemsJob):
+    """Ids containing "leak" raise LEAK, ids containing "user" a UserError; undo always raises
+    LEAK. One id per step."""
+
+    batch_size = 1
+
+    def change(self, item_id: str, job: Job) -> Any:
+        if "leak" in item_id:
+            raise ConnectionError(LEAK)
+        if "user" in item_id:
+            raise UserError(f"{item_id} is archived already.")
+        return {"ok": item_id}
+
+    def undo(self, item_id: str, job: Job) -> None:
+        raise ConnectionError(LEAK)
+
+
 def make_registry() -> Registry:
     registry = Registry()
     registry.add("count", Count)
@@ -230,5 +277,7 @@ def make_registry() -> Registry:
     registry.add("rebuild", Rebuild)
     registry.add("greeting", Greeting)
     registry.add("hooked", Hooked)
+    registry.add("leaky", Leaky)
+    registry.add("leaky-items", LeakyItems)
     registry.add("admin-only", Count, permission=lambda user: str(user).endswith("admin"))
     return registry

@@ -138,7 +138,9 @@ def test_watch_follows_a_job_to_its_end(flask_batchflow, jobs, running, prefix):
     result = flask_batchflow("watch", failed)
     assert result.exit_code == 1
     assert result.stdout.rstrip().endswith("Failed")
-    assert result.stderr == "Error: boom: no disk\n"
+    ref = re.fullmatch(r"Error: Something went wrong \(ref (\w{8})\)\.\n.*", result.stderr, re.S)
+    assert ref, result.stderr  # the user's text, then the real one the operator may see
+    assert result.stderr.endswith(f"\nDetail: ref {ref[1]}: ValueError: boom: no disk\n")
 
     assert flask_batchflow("watch", UNKNOWN).exit_code == 2
 

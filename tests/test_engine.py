@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import threading
 import time
 
@@ -26,6 +27,8 @@ from batchflow.schema import ClaimCode
 from batchflow.store import Store
 from tests.handlers import CLEANUPS, HOOKS, Crash, make_registry, row, side
 from tests.helpers import ListDispatcher, make_config
+
+GENERIC = re.compile(r"Something went wrong \(ref [0-9a-f]{8}\)\.")
 
 
 def test_a_job_runs_to_completion_with_exact_counters(engine: Engine, manual: ListDispatcher):
@@ -89,7 +92,9 @@ def test_a_handler_error_fails_the_job_and_the_next_job_runs(engine, manual, pre
     manual.drain(engine)
     state = engine.state(failing)
     assert state.status is Status.FAILED
-    assert state.to_dict()["error"] == "boom: disk full"
+    # Not a UserError: everyone sees a reference; the real text is kept for admins.
+    assert GENERIC.fullmatch(state.to_dict()["error"])
+    assert state.fields["error_detail"].endswith("ValueError: boom: disk full")
     assert side.get(f"{prefix}:failures:{failing}") == "1"  # on_failure ran once
     ok = engine.start("count", owner="bob", params={"n": 5})
     manual.drain(engine)
@@ -100,12 +105,15 @@ def test_an_error_in_create_job_fails_the_job(engine, manual, prefix):
     job_id = engine.start("boom", owner="bob", params={"in_create": 1, "why": "no table"})
     manual.drain(engine)
     d = engine.state(job_id).to_dict()
-    assert d["status"] == "failed" and d["error"] == "could not set up: no table"
+    assert d["status"] == "failed" and GENERIC.fullmatch(d["error"])
+    detail = engine.state(job_id).fields["error_detail"]
+    assert detail == f"ref {d['error'][-10:-2]}: RuntimeError: could not set up: no table"
 
 
 def test_unknown_handler_bad_params_and_ids_leave_nothing(engine, manual, redis_client, prefix):
-    with pytest.raises(UnknownHandler, match="register"):
+    with pytest.raises(UnknownHandler, match="not available") as unknown:
         engine.start("os.system", owner="x")
+    assert "@registry.register('os.system')" in unknown.value.developer_message
     with pytest.raises(InvalidParams, match="JSON"):
         engine.start("count", owner="x", params={"n": object()})
     with pytest.raises(InvalidParams, match="does not take ids"):
@@ -340,9 +348,9 @@ def test_a_file_job_on_an_unusable_files_dir_fails_naming_the_setting(settings, 
     engine.dispatcher = manual
     job_id = engine.start("report", owner="a", params={"rows": 10})
     manual.drain(engine)
-    d = engine.state(job_id).to_dict()
-    assert d["status"] == "failed"
-    assert d["error"].startswith(
-        f"Could not write the job's file in BATCHFLOW_FILES_DIR ({blocker}): "
-    )
-    assert "Not a directory" in d["error"]  # the system's own words are kept
+    state = engine.state(job_id)
+    d = state.to_dict()
+    assert d["status"] == "failed" and GENERIC.fullmatch(d["error"])  # no server path shown
+    detail = state.fields["error_detail"]
+    assert f"Could not write the job's file in BATCHFLOW_FILES_DIR ({blocker}): " in detail
+    assert "Not a directory" in detail  # the system's own words are kept

@@ -108,7 +108,7 @@ def test_state_never_changes_on_get_and_csrf_is_required(client, redis_client, p
 
 def test_unknown_handler_404_and_permission_403(client):
     assert start(client, handler="os.path").status_code == 404
-    assert start(client, handler="nope").json["error"].startswith("No job handler")
+    assert start(client, handler="nope").json["error"] == "This job is not available."
     denied = start(client, handler="admin-only")
     assert denied.status_code == 403 and "not allowed" in denied.json["error"]
     admin = {"X-Test-User": "root-admin"}

@@ -37,7 +37,9 @@ def test_ten_thousand_units_exact_counters_ordered_messages_and_events(engine: E
 def test_a_handler_error_fails_the_job_and_the_worker_goes_on(engine, worker, prefix):
     bad = engine.start("boom", owner="a", params={"why": "nope", "prefix": prefix})
     good = engine.start("count", owner="a", params={"n": 300})
-    assert wait_terminal(engine, bad).to_dict()["error"] == "boom: nope"
+    failed = wait_terminal(engine, bad)
+    assert failed.to_dict()["error"].startswith("Something went wrong (ref ")
+    assert failed.fields["error_detail"].endswith("ValueError: boom: nope")
     assert wait_terminal(engine, good).status is Status.COMPLETED
 
 
