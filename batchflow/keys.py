@@ -13,6 +13,11 @@ def valid_job_id(job_id: object) -> bool:
     return isinstance(job_id, str) and bool(JOB_ID_RE.match(job_id))
 
 
+def _digest(name: str) -> str:
+    # Owners are arbitrary strings (emails, ids); a digest keeps the key's alphabet fixed.
+    return hashlib.sha256(name.encode()).hexdigest()[:32]
+
+
 class Keys:
     """Builds every Redis key batchflow uses; no other code formats a key.
 
@@ -78,9 +83,11 @@ class Keys:
         return f"{self.prefix}:index:all"
 
     def owner(self, owner: str) -> str:
-        # Owners are arbitrary strings (emails, ids); a digest keeps the key's alphabet fixed.
-        digest = hashlib.sha256(owner.encode()).hexdigest()[:32]
-        return f"{self.prefix}:index:owner:{digest}"
+        return f"{self.prefix}:index:owner:{_digest(owner)}"
+
+    def streams(self, identity: str) -> str:
+        """The event streams ``identity`` holds open, scored by the end of their lease."""
+        return f"{self.prefix}:streams:{_digest(identity)}"
 
     def worker(self, worker_id: str) -> str:
         """A worker process's sign of life: it exists while the process runs steps and lives."""
