@@ -15,6 +15,9 @@
  * same elements, empty. Server strings are only ever inserted with textContent: this file never
  * parses HTML. Updates come over Server-Sent Events; on any SSE error the view polls the status
  * URL instead, backing off on errors but never giving up, and stops only at a terminal status.
+ * The server ends each stream after a while and refuses one (429) beyond a person's cap: a stream
+ * that worked and ended is followed by one poll and a new stream; one that fails before its first
+ * event (a refusal looks the same to EventSource) means polling, and SSE again sseRetryMs later.
  */
 (function () {
   'use strict';
