@@ -18,7 +18,7 @@ import re
 import secrets
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from typing import Any
 
 from .admission import SHARED_POOL, Admission, fingerprint
@@ -42,6 +42,7 @@ from .schema import AdmitCode, ClaimCode, F, Kind, Signal, SignalCode, initial_f
 from .state import JobState
 from .steps import CLEANUP_GRACE, Dispatcher, StepOutcome, StepRunner
 from .store import Store
+from .streams import StreamSlots
 
 __all__ = ["CLEANUP_GRACE", "Dispatcher", "Engine", "Page", "Started", "StepOutcome"]
 
@@ -100,6 +101,8 @@ class Engine:
         self.store = store
         self.registry = registry
         self.admission = Admission(store.client, store.keys)
+        #: The open event streams of each identity, capped across web processes.
+        self.streams = StreamSlots(store.client, store.keys)
         #: How steps reach workers: set by the Celery layer (``make_celery``), or by tests.
         self.dispatcher: Dispatcher | None = None
         self.steps = StepRunner(settings, store, registry, self._dispatch)
@@ -336,7 +339,9 @@ class Engine:
                     states.append(JobState.from_stored(fields, messages))
         return states[:limit]
 
-    def follow(self, job_id: str, keepalive: float = 15.0) -> Iterator[JobState | None]:
+    def follow(
+        self, job_id: str, keepalive: float = 15.0
+    ) -> Generator[JobState | None, None, None]:
         """The job's state now and after every commit, in order, until it ends; None after every
         ``keepalive`` seconds of silence (for a stream's keep-alive).
 

@@ -13,9 +13,9 @@ def valid_job_id(job_id: object) -> bool:
     return isinstance(job_id, str) and bool(JOB_ID_RE.match(job_id))
 
 
-def _digest(owner: str) -> str:
+def _digest(name: str) -> str:
     # Owners are arbitrary strings (emails, ids); a digest keeps the key's alphabet fixed.
-    return hashlib.sha256(owner.encode()).hexdigest()[:32]
+    return hashlib.sha256(name.encode()).hexdigest()[:32]
 
 
 class Keys:
@@ -94,6 +94,10 @@ class Keys:
         hashes of jobs it finds in an index: ``head .. id .. tail`` is :meth:`job`."""
         head, tail = self.job("\0").split("\0")
         return head, tail
+
+    def streams(self, identity: str) -> str:
+        """The event streams ``identity`` holds open, scored by the end of their lease."""
+        return f"{self.prefix}:streams:{_digest(identity)}"
 
     def worker(self, worker_id: str) -> str:
         """A worker process's sign of life: it exists while the process runs steps and lives."""

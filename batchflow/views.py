@@ -11,7 +11,9 @@ import csv
 import io
 import json
 import logging
+import math
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -37,6 +39,7 @@ from .exceptions import (
     BatchflowError,
     InvalidParams,
     JobNotFound,
+    LimitReached,
     PermissionDenied,
     UnknownHandler,
 )
@@ -316,22 +319,55 @@ def status(job_id: str) -> Any:
 
 @blueprint.get("/<job_id>/events")
 def events(job_id: str) -> Response:
+    """The job's status as Server-Sent Events until it ends, for at most ``stream_seconds``
+    (the browser's EventSource then opens a new stream by itself). Each stream holds a server
+    thread: one identity holds at most ``streams_per_user`` at once, across web processes
+    (beyond that, 429 before the stream starts)."""
+    user = current_identity()
     _visible(job_id)
-    follow = get_state().engine.follow(job_id, keepalive=15.0)
+    settings, engine = get_state().settings, get_state().engine
+    token = engine.streams.acquire(user, settings.streams_per_user)
+    if token is None:
+        raise LimitReached(
+            f"You have {settings.streams_per_user} live progress streams open already. Close a "
+            "progress page, or check this job's status URL instead.",
+            retry_after=math.ceil(engine.streams.keepalive),  # a closed page: its next keep-alive
+            details={"status_url": url_for("batchflow.status", job_id=job_id)},
+        )
+    # Wake up at least this often, to keep the stream alive and to end it on time.
+    tick = min(engine.streams.keepalive, settings.stream_seconds)
+    follow = engine.follow(job_id, keepalive=tick)
 
     def stream() -> Iterator[str]:
-        yield "retry: 2000\n\n"
-        for state in follow:
-            if state is None:
-                yield ": keep-alive\n\n"
-                continue
-            yield f"data: {json.dumps(status_json(state))}\n\n"
+        deadline = time.monotonic() + settings.stream_seconds
+        refresh_at = time.monotonic() + tick
+        try:
+            yield "retry: 2000\n\n"
+            for state in follow:
+                yield (
+                    ": keep-alive\n\n"
+                    if state is None
+                    else f"data: {json.dumps(status_json(state))}\n\n"
+                )
+                now = time.monotonic()
+                if now >= deadline:
+                    return
+                if now >= refresh_at:
+                    if not engine.streams.refresh(user, token):
+                        return  # the slot lapsed (Redis stalled): the client opens a new stream
+                    refresh_at = now + tick
+        finally:
+            follow.close()
+            engine.streams.release(user, token)
 
-    return Response(
+    response = Response(
         stream_with_context(stream()),
         mimetype="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
+    # A stream closed before its first chunk never runs its generator's finally.
+    response.call_on_close(lambda: engine.streams.release(user, token))
+    return response
 
 
 @blueprint.post("/<job_id>/<any(stop, cancel, pause, resume, cleanup, retry):action>")

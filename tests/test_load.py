@@ -718,6 +718,8 @@ def test_two_hundred_pollers_and_two_hundred_event_streams(prefix: str, files_di
         config={
             "BATCHFLOW_REDIS_URL": REDIS_URL,
             "BATCHFLOW_STEP_TARGET": 0.5,
+            # 50 streams per user here: this test measures load, not the per-user cap.
+            "BATCHFLOW_STREAMS_PER_USER": followers,
         },
     )
     report = run.report()
@@ -755,7 +757,7 @@ def test_more_event_streams_than_the_default_redis_pool(prefix: str, files_dir: 
         window=3.0,
         units=100,
         sleep=0.03,  # 3 s once every stream is open
-        config={},
+        config={"BATCHFLOW_STREAMS_PER_USER": 120},  # the pool is under test, not the cap
     )
     report = run.report()
     print(f"\n[load] web, default pool: {report}; first errors: {run.errors[:2]}")

@@ -145,7 +145,7 @@ LAYERS = [
     {"tasks"},  # Celery
     {"engine", "steps", "heartbeat", "maintenance"},  # engine
     {"registry", "handlers", "job", "state"},  # handlers
-    {"store", "admission", "keys", "scripts", "events"},  # store
+    {"store", "admission", "streams", "keys", "scripts", "events"},  # store
     {"schema", "display", "config", "exceptions"},  # vocabulary
 ]
 

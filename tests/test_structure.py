@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from batchflow import scripts
+from batchflow import scripts, streams
 from batchflow.schema import (
     LUA_TERMINAL,
     AdmitCode,
@@ -61,7 +61,9 @@ def test_the_lua_scripts_speak_the_schemas_vocabulary():
     for vocabulary in (Status, Signal, Phase, Kind, ClaimCode, SignalCode, AdmitCode):
         known |= {member.value for member in vocabulary}
     known |= {"lost", "requeue", "skip", "handler"}  # RECOVER's and COMMIT's own codes
-    texts = [getattr(scripts, name) for name in dir(scripts) if name.isupper()]
+    modules = (scripts, streams)
+    texts = [getattr(module, name) for module in modules for name in dir(module) if name.isupper()]
+    assert streams.ACQUIRE in texts
     used = {
         word for text in texts if isinstance(text, str) for word in re.findall(r"'([a-z_]+)'", text)
     }

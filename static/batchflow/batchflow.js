@@ -15,6 +15,9 @@
  * same elements, empty. Server strings are only ever inserted with textContent: this file never
  * parses HTML. Updates come over Server-Sent Events; on any SSE error the view polls the status
  * URL instead, backing off on errors but never giving up, and stops only at a terminal status.
+ * The server ends each stream after a while and refuses one (429) beyond a person's cap: a stream
+ * that worked and ended is followed by one poll and a new stream; one that fails before its first
+ * event (a refusal looks the same to EventSource) means polling, and SSE again sseRetryMs later.
  */
 (function () {
   'use strict';
@@ -28,7 +31,7 @@
     maxBackoffMs: 10000,     // errors back off up to this, then keep trying forever
     safetyPollMs: 15000,     // on SSE: an occasional poll too, in case a proxy buffers the stream
     sseRetryMs: 30000,       // after falling back to polling, try SSE again this much later
-    sseFailures: 3,          // streams that fail before their first event, then poll for good
+    sseFailures: 3,          // streams in a row that fail before their first event, then poll for good
     maxSse: 3,               // browsers allow ~6 connections per host: leave room for polls and actions
     redirectDelayMs: 2000    // a completion seen live goes back to redirect_url after this
   };
@@ -215,6 +218,7 @@
     }
     openSse() {
       const es = new EventSource(this.urls.events_url);
+      const opened = Date.now();
       let received = false;
       this.es = es;
       sseOpen++;
@@ -225,11 +229,20 @@
         this.hooks.connection(true);
         this.hooks.status(s);
       };
-      es.onerror = () => {  // a 500, a dropped stream and the end of the stream all land here
+      // A refusal (429: too many streams open), a 500, a dropped stream and the end of the stream
+      // (the server ends each after a while) all land here, and EventSource cannot tell them apart.
+      es.onerror = () => {
         this.closeSse();
         if (this.stopped) return;
-        if (!received) this.sseFailures++;
-        this.pollingSince = Date.now();
+        if (received && Date.now() - opened >= SETTINGS.pollMs) {
+          // It worked, then ended: poll once for what the gap missed, then open a new stream.
+          this.sseFailures = 0;
+          this.pollingSince = 0;
+        } else {
+          // Failed before its first event (or at once): poll, and try SSE again sseRetryMs later.
+          if (!received) this.sseFailures++;
+          this.pollingSince = Date.now();
+        }
         this.schedule(0);
       };
       this.schedule(SETTINGS.safetyPollMs);

@@ -150,7 +150,9 @@ class FakeJob:
         self.states = [copy.deepcopy(s) for s in states]
         self.pos = 0
         self.auto = auto
-        self.sse = sse  # "ok" | "500" | "drop:N" (N events then the socket closes) | "hang"
+        # "ok" | "500" | "429" (too many streams: refused) | "drop:N" (N events, then the socket
+        # closes) | "end:N" (N events, then the server ends the stream, as at its lifetime) | "hang"
+        self.sse = sse
         self.interval = interval
         self.status_faults: list = []  # next status answers: an int code, or "drop"
         self.action_answers: dict = {}  # action -> (code, body dict); default 200 + current state
@@ -369,11 +371,14 @@ class Harness:
                     return self._send(500, "boom", "text/plain")
                 if mode == "404":
                     return self._send(404, "no", "text/plain")
+                if mode == "429":
+                    body = json.dumps({"error": "You have 4 live progress streams open already."})
+                    return self._send(429, body, headers={"Retry-After": "15"})
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Cache-Control", "no-store")
                 self.end_headers()
-                limit = int(mode.split(":")[1]) if mode.startswith("drop:") else None
+                limit = int(mode.split(":")[1]) if mode.startswith(("drop:", "end:")) else None
                 sent = 0
                 last = None
                 try:
@@ -405,6 +410,9 @@ class Harness:
                         if state["terminal"]:
                             return
                         if limit is not None and sent >= limit:
+                            if mode.startswith("end:"):
+                                self.close_connection = True  # a clean end of the response
+                                return
                             return self._drop()
                         if job.auto:
                             time.sleep(job.interval)

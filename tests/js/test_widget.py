@@ -210,11 +210,40 @@ def test_sse_500_falls_back_to_polling_with_backoff(harness, page):
 def test_dropped_sse_connection_falls_back_to_polling(harness, page):
     job = harness.add_job("j1", progression("j1", total=100, steps=5), sse="drop:2")
     job.status_faults = [None, 500]  # one error while polling, too
-    page.goto(widget_page(harness, "ssedrop", ["j1"], {"pollMs": 250}))
+    # The stream drops within a poll interval of opening: a failure, not the end of a stream
+    # that worked (that one is followed by a new stream: see the test of a stream that ends).
+    page.goto(widget_page(harness, "ssedrop", ["j1"], {"pollMs": 600}))
     page.wait_for_function("window.completed.length === 1", timeout=20_000)
     seen = page.evaluate("window.seen.j1")
     assert [int(s["value"]) for s in seen] == [0, 20, 40, 60, 80, 100]
     assert job.sse_connections == 1 and job.polls >= 4
+
+
+def test_a_refused_stream_falls_back_to_polling_and_tries_sse_again_later(harness, page):
+    """A 429 (the person holds their cap of streams) is an error before the first event: the
+    widget polls, and opens a stream again only sseRetryMs later, never in a hot loop."""
+    job = harness.add_job("j1", progression("j1", total=100, steps=60), sse="429", interval=0.1)
+    page.goto(widget_page(harness, "sse429", ["j1"], {"pollMs": 100, "sseRetryMs": 2500}))
+    harness.wait_for_request("/jobs/j1/status")
+    time.sleep(0.6)
+    assert job.sse_connections == 1, "a refused stream must not be retried at once"
+    assert len(harness.requests_to("/jobs/j1/status")) >= 3  # polling meanwhile
+    wait_for(lambda: job.sse_connections == 2, timeout=8)  # about sseRetryMs later
+    page.wait_for_function("window.completed.length === 1", timeout=20_000)
+    assert job.sse_connections <= 3  # sseRetryMs apart, then no more (sseFailures)
+    assert "bf-job--completed" in job_root(page, "j1").get_attribute("class")
+
+
+def test_a_stream_the_server_ends_is_followed_by_one_poll_and_a_new_stream(harness, page):
+    """The server ends every stream after its lifetime: the widget polls once for what the gap
+    missed and opens a new stream at once (no sseRetryMs of polling), however often it happens."""
+    job = harness.add_job("j1", progression("j1", total=120, steps=24), sse="end:4", interval=0.1)
+    page.goto(widget_page(harness, "sseend", ["j1"], {"pollMs": 200}))
+    page.wait_for_function("window.completed.length === 1", timeout=20_000)
+    assert job.sse_connections >= 4  # more ends than sseFailures: it never gave up on SSE
+    assert job.polls <= job.sse_connections  # one poll per end, no more
+    seen = [int(s["value"]) for s in page.evaluate("window.seen.j1")]
+    assert seen == sorted(seen) and seen[-1] == 120
 
 
 def test_not_found_stops_updates_with_a_message(harness, page):
