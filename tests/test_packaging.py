@@ -30,7 +30,7 @@ BatchFlow(app)
 with app.test_client() as c:
     r = c.get("/jobs/static/batchflow/batchflow.js"); assert r.status_code == 200; r.close()
     page = c.get("/jobs/start/nothing-here"); assert page.status_code == 404, page.status_code
-    assert "No job handler" in page.text
+    assert "This job is not available." in page.text
 print("ok")
 """
 
