@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from batchflow import ItemsJob, Registry
+from batchflow import ItemsJob, Registry, UserError
 from batchflow.handlers import StepResult
 from batchflow.job import Job
 from tests.handlers import make_registry, side
@@ -29,7 +29,7 @@ class Light(ItemsJob):
 
     def change(self, item_id: str, job: Job) -> None:
         if item_id.startswith(FAILING):
-            raise ValueError(f"cannot process {item_id}")
+            raise UserError(f"cannot process {item_id}")
         self.changed.append(item_id)
 
     def continue_job(self, job: Job, batch_size: int) -> StepResult:
