@@ -103,7 +103,8 @@ def test_a_page_refused_a_stream_still_updates_by_polling(serve, context, redis_
     wait_for(lambda: (bar_value(second) or 0) > at, timeout=15)  # polls bring progress
     wait_for(lambda: len(seen["status"]) >= polls + 2)
     # No reconnect loop: one refusal; SSE is tried again only sseRetryMs later.
-    assert seen["events"][open_now:] == [429], seen
+    # (The first page may reconnect its own stream meanwhile on a loaded machine: a 200.)
+    assert seen["events"][open_now:].count(429) == 1, seen
     assert set(seen["status"]) == {200}
     engine.signal(job_id, "stop")
     second.get_by_text("Stopped", exact=False).first.wait_for(timeout=15000)
