@@ -24,8 +24,12 @@ pytestmark = [
 ]
 
 #: The README's snippet, and nothing else on the page.
-SNIPPET = """<script src="{{ url_for('batchflow.static', filename='batchflow/batchflow.js') }}"{{ config|safe }}></script>
-<button data-batchflow-start="report" data-batchflow-modal>Export contacts</button>"""
+#: (``config``: nothing, or a data-batchflow-config attribute on the script tag.)
+SNIPPET = (
+    "<script src=\"{{ url_for('batchflow.static', filename='batchflow/batchflow.js') }}\""
+    "{{ config|safe }}></script>\n"
+    """<button data-batchflow-start="report" data-batchflow-modal>Export contacts</button>"""
+)
 
 
 @pytest.fixture
@@ -137,3 +141,19 @@ def test_a_job_no_worker_takes_is_asked_about_again_while_its_stream_is_open(
     redis_client.hset(Keys(prefix).job(job_id), "message", "Nobody has picked this job up yet")
     dialog.get_by_text("Nobody has picked this job up yet").wait_for(timeout=10000)
     page.screenshot(path=f"{SHOTS}/snippet-modal-pending-1280-light.png")
+
+
+def test_the_token_endpoint_answers_this_site_only_and_is_never_cached(prefix, files_dir):
+    app = create_app(prefix, files_dir)
+    client = app.test_client()
+    answer = client.get("/jobs/csrf-token", headers={"Origin": "https://evil.example"})
+    assert answer.status_code == 200 and answer.is_json
+    assert answer.headers["Cache-Control"] == "no-store"
+    assert not any(h.lower().startswith("access-control-") for h in answer.headers.keys())
+    token = answer.get_json()["csrf_token"]
+    refused = client.post("/jobs/start/count", json={"params": {"n": 1}})
+    assert refused.status_code == 400 and "CSRF" in refused.get_json()["error"]
+    started = client.post(
+        "/jobs/start/count", json={"params": {"n": 1}}, headers={"X-CSRFToken": token}
+    )
+    assert started.status_code == 202

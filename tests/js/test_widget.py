@@ -852,8 +852,8 @@ def test_timings_are_settings(harness, page):
 # ------------------------------------------------------------------ the README's snippet, alone
 
 
-SNIPPET = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>snippet</title></head>
-<body><script src="/jobs/static/batchflow/batchflow.js"></script>
+SNIPPET = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>snippet</title>
+</head><body><script src="/jobs/static/batchflow/batchflow.js"></script>
 <button data-batchflow-start="archive-posts" data-batchflow-modal>Archive</button></body></html>"""
 
 
@@ -873,7 +873,9 @@ def test_the_snippet_alone_finds_its_routes_a_token_and_its_styles(harness, page
     assert len(harness.requests_to("/jobs/csrf-token", "GET")) == 1
     # The stylesheet's rule, not the browser's default dialog.
     assert dialog.evaluate("d => getComputedStyle(d).borderTopLeftRadius") == "16px"
-    page.wait_for_function("document.querySelector('dialog .bf-job').dataset.status === 'completed'")
+    page.wait_for_function(
+        "document.querySelector('dialog .bf-job').dataset.status === 'completed'"
+    )
 
 
 def test_a_page_token_is_used_and_none_is_fetched(harness, page):
@@ -881,9 +883,10 @@ def test_a_page_token_is_used_and_none_is_fetched(harness, page):
     harness.start_answers["archive-posts"] = job
     page.goto(harness.page("with-token", ""))  # the harness's pages carry a csrf-token meta tag
     page.evaluate("batchflow.start('archive-posts', {})")
-    assert harness.wait_for_request("/jobs/start/archive-posts", "POST")["headers"][
-        "X-CSRFToken"
-    ] == CSRF
+    assert (
+        harness.wait_for_request("/jobs/start/archive-posts", "POST")["headers"]["X-CSRFToken"]
+        == CSRF
+    )
     assert harness.requests_to("/csrf-token") == []
     assert page.locator('link[href$="batchflow.css"]').count() == 1  # the page's own, not a second
 
@@ -915,7 +918,9 @@ def test_the_modal_footer_no_longer_says_the_job_keeps_running_once_it_ended(har
     foot.wait_for(state="visible")
     assert "keeps running" in foot.inner_text()
     job.goto(len(job.states) - 1)
-    page.wait_for_function("document.querySelector('dialog .bf-job').dataset.status === 'completed'")
+    page.wait_for_function(
+        "document.querySelector('dialog .bf-job').dataset.status === 'completed'"
+    )
     assert "keeps running" not in foot.inner_text()
     assert foot.get_by_role("link", name="Open the job page").is_visible()
     close = page.locator("dialog .bf-dialog__close")
