@@ -177,6 +177,16 @@ def check_csrf() -> None:
             csrf.protect()
 
 
+@blueprint.get("/csrf-token")
+def csrf_token() -> Any:
+    """A CSRF token for batchflow.js on a page that carries none. Safe to hand out: without CORS
+    headers another site's page cannot read this answer, and the token is bound to the session."""
+    from flask_wtf.csrf import generate_csrf
+
+    protected = get_state().csrf and current_app.extensions.get("csrf")
+    return jsonify({"csrf_token": generate_csrf() if protected else None})
+
+
 @blueprint.after_request
 def security_headers(response: Response) -> Response:
     """Defence in depth on every response batchflow serves, unless the app already set a header:

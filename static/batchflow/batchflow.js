@@ -18,6 +18,8 @@
  * The server ends each stream after a while and refuses one (429) beyond a person's cap: a stream
  * that worked and ended is followed by one poll and a new stream; one that fails before its first
  * event (a refusal looks the same to EventSource) means polling, and SSE again sseRetryMs later.
+ * A page that only loads this script works too: the routes' prefix and batchflow.css come from the
+ * script's own URL, a CSRF token from <prefix>/csrf-token when the page carries none.
  */
 (function () {
   'use strict';
@@ -30,6 +32,7 @@
     rowStaggerMs: 120,
     maxBackoffMs: 10000,     // errors back off up to this, then keep trying forever
     safetyPollMs: 15000,     // on SSE: an occasional poll too, in case a proxy buffers the stream
+    pendingPollMs: 10000,    // while a job waits for a worker: poll this often, even on SSE (its words change)
     sseRetryMs: 30000,       // after falling back to polling, try SSE again this much later
     sseFailures: 3,          // streams in a row that fail before their first event, then poll for good
     maxSse: 3,               // browsers allow ~6 connections per host: leave room for polls and actions
@@ -44,7 +47,7 @@
     });
     return Object.assign({}, SETTINGS);
   }
-  const own = document.currentScript;
+  const own = document.currentScript || document.querySelector('script[src*="batchflow.js"]');
   if (window.batchflowConfig) configure(window.batchflowConfig);
   if (own && own.getAttribute('data-batchflow-config')) configure(JSON.parse(own.getAttribute('data-batchflow-config')));
 
@@ -80,11 +83,35 @@
   function show(node, on) { if (node) node.hidden = !on; }
   function fill(node, kids) { node.replaceChildren.apply(node, kids.filter((k) => k != null)); }
   function meta(name) { const m = document.querySelector('meta[name="' + name + '"]'); return m ? m.content : null; }
+
+  // Where this script came from: the blueprint serves it at <prefix>/static/batchflow/batchflow.js,
+  // so a page that only loads it (no meta tags) still finds the routes and the stylesheet. (An
+  // empty prefix would be the app's own /static, not the blueprint's.)
+  const ownSrc = own && own.src ? new URL(own.src) : null;
+  const srcPrefix = ownSrc && ownSrc.origin === location.origin && /^(.*\S)\/static\/batchflow\/batchflow(\.min)?\.js$/.exec(ownSrc.pathname);
+  const jobPrefix = (prefix) => (prefix || meta('batchflow-prefix') || (srcPrefix && srcPrefix[1]) || '/jobs').replace(/\/+$/, '');
+  // The stylesheet beside this script, unless the page has it (or data-batchflow-css="none").
+  function addStyles() {
+    if (!ownSrc || own.getAttribute('data-batchflow-css') === 'none' || document.querySelector('link[href*="batchflow.css"]')) return;
+    document.head.append(el('link', { rel: 'stylesheet', href: new URL('batchflow.css', ownSrc).href }));
+  }
+
+  // The CSRF token: the page's (a meta tag, a form's field), else one fetched from the blueprint
+  // (a same-origin JSON answer that another site's page cannot read).
+  let fetchedToken = null;
   function csrfToken() {
     const input = document.querySelector('input[name="csrf_token"]');
-    return meta('csrf-token') || (input ? input.value : '');
+    return meta('csrf-token') || (input ? input.value : '') || fetchedToken || '';
   }
-  const jobPrefix = (prefix) => (prefix || meta('batchflow-prefix') || '/jobs').replace(/\/+$/, '');
+  let tokenRequest = null;
+  async function csrfTokenFor(prefix) {
+    if (csrfToken()) return csrfToken();
+    tokenRequest = tokenRequest || fetch(jobPrefix(prefix) + '/csrf-token', {
+      headers: { Accept: 'application/json' }, credentials: 'same-origin', cache: 'no-store'
+    }).then((r) => (r.ok ? r.json() : null)).then((d) => { fetchedToken = (d && d.csrf_token) || ''; return fetchedToken; })
+      .finally(() => { tokenRequest = null; });
+    return tokenRequest;
+  }
   // Only http(s) URLs become links, and only same-site ones for redirects.
   function safeUrl(url, sameSite) {
     if (!url) return null;
@@ -121,9 +148,9 @@
     node.textContent = format.format(when);
   }
 
-  async function requestJSON(method, url, body) {
+  async function requestJSON(method, url, body, prefix) {
     const headers = { Accept: 'application/json' };
-    if (method !== 'GET') headers['X-CSRFToken'] = csrfToken();
+    if (method !== 'GET') headers['X-CSRFToken'] = await csrfTokenFor(prefix);
     if (body !== undefined) headers['Content-Type'] = 'application/json';
     const res = await fetch(url, {
       method, headers, credentials: 'same-origin', cache: 'no-store',
@@ -228,6 +255,7 @@
         received = true;
         this.hooks.connection(true);
         this.hooks.status(s);
+        this.notePending(s);
       };
       // A refusal (429: too many streams open), a 500, a dropped stream and the end of the stream
       // (the server ends each after a while) all land here, and EventSource cannot tell them apart.
@@ -245,7 +273,15 @@
         }
         this.schedule(0);
       };
-      this.schedule(SETTINGS.safetyPollMs);
+      this.schedule(this.safety());
+    }
+    // On SSE, the safety poll; more often while the job waits for a worker, since the server's
+    // words for a long wait change with time alone (no commit, so no event says so).
+    safety() { return this.pending ? Math.min(SETTINGS.pendingPollMs, SETTINGS.safetyPollMs) : SETTINGS.safetyPollMs; }
+    notePending(s) {
+      const was = this.pending;
+      this.pending = !!s && s.status === 'pending';
+      if (this.pending && !was && this.es) this.schedule(this.safety());
     }
     closeSse() {
       if (this.es) { this.es.close(); this.es = null; sseOpen--; }
@@ -263,13 +299,14 @@
         this.hooks.connection(true);
         this.hooks.status(r.data);
         if (this.stopped) return;
-        if (this.es) this.schedule(SETTINGS.safetyPollMs);
+        this.pending = r.data.status === 'pending';
+        if (this.es) this.schedule(this.safety());
         else if (Date.now() - this.pollingSince > SETTINGS.sseRetryMs && this.canSse()) this.openSse();
         else this.schedule(this.every());
       } else if (r && (r.status === 404 || r.status === 410)) {
         this.hooks.gone(r);
       } else if (this.es) {
-        this.schedule(SETTINGS.safetyPollMs);  // SSE is still up; this poll was only the safety net
+        this.schedule(this.safety());  // SSE is still up; this poll was only the safety net
       } else {
         this.hooks.connection(false);
         this.schedule(this.delay);
@@ -375,6 +412,7 @@
       const acts = (s.actions || []).filter((a) => offered[a] && urls[a]);
       if (this.confirming && acts.indexOf('cancel') < 0) this.confirming = false;
       const key = acts.join(',') + '|' + !!this.confirming;
+      if (box && this.confirming) setText(box.querySelector('.bf-confirm__text'), t.confirm_cancel);  // the count now
       if (!box || key === this.keys.actions) return;
       this.keys.actions = key;
       const words = t.ui || {};
@@ -490,7 +528,7 @@
       this.setBusy(true);
       this.notice(null);
       let r = null;
-      try { r = await requestJSON('POST', url); } catch (e) { r = null; }
+      try { r = await requestJSON('POST', url, undefined, this.options.prefix); } catch (e) { r = null; }
       this.setBusy(false);
       if (!r) this.notice((textOf(this.status).ui || ui).network);
       else if (!r.ok) this.notice(errorText(r));
@@ -595,18 +633,20 @@
     const foot = el('p', { class: 'bf-dialog__foot', hidden: true }, [el('span', { 'data-bf': 'keeps-running' }), ' ',
       page ? el('a', { class: 'bf-link', href: page, 'data-bf': 'open-page' }) : null]);
     const dialog = el('dialog', { class: 'bf-dialog' }, [el('div', { class: 'bf-dialog__inner' }, [close, root])]);
-    const words = (w) => {
+    // Once the job has ended, nothing "keeps running": the footer keeps only the page link.
+    const words = (w, ended) => {
       setAttr(close, 'aria-label', w.close);
-      setAttr(close, 'title', w.close_tip);
-      setText(part(foot, 'keeps-running'), w.keeps_running);
+      setAttr(close, 'title', ended ? w.close : w.close_tip);
+      setText(part(foot, 'keeps-running'), ended ? '' : w.keeps_running);
+      show(part(foot, 'keeps-running'), !ended);
       setText(part(foot, 'open-page'), w.open_page);
-      show(foot, !!w.keeps_running);
+      show(foot, ended ? !!(page && w.open_page) : !!w.keeps_running);
     };
-    words(ui);
+    words(ui, false);
     document.body.appendChild(dialog);
     close.addEventListener('click', () => dialog.close());
     dialog.addEventListener('click', (e) => { if (e.target === dialog) dialog.close(); });  // the backdrop
-    root.addEventListener('batchflow:update', (e) => words((e.detail.text || {}).ui || {}));
+    root.addEventListener('batchflow:update', (e) => words((e.detail.text || {}).ui || {}, !!e.detail.terminal));
     if (dialog.showModal) dialog.showModal(); else dialog.setAttribute('open', '');
     return { dialog, root, foot };
   }
@@ -633,7 +673,7 @@
     ['params', 'ids', 'redirect_url'].forEach((k) => { if (body && body[k] != null) payload[k] = body[k]; });
     let r;
     try {
-      r = await requestJSON('POST', jobPrefix(prefix) + '/start/' + encodeURIComponent(handler), payload);
+      r = await requestJSON('POST', jobPrefix(prefix) + '/start/' + encodeURIComponent(handler), payload, prefix);
     } catch (e) { throw new Error(ui.network || e.message); }
     if (!r.ok || !r.data || !(r.data.status_url || r.data.id)) throw new Error(errorText(r));
     return r.data;
@@ -738,6 +778,7 @@
     e.preventDefault();
     onStartClick(btn);
   });
+  addStyles();
   if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', () => init());
   else init();
 
