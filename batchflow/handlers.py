@@ -76,8 +76,8 @@ class Handler:
     :cvar labels: texts for the progress page (``title``, ``running``, ``completed``, ``good``...);
         anything left out gets a default.
     :cvar description: one line saying what the job does, shown beside its title in the list of
-        jobs a user may start (``/jobs/catalogue``); empty (the default) uses the first line of
-        the class's own docstring.
+        jobs a user may start (``/jobs/catalogue``); empty (the default) uses the first paragraph
+        of the class's own docstring.
     :cvar can_stop: offer Stop (halt after the current step, keep the work).
     :cvar can_cancel: offer Cancel (halt, then undo the work: needs ``undo_job``).
     :cvar can_pause: offer Pause and Resume between steps.
@@ -159,10 +159,10 @@ class Handler:
 
     @classmethod
     def summary(cls) -> str:
-        """:attr:`description`, or else the first line of the class's own docstring (a docstring
-        is not inherited: a subclass without one has no summary), or ``""``."""
+        """:attr:`description`, or else the first paragraph of the class's own docstring (not an
+        inherited one) joined into one line, or ``""``."""
         text = (cls.description or cls.__doc__ or "").strip()
-        return text.splitlines()[0].strip() if text else ""
+        return " ".join(text.split("\n\n")[0].split())
 
     @classmethod
     def capabilities(cls) -> list[str]:

@@ -22,7 +22,8 @@ class Described(Count):
 
 
 class Documented(Count):
-    """Counts to n, slowly.
+    """Counts to n,
+    slowly.
 
     More lines that the catalogue does not show.
     """

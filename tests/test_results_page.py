@@ -106,11 +106,11 @@ def test_api_clients_keep_json_and_a_browser_gets_a_page(client, engine, prefix)
     assert client.get(url, headers={**BROWSER, "X-Test-User": "bob"}).status_code == 404
 
 
+ROW_ID = re.compile(r'<th scope="row"><span class="bf-row__handler">([^<]*)</span></th>')
+
+
 def row_ids(text: str) -> list[str]:
-    return [
-        html.unescape(m)
-        for m in re.findall(r'<th scope="row" class="bf-row__handler">([^<]*)</th>', text)
-    ]
+    return [html.unescape(m) for m in ROW_ID.findall(text)]
 
 
 def link(text: str, rel: str) -> str | None:
