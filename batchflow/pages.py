@@ -56,7 +56,7 @@ def wants_page() -> bool:
 def _cursors(text: str) -> list[int]:
     """The ``back`` trail: earlier pages' cursors, oldest first, as dot-separated numbers."""
     parts = text.split(".") if text else []
-    if not all(p.isdigit() and len(p) <= 20 and int(p) < 2**64 for p in parts):
+    if not all(p.isascii() and p.isdigit() and len(p) <= 20 and int(p) < 2**64 for p in parts):
         raise InvalidParams("back must be the cursors of earlier pages, as this page gave them.")
     return [int(p) for p in parts][-BACK_KEPT:]
 

@@ -144,7 +144,8 @@ def test_the_page_pages_with_next_and_previous_and_escapes_messages(client, engi
     everything = "".join(client.get(u, headers=BROWSER).text for u, _ in visited)
     assert "<script>alert(1)</script>" not in everything
     assert "cannot archive &lt;script&gt;alert(1)&lt;/script&gt;bad" in everything
-    assert client.get(visited[0][0] + "&back=x", headers=BROWSER).status_code == 400
+    for trail in ("x", "\u00b2", "1..2", str(2**64)):
+        assert client.get(f"{visited[0][0]}&back={trail}", headers=BROWSER).status_code == 400
 
 
 def test_the_page_has_an_empty_state_and_links_back_to_the_job(client, engine, prefix):
