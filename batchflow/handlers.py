@@ -75,6 +75,9 @@ class Handler:
 
     :cvar labels: texts for the progress page (``title``, ``running``, ``completed``, ``good``...);
         anything left out gets a default.
+    :cvar description: one line saying what the job does, shown beside its title in the list of
+        jobs a user may start (``/jobs/catalogue``); empty (the default) uses the first paragraph
+        of the class's own docstring.
     :cvar can_stop: offer Stop (halt after the current step, keep the work).
     :cvar can_cancel: offer Cancel (halt, then undo the work: needs ``undo_job``).
     :cvar can_pause: offer Pause and Resume between steps.
@@ -96,6 +99,7 @@ class Handler:
 
     kind: ClassVar[Kind] = Kind.HANDLER
     labels: ClassVar[dict[str, str]] = {}
+    description: ClassVar[str] = ""
     can_stop: ClassVar[bool] = True
     can_cancel: ClassVar[bool] = False
     can_pause: ClassVar[bool] = True
@@ -152,6 +156,13 @@ class Handler:
 
     def on_finish(self, job: Job) -> None:
         """Runs in the worker when the job ends in any way, after ``on_complete``/``on_failure``."""
+
+    @classmethod
+    def summary(cls) -> str:
+        """:attr:`description`, or else the first paragraph of the class's own docstring (not an
+        inherited one) joined into one line, or ``""``."""
+        text = (cls.description or cls.__doc__ or "").strip()
+        return " ".join(text.split("\n\n")[0].split())
 
     @classmethod
     def capabilities(cls) -> list[str]:

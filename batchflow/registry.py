@@ -102,6 +102,11 @@ class Registry:
     def names(self) -> list[str]:
         return sorted(self._specs)
 
+    def allowed(self, user: Any) -> list[HandlerSpec]:
+        """The handlers ``user`` may start (each one's permission hook asked, as a start asks
+        it), by name."""
+        return [spec for spec in sorted(self, key=lambda s: s.name) if spec.allows(user)]
+
 
 def _overrides(cls: type, base: type, method: str) -> bool:
     return getattr(cls, method) is not getattr(base, method)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import itertools
 import json
 import queue
 from collections.abc import Callable, Iterable, Iterator
@@ -30,7 +31,7 @@ import redis.exceptions
 
 from .config import DEFAULTS
 from .events import RESYNC, EventHub, decode_event
-from .exceptions import JobNotFound, Unavailable
+from .exceptions import InvalidParams, JobNotFound, Unavailable
 from .keys import Keys
 from .schema import ClaimCode, F, Signal, SignalCode, flat_pairs
 from .scripts import CLAIM, COMMIT, MARK_CLEANED, RECOVER, RENEW, SIGNAL
@@ -218,22 +219,40 @@ class Store:
         key = self.keys.all_jobs if owner is None else self.keys.owner(owner)
         return cast(list[str], self.client.zrevrange(key, offset, offset + limit - 1))
 
+    def _outcomes(self, job_id: str) -> list[str]:
+        """The keys of a job's per-id ``results``, ``errors`` and ``undo_errors``, in this order."""
+        return [self.keys.results(job_id), self.keys.errors(job_id), self.keys.undo_errors(job_id)]
+
     def _outcomes_key(self, job_id: str, which: str) -> str:
-        return {
-            "results": self.keys.results,
-            "errors": self.keys.errors,
-            "undo_errors": self.keys.undo_errors,
-        }[which](job_id)
+        return self._outcomes(job_id)[("results", "errors", "undo_errors").index(which)]
 
     @_translating
     def results_page(
         self, job_id: str, which: str, cursor: int, count: int
     ) -> tuple[int, dict[str, str]]:
-        """A page of per-id ``results``, ``errors`` or ``undo_errors``."""
-        next_cursor, page = self.client.hscan(
-            self._outcomes_key(job_id, which), cursor=cursor, count=count
-        )
-        return int(next_cursor), cast(dict[str, str], page)
+        """At most ``count`` of a job's per-id ``results``, ``errors`` or ``undo_errors``, and the
+        cursor of the next page (0: no more; start with 0). Once the job has ended, its pages hold
+        every entry exactly once, whatever ``count`` each asks for; while it runs, an entry
+        written meanwhile may move another across a page boundary (missed or seen twice).
+
+        :raises InvalidParams: a ``cursor`` this method did not give, or ``count`` out of range.
+        """
+        if not 0 <= cursor < 2**64 or not 0 < count <= 1000:
+            raise InvalidParams("cursor must be a cursor this route gave, and count 1 to 1000.")
+        key = self._outcomes_key(job_id, which)
+        scan, batch, skip = _unpack(cursor)
+        batch = batch if skip else count
+        page: dict[str, str] = {}
+        while True:
+            after, found = self.client.hscan(key, cursor=scan, count=batch)
+            entries = list(cast(dict[str, str], found).items())[skip:]
+            room = count - len(page)
+            page.update(entries[:room])
+            if len(entries) > room:  # the page ends inside this batch: read it again from there
+                return _pack(scan, batch, skip + room), page
+            scan, batch, skip = int(after), count - len(page), 0
+            if not scan or not batch:
+                return (_pack(scan, count, 0) if scan else 0), page
 
     @_translating
     def iter_hash(self, job_id: str, which: str) -> Iterator[tuple[str, str]]:
@@ -281,6 +300,10 @@ class Store:
 
     # -- the step protocol ------------------------------------------------------------------
 
+    def _argv(self, job_id: str, *head: str | int) -> list[str | int]:
+        """The ARGV of a script that adds messages: ``head``, the channel, messages kept, shown."""
+        return [*head, self.keys.channel(job_id), MESSAGES_KEPT, MESSAGES_SHOWN]
+
     @_translating
     def claim(self, job_id: str, seq: int, worker: str, now_ms: int, lease_ms: int) -> Claim:
         """Take step ``seq``'s lease for ``worker`` if the step is due (see CLAIM)."""
@@ -309,25 +332,8 @@ class Store:
         """Apply one step's buffer; returns ``(new seq, status)``, or None if the fence broke."""
         k = self.keys
         reply = self._commit(
-            keys=[
-                k.job(job_id),
-                k.items(job_id),
-                k.results(job_id),
-                k.errors(job_id),
-                k.undo_errors(job_id),
-                k.messages(job_id),
-            ],
-            args=[
-                seq,
-                worker,
-                repr(now),
-                json.dumps(payload),
-                deadline_ms,
-                ttl,
-                k.channel(job_id),
-                MESSAGES_KEPT,
-                MESSAGES_SHOWN,
-            ],
+            keys=[k.job(job_id), k.items(job_id), *self._outcomes(job_id), k.messages(job_id)],
+            args=self._argv(job_id, seq, worker, repr(now), json.dumps(payload), deadline_ms, ttl),
         )
         if reply[0] != "ok":
             return None
@@ -345,25 +351,10 @@ class Store:
     ) -> Seen | None:
         """Renew a running step's lease, applying ``payload`` (live progress, or the mark that
         this step ends the job) with it; what it saw of the job, or None if the lease is lost."""
-        k = self.keys
+        k, update = self.keys, json.dumps(payload) if payload else ""
         reply = self._renew(
-            keys=[
-                k.job(job_id),
-                k.messages(job_id),
-                k.results(job_id),
-                k.errors(job_id),
-                k.undo_errors(job_id),
-            ],
-            args=[
-                seq,
-                worker,
-                repr(now),
-                json.dumps(payload) if payload else "",
-                lease_until_ms,
-                k.channel(job_id),
-                MESSAGES_KEPT,
-                MESSAGES_SHOWN,
-            ],
+            keys=[k.job(job_id), k.messages(job_id), *self._outcomes(job_id)],
+            args=self._argv(job_id, seq, worker, repr(now), update, lease_until_ms),
         )
         if reply[0] != "ok":
             return None
@@ -377,14 +368,7 @@ class Store:
         k = self.keys
         code, status, seq = self._signal(
             keys=[k.job(job_id), k.messages(job_id)],
-            args=[
-                what.value,
-                repr(now),
-                deadline_ms,
-                k.channel(job_id),
-                MESSAGES_KEPT,
-                MESSAGES_SHOWN,
-            ],
+            args=self._argv(job_id, what.value, repr(now), deadline_ms),
         )
         return SignalCode(code), status, int(seq or 0)
 
@@ -477,14 +461,26 @@ class Store:
         return bool(self.client.ping())
 
 
+# A results cursor packs where HSCAN is (its cursor), the COUNT it read the batch there with, and
+# how many of that batch's entries were returned: HSCAN returns whole buckets (a small hash, all
+# of it) and reads the same batch again from the same cursor and COUNT while the hash does not
+# change. A batch is COUNT plus a bucket's rest, or a whole listpack-encoded hash (far below
+# 2^20 entries); HSCAN's cursor stays below 2^34 (a hash holds at most 2^32 fields).
+_SKIP_BITS, _BATCH_BITS = 20, 10
+
+
+def _pack(scan: int, batch: int, skip: int) -> int:
+    return ((scan << _BATCH_BITS | batch - 1) << _SKIP_BITS) | skip
+
+
+def _unpack(cursor: int) -> tuple[int, int, int]:
+    batch = (cursor >> _SKIP_BITS & (1 << _BATCH_BITS) - 1) + 1
+    return cursor >> (_SKIP_BITS + _BATCH_BITS), batch, cursor & (1 << _SKIP_BITS) - 1
+
+
 def _chunks(ids: Iterable[str]) -> Iterator[list[str]]:
-    chunk: list[str] = []
-    for item in ids:
-        chunk.append(item)
-        if len(chunk) == ITEM_CHUNK:
-            yield chunk
-            chunk = []
-    if chunk:
+    rest = iter(ids)
+    while chunk := list(itertools.islice(rest, ITEM_CHUNK)):
         yield chunk
 
 

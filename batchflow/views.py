@@ -45,6 +45,7 @@ from .exceptions import (
 )
 from .handlers import neutralize_cell
 from .intake import limit_body, read_start_request, safe_redirect, validate_form
+from .pages import catalogue_page, results_page, wants_page
 from .registry import HandlerSpec
 from .schema import F, Status
 from .state import JobState
@@ -265,6 +266,12 @@ def jobs() -> Any:
     )
 
 
+@blueprint.get("/catalogue")
+def catalogue() -> Any:
+    """The jobs the current user may start (see :mod:`.pages`)."""
+    return catalogue_page(as_json=_wants_json())
+
+
 def _require_permission(handler: str) -> HandlerSpec:
     """The handler, if its permission hook allows the current user, who will own the job about
     to be created (a fresh start or a retry: every route that creates a job asks this)."""
@@ -430,6 +437,8 @@ def results(job_id: str) -> Any:
         raise InvalidParams("cursor must be a cursor this route gave, and count >= 1.")
     count = min(count, MAX_RESULTS_COUNT)
     page = get_state().engine.results(job_id, which, cursor, count)
+    if wants_page():  # a browser: the same page as a table, with links (see pages.py)
+        return results_page(status_json(state), which, page, cursor, count)
     return jsonify({"which": which, "items": page.items, "cursor": page.cursor})
 
 
