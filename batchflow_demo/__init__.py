@@ -15,9 +15,11 @@ batchflow's own ``BATCHFLOW_*`` keys (``BATCHFLOW_REDIS_URL``...) the demo reads
 ``BATCHFLOW_DEMO_DATA``        folder of the demo's SQLite file (and of the exported files,
                                unless ``BATCHFLOW_FILES_DIR`` says otherwise)
 ``BATCHFLOW_DEMO_CONTACTS``    rows in the contacts export (100,000)
+``BATCHFLOW_DEMO_ROW_COST``    seconds of pretend work per exported row, standing in for a
+                               database read (0.00015: the export takes about 15 s; 0: about 1 s)
 ``BATCHFLOW_DEMO_POSTS``       posts created in a new SQLite file (5,000)
 ``BATCHFLOW_DEMO_ITEM_DELAY``  seconds of pretend work per post, so there is progress to watch
-                               (0.002)
+                               (0.002: the archive and the index take about 10 s each)
 ``FLASK_SECRET_KEY``           signs the session that says whose jobs are whose (random per
                                process when unset: set it when several processes serve)
 =============================  ============================================================
@@ -31,10 +33,11 @@ import tempfile
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask, render_template, url_for
+from flask import Flask, Response, render_template, url_for
 
 from batchflow import BatchFlow, ConfigurationError
 
+from .icon import favicon
 from .jobs import LOCKED_EVERY, posts, registry
 
 #: The demo's extension, with the demo's own registry (not the global one).
@@ -44,6 +47,7 @@ DEMO_DEFAULTS: dict[str, Any] = {
     "BATCHFLOW_KEY_PREFIX": "batchflow-demo",
     "BATCHFLOW_DEMO_DATA": os.path.join(tempfile.gettempdir(), "batchflow-demo"),
     "BATCHFLOW_DEMO_CONTACTS": 100_000,
+    "BATCHFLOW_DEMO_ROW_COST": 0.00015,
     "BATCHFLOW_DEMO_POSTS": 5_000,
     "BATCHFLOW_DEMO_ITEM_DELAY": 0.002,
 }
@@ -52,6 +56,7 @@ DEMO_DEFAULTS: dict[str, Any] = {
 _FROM_ENVIRONMENT = (*DEMO_DEFAULTS, "BATCHFLOW_FILES_DIR", "BATCHFLOW_QUEUE")
 _NUMBERS = {
     "BATCHFLOW_DEMO_CONTACTS": (int, 0),
+    "BATCHFLOW_DEMO_ROW_COST": (float, 0.0),
     "BATCHFLOW_DEMO_POSTS": (int, 1),
     "BATCHFLOW_DEMO_ITEM_DELAY": (float, 0.0),
 }
@@ -84,6 +89,11 @@ def _settings(config: Mapping[str, Any] | None) -> dict[str, Any]:
     return values
 
 
+def _about(seconds: float) -> str:
+    """How long a job's pretend work takes, in words."""
+    return "a few seconds" if seconds < 3 else f"about {round(seconds)} seconds"
+
+
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """The demo app: a home page that starts the three jobs, and batchflow's pages at ``/jobs``.
 
@@ -96,14 +106,33 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         app.config["SECRET_KEY"] = secrets.token_hex(32)
     batchflow.init_app(app)
 
+    @app.context_processor
+    def home_link() -> dict[str, Any]:
+        # The link back to the demo's home on batchflow's pages too (their base.html shows it).
+        return {"batchflow_home": {"url": url_for("index"), "text": "Demo"}}
+
+    @app.get("/favicon.ico")
+    def icon() -> Response:
+        response = Response(favicon(), mimetype="image/vnd.microsoft.icon")
+        response.cache_control.max_age = 86400
+        return response
+
     @app.get("/")
     def index() -> str:
         owner = batchflow.identity()
         recent = batchflow.engine(app).jobs(owner, limit=5) if owner else []
+        stats = posts().stats()
+        config = app.config
         return render_template(
             "demo/index.html",
-            posts=posts().stats(),
-            contacts=app.config["BATCHFLOW_DEMO_CONTACTS"],
+            posts=stats,
+            contacts=config["BATCHFLOW_DEMO_CONTACTS"],
+            row_cost_ms=config["BATCHFLOW_DEMO_ROW_COST"] * 1000,
+            item_delay_ms=config["BATCHFLOW_DEMO_ITEM_DELAY"] * 1000,
+            export_time=_about(
+                config["BATCHFLOW_DEMO_CONTACTS"] * config["BATCHFLOW_DEMO_ROW_COST"]
+            ),
+            posts_time=_about(stats["total"] * config["BATCHFLOW_DEMO_ITEM_DELAY"]),
             locked_every=LOCKED_EVERY,
             recent=[
                 {**state.to_dict(), "url": url_for("batchflow.progress", job_id=state.id)}

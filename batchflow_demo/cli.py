@@ -12,6 +12,9 @@ stops, and never flushes anything.
 
 Ctrl-C (SIGINT) or SIGTERM stops the web server, then the worker (SIGTERM to its process group,
 SIGKILL after a timeout), then the embedded Redis, and removes the demo's temporary folder.
+
+A demo killed outright (SIGKILL) cannot remove its folder, though its children go with it (the
+kernel tells them): the next ``batchflow demo`` removes it (see :mod:`.runs`).
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ import socket
 import subprocess
 import sys
 import sysconfig
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,6 +37,8 @@ from typing import Any
 
 import click
 import redis
+
+from .runs import new_run_folder
 
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"
 DEFAULT_PORT = 5000
@@ -219,7 +223,10 @@ class Demo:
         }
         code = 0
         try:
-            self.folder = tempfile.mkdtemp(prefix="batchflow-demo-")
+            # Named after this process; the folders of demos killed outright go first.
+            self.folder, removed = new_run_folder()
+            if removed:
+                self._say("data", f"removed {len(removed)} folder(s) of demos no longer running")
             self._start_redis()
             config = self._config()
             self._prepare_data(config)

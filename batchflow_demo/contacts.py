@@ -126,10 +126,17 @@ class ContactsReport(FileJob):
 
     def continue_job(self, job: Job, batch_size: int) -> StepResult:
         """Write the next ``batch_size`` rows; a short batch means the report is complete."""
-        rows = self.get_csv_data(job, job.units_processed, batch_size)
+        before = job.units_processed
+        rows = self.get_csv_data(job, before, batch_size)
         self.write_rows(job, rows)
         job.mark_processed(len(rows))
         if len(rows) < batch_size:
             job.complete(f"Report ready: {job.units_processed:,} contacts.")
             return None
-        return f"Wrote {len(rows):,} rows to the report…"
+        # A line for the activity log at each quarter, not one per step: the bar already shows
+        # every step, and a log of identical lines says nothing.
+        total = job.total or 0
+        quarter = job.units_processed * 4 // total if total else 0
+        if 0 < quarter < 4 and quarter > before * 4 // total:
+            return f"{quarter * 25}% written: {job.units_processed:,} of {total:,} contacts."
+        return None

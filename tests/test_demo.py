@@ -11,7 +11,6 @@ import json
 import os
 import queue
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from batchflow_demo import create_app
 from batchflow_demo.cli import find_redis_server
 from batchflow_demo.contacts import HEADER, contact_row
 from batchflow_demo.jobs import EMPTY_EVERY, LOCKED_EVERY, Posts
+from batchflow_demo.runs import remove_dead_runs
 from tests.handlers import REDIS_URL
 from tests.helpers import CHROMIUM, ROOT, broker_options, launch_chromium, wait_for
 
@@ -40,8 +40,9 @@ ARTIFACTS = Path(ROOT) / "tests" / "artifacts"
 
 
 @pytest.fixture
-def demo_app(prefix: str, tmp_path: Path) -> Iterator[Any]:
-    """The demo app on the test's key prefix, with a real in-process worker."""
+def demo_app(request: Any, prefix: str, tmp_path: Path) -> Iterator[Any]:
+    """The demo app on the test's key prefix, with a real in-process worker (more settings:
+    parametrize ``demo_app`` indirectly with a dict)."""
     from celery.contrib.testing.worker import start_worker
 
     app = create_app(
@@ -52,6 +53,7 @@ def demo_app(prefix: str, tmp_path: Path) -> Iterator[Any]:
             "BATCHFLOW_DEMO_CONTACTS": 2_600,
             "BATCHFLOW_DEMO_POSTS": 300,
             "BATCHFLOW_DEMO_ITEM_DELAY": 0,
+            "BATCHFLOW_DEMO_ROW_COST": 0,
             "BATCHFLOW_STEP_TARGET": 0.2,
             "BATCHFLOW_LEASE_SECONDS": 3,
             "BATCHFLOW_MAINTENANCE_INTERVAL": 0.5,
@@ -59,6 +61,7 @@ def demo_app(prefix: str, tmp_path: Path) -> Iterator[Any]:
             "TESTING": True,
             # The demo's own broker key prefix, with the fast poll the other tests use.
             "BATCHFLOW_CELERY": {**broker_options(prefix), "worker_send_task_events": False},
+            **getattr(request, "param", {}),
         }
     )
     celery = BatchFlow.state(app).celery
@@ -123,6 +126,60 @@ def test_export_writes_every_contact_once_with_formulas_neutralised(demo_app):
         else:
             assert got == want
     assert risky == 4 * 2_600 // 50
+
+
+@pytest.mark.parametrize("demo_app", [{"BATCHFLOW_BATCH_MAX": 100}], indirect=True)
+def test_the_export_logs_a_line_per_quarter_not_one_per_step(demo_app):
+    client = demo_app.test_client()
+    status = _finished(client, _start(client, "export-contacts"))
+    assert status["status"] == "completed"
+    texts = [m["text"] for m in status["messages"]]
+    # About 30 steps of at most 100 rows (where the batch stands is up to the step times).
+    assert len(texts) == 5 and len(set(texts)) == 5, texts
+    assert texts[0] == "Contacts report started: 2,600 contacts to write."
+    for line, percent in zip(texts[1:4], (25, 50, 75), strict=True):
+        assert re.fullmatch(rf"{percent}% written: [\d,]+ of 2,600 contacts\.", line), texts
+    assert texts[-1] == "Report ready: 2,600 contacts."
+
+
+def test_each_job_lasts_long_enough_to_try_its_buttons_and_says_why(tmp_path):
+    # The pretend work of the defaults (the real cost comes on top: measured 15-18 s in all).
+    app = create_app({"BATCHFLOW_DEMO_DATA": str(tmp_path)})
+    config = app.config
+    export = config["BATCHFLOW_DEMO_CONTACTS"] * config["BATCHFLOW_DEMO_ROW_COST"]
+    posts = config["BATCHFLOW_DEMO_POSTS"] * config["BATCHFLOW_DEMO_ITEM_DELAY"]
+    assert 10 <= export <= 20 and 10 <= posts <= 20
+    html = " ".join(app.test_client().get("/").get_data(as_text=True).split())
+    assert "Each row costs a pretend 0.15 ms" in html and "it takes about 15 seconds" in html
+    assert html.count("Each post costs a pretend 2 ms of work, so it takes about 10 seconds") == 2
+    for buttons in (
+        "<strong>Stop</strong> (it keeps",
+        "<strong>Cancel</strong>,",
+        "Try <strong>Stop",
+    ):
+        assert buttons in html
+
+
+def test_recent_jobs_show_their_state_in_a_word(demo_app):
+    client = demo_app.test_client()
+    _finished(client, _start(client, "export-contacts"))
+    html = client.get("/").get_data(as_text=True)
+    badge = re.search(r'<span class="bf-badge bf-badge--completed">([^<]*)</span>', html)
+    assert badge and badge.group(1) == "Completed", html
+
+
+def test_the_demo_serves_a_favicon_and_a_way_home(demo_app):
+    client = demo_app.test_client()
+    icon = client.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.mimetype == "image/vnd.microsoft.icon"
+    # An ICO with one 32x32 PNG image in it.
+    assert icon.data[:6] == b"\0\0\1\0\1\0" and icon.data[22:30] == b"\x89PNG\r\n\x1a\n"
+    with demo_app.test_request_context("/jobs/"):
+        from flask import render_template_string
+
+        assert render_template_string("{{ batchflow_home.url }} {{ batchflow_home.text }}") == (
+            "/ Demo"
+        )
 
 
 def test_archive_fails_every_locked_post_and_keeps_going(demo_app):
@@ -413,17 +470,44 @@ def test_demo_finds_the_redis_on_localhost(run_demo, redis_client):
     assert list(redis_client.scan_iter(match=f"{demo_prefix}:*", count=1000)) == []
 
 
+def test_a_new_run_removes_only_the_folders_of_dead_demos(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its pid names no process now (reaped)
+    left = tmp_path / f"{dead.pid}-abc123"
+    (left / "redis").mkdir(parents=True)
+    (left / "posts.sqlite3").write_text("x")
+    live = tmp_path / f"{os.getppid()}-def456"  # pytest's parent: alive
+    other = tmp_path / "notes"
+    live.mkdir()
+    other.mkdir()
+    assert remove_dead_runs(str(tmp_path)) == [str(left)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name])
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
-def test_demo_killed_outright_still_leaves_nothing_running(run_demo):
-    demo = run_demo("--port", "0", "--redis-url", "embedded")
+def test_demo_killed_outright_leaves_a_folder_the_next_start_removes(run_demo, tmp_path):
+    env = {"TMPDIR": str(tmp_path)}  # its own parent folder: no other test's demo clears it
+    demo = run_demo("--port", "0", "--redis-url", "embedded", env=env)
     demo.wait_for_line(r"running at (http://\S+)")
     folder = re.search(r"data\s+(\S+)", demo.output()).group(1)
+    runs = tmp_path / f"batchflow-demo-runs-{os.getuid()}"
+    assert Path(folder).parent == runs and Path(folder).name.startswith(f"{demo.proc.pid}-")
     family = _family(demo.proc.pid)
     assert len(family) >= 2
     demo.proc.kill()  # SIGKILL: no chance to clean up; the children are told by the kernel
     demo.proc.wait(10)
     wait_for(lambda: not any(_alive(pid, start) for pid, start in family.items()), timeout=30)
-    shutil.rmtree(folder)  # the one thing a SIGKILL leaves: the demo's temporary folder
+    assert os.path.isdir(folder)  # what a SIGKILL leaves: the demo's temporary folder
+
+    again = run_demo("--port", "0", "--redis-url", "embedded", env=env)
+    again.wait_for_line(r"removed 1 folder\(s\) of demos no longer running")
+    again.wait_for_line(r"running at (http://\S+)")
+    assert not os.path.exists(folder)
+    assert [p.name for p in runs.iterdir()] == [
+        re.search(r"data\s+\S+/(\S+)", again.output()).group(1)
+    ]
+    assert again.interrupt() == 0, again.output()
+    assert list(runs.iterdir()) == []
 
 
 def test_demo_says_what_to_do_when_redis_does_not_answer(run_demo):
