@@ -10,6 +10,7 @@ import dataclasses
 import os
 import re
 import tempfile
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
@@ -50,6 +51,58 @@ DEFAULTS: dict[str, Any] = {
 }
 
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+#: What redis-py connects to: the schemes it knows, and the forms the error message shows.
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+REDIS_URL_FORMS = (
+    "redis://host:port/db (for example redis://127.0.0.1:6379/0), "
+    "rediss://host:port/db (TLS), or unix:///path/to/redis.sock?db=0"
+)
+_SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_PASSWORD_RE = re.compile(r"(://[^:/@]*:)[^@/]*@")
+
+
+def shown_url(url: str) -> str:
+    """``url`` for an error message or a log: its password replaced by ``***``."""
+    return _PASSWORD_RE.sub(r"\1***@", url)
+
+
+def check_redis_url(key: str, url: str) -> str:
+    """``url`` if redis-py can connect with it, else a ConfigurationError naming ``key`` and
+    showing the expected forms (``localhost:6379`` is the usual mistake: it has no scheme)."""
+    hint = f"{key} must be a Redis URL: {REDIS_URL_FORMS}; not {shown_url(url)!r}."
+    if not _SCHEME_RE.match(url):
+        guess = shown_url(f"redis://{url}")
+        raise ConfigurationError(f"{hint} (It has no scheme: did you mean {guess!r}?)")
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme.lower() not in REDIS_SCHEMES:
+        raise ConfigurationError(f"{hint} ({parsed.scheme}:// is not a Redis scheme.)")
+    if parsed.scheme.lower() == "unix":
+        if not parsed.path:
+            raise ConfigurationError(f"{hint} (A unix:// URL needs the socket's path.)")
+        return url
+    try:
+        parsed.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise ConfigurationError(f"{hint} (The port must be a number from 0 to 65535.)") from None
+    db = parsed.path.strip("/")
+    if db and not db.isdigit():
+        raise ConfigurationError(f"{hint} (The database after the / must be a number.)")
+    return url
+
+
+def check_broker_url(key: str, url: str) -> str:
+    """``url`` if it has the shape of a Celery broker URL (``transport://...``, several
+    separated by ``;`` for failover), else a ConfigurationError naming ``key``. A Redis broker
+    URL is checked as :func:`check_redis_url` checks one."""
+    for part in (p.strip() for p in url.split(";")):
+        if not _SCHEME_RE.match(part):
+            raise ConfigurationError(
+                f"{key} must be a Celery broker URL such as redis://host:port/db or "
+                f"amqp://user:password@host:5672//; not {shown_url(url)!r}. (It has no scheme.)"
+            )
+        if part.split("://", 1)[0].lower() in REDIS_SCHEMES:
+            check_redis_url(key, part)
+    return url
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +172,7 @@ class Settings:
                 return False
             raise ConfigurationError(f"{key} must be true or false, not {raw!r}.")
 
-        redis_url = str(get("BATCHFLOW_REDIS_URL"))
+        redis_url = check_redis_url("BATCHFLOW_REDIS_URL", str(get("BATCHFLOW_REDIS_URL")).strip())
         prefix = str(get("BATCHFLOW_KEY_PREFIX"))
         if not _PREFIX_RE.match(prefix):
             raise ConfigurationError(
@@ -129,7 +182,9 @@ class Settings:
         settings = cls(
             redis_url=redis_url,
             redis_timeout=number("BATCHFLOW_REDIS_TIMEOUT", float, 0.1),
-            broker_url=str(get("BATCHFLOW_BROKER_URL") or redis_url),
+            broker_url=check_broker_url(
+                "BATCHFLOW_BROKER_URL", str(get("BATCHFLOW_BROKER_URL") or redis_url).strip()
+            ),
             key_prefix=prefix,
             queue=str(get("BATCHFLOW_QUEUE")),
             job_ttl=number("BATCHFLOW_JOB_TTL", int, 1),

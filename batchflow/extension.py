@@ -11,7 +11,7 @@ from flask import Flask
 from flask_wtf.csrf import CSRFProtect
 
 from .cli import cli
-from .config import DEFAULTS, Settings
+from .config import DEFAULTS, REDIS_URL_FORMS, Settings, shown_url
 from .context import (
     AdminCheck,
     Identity,
@@ -80,7 +80,13 @@ class BatchFlow:
             app.config.setdefault(key, os.environ.get(key, value))
         settings = Settings.from_mapping(app.config)
         self._check_secret_key(app)
-        store = Store.from_url(settings.redis_url, settings.key_prefix, settings.redis_timeout)
+        try:
+            store = Store.from_url(settings.redis_url, settings.key_prefix, settings.redis_timeout)
+        except ValueError as exc:  # what redis-py refuses beyond what Settings checks
+            raise ConfigurationError(
+                f"BATCHFLOW_REDIS_URL {shown_url(settings.redis_url)!r} is not usable: {exc}. "
+                f"Expected {REDIS_URL_FORMS}."
+            ) from None
         engine = Engine(settings, store, self.registry)
         celery = make_celery(
             engine,

@@ -17,6 +17,8 @@ from typing import Any
 from celery import Celery, bootsteps
 
 from .engine import Engine
+from .exceptions import BatchflowError
+from .schema import Status
 
 log = logging.getLogger("batchflow")
 
@@ -100,7 +102,10 @@ def make_celery(
     def step(job_id: str, seq: int) -> str:
         """Run one step of a job (a duplicate or stale delivery does nothing)."""
         with enter():
-            return str(engine.run_step(job_id, int(seq)))
+            outcome = engine.run_step(job_id, int(seq))
+            if outcome.status is Status.FAILED:
+                explain_unknown_handler(engine, job_id)
+            return str(outcome)
 
     @app.task(name=CLEANUP_TASK, ignore_result=True, shared=False)  # type: ignore[untyped-decorator]
     def cleanup(job_id: str) -> bool:
@@ -119,6 +124,42 @@ def make_celery(
     return app
 
 
+def explain_unknown_handler(engine: Engine, job_id: str) -> None:
+    """If ``job_id`` failed because this worker has no handler by its name (the module that
+    registers it is imported by the web app, not by the worker), say so in the worker's log,
+    with the fix: the job's page only shows a reference."""
+    try:
+        handler = engine.state(job_id).fields.get("handler", "")
+    except BatchflowError:
+        return
+    if handler and handler not in engine.registry:
+        log.error(
+            "Job %s failed: no handler named %r is registered in this worker; import the module "
+            "that registers it in the worker's app (the module `celery -A` loads, e.g. "
+            "worker.py, calls create_app(): create_app must import myapp.jobs, or wherever "
+            "@registry.register(%r) is). This worker knows: %s.",
+            job_id,
+            handler,
+            handler,
+            ", ".join(engine.registry.names()) or "no handlers at all",
+        )
+
+
+def announce_handlers(engine: Engine) -> None:
+    """Log, when a worker starts, the handlers it can run; an error if it has none (its app
+    imports no module that registers one: every job it receives would fail)."""
+    names = engine.registry.names()
+    if names:
+        log.info("batchflow worker ready; handlers registered: %s", ", ".join(names))
+        return
+    log.error(
+        "batchflow worker: no job handlers are registered in this worker, so every job it "
+        "receives will fail. Import the modules that register them (@registry.register(...)) "
+        "in the worker's app: the module `celery -A` loads, e.g. worker.py, calls create_app(), "
+        "which must import them (e.g. import myapp.jobs)."
+    )
+
+
 def _maintenance_step(
     engine: Engine, enter: Callable[[], AbstractContextManager[Any]]
 ) -> type[bootsteps.StartStopStep]:
@@ -133,6 +174,7 @@ def _maintenance_step(
             self._thread: threading.Thread | None = None
 
         def start(self, parent: Any) -> None:
+            announce_handlers(engine)
             self._stop.clear()
             self._thread = threading.Thread(
                 target=self._loop, name="batchflow-maintenance", daemon=True

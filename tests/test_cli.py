@@ -4,6 +4,7 @@ up)."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -71,7 +72,8 @@ def flask_batchflow(app: Flask) -> Invoke:
 def test_the_group_lists_its_commands(flask_batchflow: Invoke):
     result = flask_batchflow("--help")
     assert result.exit_code == 0
-    commands = ("list", "show", "watch", "stop", "cancel", "pause", "resume", "retry", "maintain")
+    commands = ("list", "show", "watch", "start", "stop", "cancel", "pause", "resume", "retry")
+    commands += ("maintain",)
     for command in commands:
         assert re.search(rf"^\s+{command}\s", result.output, re.M), command
     # `prune`, maintain's old name, still runs (below) but is not offered.
@@ -89,14 +91,17 @@ def test_list_shows_jobs_newest_first_and_filters(flask_batchflow, jobs, running
     failed = jobs.start("boom", owner="bob", params={"why": "no disk", "prefix": prefix})
     wait_terminal(jobs, failed)
 
-    lines = flask_batchflow("list").output.splitlines()
+    header, *lines = flask_batchflow("list").output.splitlines()
+    assert header.split() == ["ID", "HANDLER", "STATE", "%", "PROGRESS", "RESULT"]
     assert [line.split()[0] for line in lines] == [failed, counted]
-    assert re.match(rf"{failed}\s+boom\s+Failed\s+0%\s+0/10\s+good 0\s+bad 0$", lines[0])
-    assert re.match(rf"{counted}\s+count\s+Completed\s+100%\s+5/5\s+good 0\s+bad 0$", lines[1])
+    # Neither counts good and bad (an item job does, below): they show what they processed.
+    assert re.match(rf"{failed}\s+boom\s+Failed\s+0%\s+0/10\s+0 processed$", lines[0])
+    assert re.match(rf"{counted}\s+count\s+Completed\s+100%\s+5/5\s+5 processed$", lines[1])
+    assert header.index("RESULT") == lines[0].index("0 processed") == lines[1].index("5 proc")
 
-    assert flask_batchflow("list", "--owner", "alice").output.split()[0] == counted
-    assert flask_batchflow("list", "--status", "failed").output.split()[0] == failed
-    assert len(flask_batchflow("list", "--limit", "1").output.splitlines()) == 1
+    assert flask_batchflow("list", "--owner", "alice").output.split()[6] == counted
+    assert flask_batchflow("list", "--status", "failed").output.split()[6] == failed
+    assert len(flask_batchflow("list", "--limit", "1").output.splitlines()) == 2
     assert flask_batchflow("list", "--owner", "carol").output == "No jobs.\n"
 
 
@@ -184,10 +189,9 @@ def test_pause_then_resume(flask_batchflow, jobs, running, prefix):
     paused_at = jobs.state(job_id).count("processed")
     worker_went_round(jobs)  # the worker had its chance to run a step: it ran none of this job's
     assert jobs.state(job_id).count("processed") == paused_at
-    again = flask_batchflow("pause", job_id)  # idempotent: asking again is fine
-    assert again.exit_code == 0 and re.match(
-        rf"pause requested: {job_id}\s+count\s+Paused", again.output
-    )
+    again = flask_batchflow("pause", job_id)  # the engine would take it; the command says so
+    assert (again.exit_code, again.stdout) == (3, "")
+    assert again.stderr == "Error: The job is paused already.\n"
     result = flask_batchflow("resume", job_id)
     assert result.exit_code == 0 and result.output.startswith(f"resume requested: {job_id}")
     assert wait_terminal(jobs, job_id).status is Status.COMPLETED
@@ -240,3 +244,150 @@ def test_maintain_requeues_overdue_steps_and_cleans_expired_jobs(prefix, files_d
     # (The never-claimed step may be overdue again already, 0.2 s later on a loaded machine.)
     again = runner.invoke(args=["batchflow", "prune"])
     assert re.match(r"requeued [01] overdue steps, cleaned 0 expired jobs", again.output)
+
+
+def test_every_action_says_why_it_does_not_apply_and_exits_3(flask_batchflow, jobs, prefix):
+    # No worker: the job stays pending, so each state below holds until the next command.
+    job_id = jobs.start("count", owner="a", params={"n": 5, "prefix": prefix})
+    resumed = flask_batchflow("resume", job_id)
+    assert (resumed.exit_code, resumed.stdout) == (3, "")
+    assert resumed.stderr == (
+        "Error: The job is not paused (it is pending); there is nothing to resume.\n"
+    )
+    assert flask_batchflow("pause", job_id).exit_code == 0  # pausing: it pauses when it runs
+    again = flask_batchflow("pause", job_id)
+    assert again.exit_code == 3
+    assert again.stderr == (
+        "Error: The job is pausing already (it pauses after its current step).\n"
+    )
+    assert flask_batchflow("resume", job_id).exit_code == 0  # a pausing job may be resumed
+
+    assert flask_batchflow("stop", job_id).exit_code == 0
+    assert jobs.state(job_id).status is Status.STOPPING
+    for what, why in (
+        ("stop", "The job is stopping already."),
+        ("cancel", "The job cannot cancel while it is stopping."),
+        ("pause", "The job cannot pause while it is stopping."),
+        ("resume", "The job is not paused (it is stopping); there is nothing to resume."),
+    ):
+        refused = flask_batchflow(what, job_id)
+        assert (refused.exit_code, refused.stderr) == (3, f"Error: {why}\n"), what
+    assert jobs.state(job_id).status is Status.STOPPING  # nothing was recorded
+
+
+def test_list_filters_by_outcome(flask_batchflow, jobs, running, prefix):
+    clean = jobs.start("archive", owner="a", ids=["1", "2"], params={"prefix": prefix})
+    mixed = jobs.start("archive", owner="a", ids=["1", "bad-2"], params={"prefix": prefix})
+    failed = jobs.start("boom", owner="a", params={"why": "no disk", "prefix": prefix})
+    for job_id in (clean, mixed, failed):
+        wait_terminal(jobs, job_id)
+
+    def listed(*args: str) -> list[str]:
+        result = flask_batchflow("list", *args)
+        assert result.exit_code == 0, result.output
+        return [line.split()[0] for line in result.output.splitlines()[1:]]
+
+    assert listed("--status", "completed_with_failures") == [mixed]
+    row = flask_batchflow("list", "--status", "completed_with_failures").output.splitlines()[1]
+    assert re.match(
+        rf"{mixed}\s+archive\s+Completed with failures\s+100%\s+2/2\s+good 1  bad 1$", row
+    )
+    assert listed("--status", "completed") == [mixed, clean]
+    assert listed("--status", "failed") == [failed]
+    assert flask_batchflow("list", "--status", "stalled").output == "No jobs.\n"
+    assert flask_batchflow("list", "--status", "nonsense").exit_code == 2
+
+
+def test_start_prints_the_new_job_id(flask_batchflow, jobs, running, prefix):
+    result = flask_batchflow(
+        "start", "count", "--param", "n=4", "--params", f'{{"prefix": "{prefix}"}}'
+    )
+    assert result.exit_code == 0, result.output
+    job_id = result.stdout.strip()
+    state = wait_terminal(jobs, job_id)
+    assert (state.status, state.owner, state.total) == (Status.COMPLETED, "cli", 4)
+
+    result = flask_batchflow(
+        "start",
+        "archive",
+        "--id",
+        "1",
+        "--id",
+        "bad-2",
+        "--owner",
+        "alice",
+        "--json",
+        "--params",
+        f'{{"prefix": "{prefix}"}}',
+    )
+    started = json.loads(result.stdout)
+    assert result.exit_code == 0 and started["created"] is True
+    state = wait_terminal(jobs, started["id"])
+    assert (state.owner, state.total, state.count("bad")) == ("alice", 2, 1)
+
+    # The handler's form validates and types the parameters, as on the web.
+    greeting = flask_batchflow(
+        "start", "greeting", "--param", "name=Ann", "--param", "times=3", "--param", "api_key=k"
+    )
+    assert greeting.exit_code == 0, greeting.output
+    state = wait_terminal(jobs, greeting.stdout.strip())
+    assert state.to_dict()["params"] == {"name": "Ann", "times": 3, "api_key": "••••••"}
+
+
+def test_start_refuses_what_the_web_refuses(flask_batchflow, prefix, files_dir):
+    def refused(*args: str) -> tuple[int, str]:
+        result = flask_batchflow("start", *args)
+        assert result.stdout == ""
+        return result.exit_code, result.stderr
+
+    code, stderr = refused("nosuch")
+    assert code == 2 and stderr.startswith("Error: No job handler is registered as 'nosuch'.")
+    assert stderr.endswith(
+        " Handlers this app knows: admin-only, archive, boom, count, generated, "
+        "greeting, hooked, leaky, leaky-items, rebuild, report.\n"
+    )
+    assert refused("archive") == (
+        2,
+        "Error: Handler 'archive' needs a list of ids to work on.\n",
+    )
+    code, stderr = refused("greeting", "--param", "name=Ann", "--param", "times=many")
+    assert code == 2 and stderr.startswith("  times: ") and "Some fields need attention." in stderr
+    assert refused("count", "--params", "[1]")[0] == 2
+    assert refused("count", "--param", "n")[0] == 2
+    assert refused("admin-only", "--owner", "bob") == (
+        3,
+        "Error: 'bob' is not allowed to start 'admin-only'.\n",
+    )
+    assert flask_batchflow("start", "admin-only", "--owner", "boss-admin").exit_code == 0
+    assert (
+        flask_batchflow("start", "admin-only", "--owner", "bob", "--skip-permission").exit_code == 0
+    )
+
+
+def test_start_honours_the_owners_limit(prefix, files_dir):
+    app = _app(prefix, files_dir, BATCHFLOW_MAX_ACTIVE_JOBS=1)
+    runner = app.test_cli_runner()
+    first = runner.invoke(args=["batchflow", "start", "count", "--owner", "carol"])
+    assert first.exit_code == 0, first.output
+    second = runner.invoke(args=["batchflow", "start", "count", "--owner", "carol"])
+    assert second.exit_code == 3
+    assert second.stderr.startswith("Error: You already have 1 active job(s)")
+
+
+def test_list_and_show_print_json(flask_batchflow, jobs, running, prefix):
+    job_id = jobs.start("count", owner="alice", params={"n": 3, "prefix": prefix})
+    wait_terminal(jobs, job_id)
+    listed = json.loads(flask_batchflow("list", "--json").stdout)
+    assert [j["id"] for j in listed["jobs"]] == [job_id]
+    assert listed["jobs"][0]["outcome"] == "completed" and listed["jobs"][0]["processed"] == 3
+    assert json.loads(flask_batchflow("list", "--json", "--owner", "bob").stdout) == {"jobs": []}
+    shown = json.loads(flask_batchflow("show", job_id, "--json").stdout)
+    assert (shown["id"], shown["owner"], shown["total"]) == (job_id, "alice", 3)
+    assert shown["error_detail"] is None
+
+
+def test_redis_down_is_exit_4_not_a_traceback(prefix, files_dir):
+    app = _app(prefix, files_dir, BATCHFLOW_REDIS_URL="redis://127.0.0.1:1/0")
+    result = app.test_cli_runner().invoke(args=["batchflow", "list"])
+    assert result.exit_code == 4, result.output
+    assert result.stderr.startswith("Error: ") and "Traceback" not in result.output
