@@ -199,3 +199,12 @@ def test_the_tutorial_app_exports_its_table_from_its_page(myapp, prefix, files_d
     finally:
         http.shutdown()
     assert errors == []
+
+
+def test_the_readme_tutorial_shows_the_example_app_verbatim() -> None:
+    """The README's tutorial is this app's code: a change to one without the other fails here."""
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as handle:
+        section = handle.read().split("## Tutorial: your first job", 1)[1].split("\n## ", 1)[0]
+    for name in ("myapp/models.py", "myapp/jobs.py", "myapp/__init__.py", "worker.py"):
+        with open(os.path.join(TUTORIAL, name), encoding="utf-8") as handle:
+            assert handle.read().rstrip("\n") in section, f"README's tutorial differs from {name}"
