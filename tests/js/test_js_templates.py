@@ -273,8 +273,7 @@ def test_jobs_list_page(harness, page, shot):
         "owner",
         "status",
         "progress",
-        "done",
-        "failed",
+        "result",
         "started",
         "duration",
     ]
