@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import re
 from collections.abc import Callable, Mapping
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -311,8 +312,8 @@ def _label(s: Mapping[str, Any], labels: Mapping[str, str], state: str) -> str:
 
 def _gist(text: str) -> str:
     # "Cancel requested: undoing the work done so far" and "Canceling: undoing the work done so
-    # far…" say one thing: compare what follows the colon, without case or final punctuation.
-    return text.split(":", 1)[-1].strip().rstrip(".…!").strip().lower()
+    # far…" say one thing: compare what follows the colon, in lower-case words only.
+    return " ".join(re.findall(r"\w+", text.split(":", 1)[-1].lower()))
 
 
 #: Messages that only echo a signal; the status line says the same while that state lasts.
@@ -431,6 +432,9 @@ def status_view(status: Mapping[str, Any]) -> dict[str, Any]:
         "log": _log(status),
         "ui": dict(UI_TEXTS),
     }
+    if state == "canceled":  # the work done is undone now: the first box counts the undone
+        text["counts"]["good"] = format_count(status.get("undone"))
+        text["count_labels"]["good"] = "Undone"
     return {"state": state, "tallied": _tallied(status), "bar": bar, "text": text}
 
 

@@ -78,6 +78,23 @@ def test_the_jobs_list_shows_what_each_job_counts_and_a_cancel_as_undone() -> No
     assert "Done" not in [listing.text("summary", i) for i in (0, 1)]
 
 
+def test_a_canceled_jobs_page_counts_the_undone_not_the_done() -> None:
+    s = status_of(
+        status="canceled",
+        processed=46,
+        good=41,
+        bad=5,
+        undone=40,
+        undo_failed=1,
+        message="Canceled; the work done was undone.",
+    )
+    page = page_of(s)
+    assert (page.text("good-label"), page.text("good")) == ("Undone", "40")
+    assert s["text"]["summary"] == "Undone 40, 1 could not be undone"
+    # The status line does not repeat the outcome's title in other punctuation.
+    assert s["message"] is None and page.hidden("status")
+
+
 # ------------------------------------------------------------------ 2. retries
 
 
