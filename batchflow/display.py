@@ -393,6 +393,10 @@ def status_view(status: Mapping[str, Any]) -> dict[str, Any]:
     else:
         live = f"{_sentence(label)} {phase}" + (f", {percent}" if percent else "")
     actions = _actions(status, labels)
+    counts = {k: format_count(status.get(k)) for k in ("good", "bad", "skipped", "processed")}
+    count_labels = {k: _capital(labels[k]) for k in ("good", "bad", "skipped")}
+    if state == "canceled":  # the work done is undone now: the first box counts the undone
+        counts["good"], count_labels["good"] = format_count(status.get("undone")), "Undone"
     results = status.get("results")
     text = {
         "title": title,
@@ -403,8 +407,8 @@ def status_view(status: Mapping[str, Any]) -> dict[str, Any]:
         "phase": phase,
         "percent": percent,
         "bar": phase + (f" ({percent})" if percent else ""),
-        "counts": {k: format_count(status.get(k)) for k in ("good", "bad", "skipped", "processed")},
-        "count_labels": {k: _capital(labels[k]) for k in ("good", "bad", "skipped")},
+        "counts": counts,
+        "count_labels": count_labels,
         "counts_line": f"{format_count(status.get('good'))} {good}"
         + (f", {format_count(status.get('bad'))} {labels['bad']}" if status.get("bad") else ""),
         "summary": _summary(status, labels, state),
@@ -432,9 +436,6 @@ def status_view(status: Mapping[str, Any]) -> dict[str, Any]:
         "log": _log(status),
         "ui": dict(UI_TEXTS),
     }
-    if state == "canceled":  # the work done is undone now: the first box counts the undone
-        text["counts"]["good"] = format_count(status.get("undone"))
-        text["count_labels"]["good"] = "Undone"
     return {"state": state, "tallied": _tallied(status), "bar": bar, "text": text}
 
 

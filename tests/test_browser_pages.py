@@ -115,7 +115,9 @@ def shots(browser, page, name: str) -> None:
             other = context.new_page()
             other.goto(page.url)
             other.wait_for_load_state("networkidle")
-            other.screenshot(path=os.path.join(SHOTS, f"{name}-{width}-{scheme}.png"), full_page=True)
+            other.screenshot(
+                path=os.path.join(SHOTS, f"{name}-{width}-{scheme}.png"), full_page=True
+            )
             context.close()
 
 
