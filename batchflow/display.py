@@ -10,7 +10,9 @@ ever copies those strings into the page. It imports no Flask: the engine stores 
 from __future__ import annotations
 
 import datetime
+import json
 import math
+import re
 from collections.abc import Callable, Mapping
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -21,6 +23,7 @@ DEFAULT_LABELS: dict[str, str] = {
     "title": "Working",
     "pending": "Waiting for a worker…",
     "running": "Running",
+    "pausing": "Pausing after the current step…",
     "paused": "Paused",
     "stopping": "Stopping after the current step…",
     "canceling": "Canceling: undoing the work done so far…",
@@ -65,6 +68,29 @@ ACTION_TIPS: dict[str, str] = {
     "retry": "Start a new job for the items that failed.",
 }
 
+#: A resume offered while a pause is still pending cancels that pause.
+CANCEL_PAUSE_TIP = "Cancel the pending pause: the job keeps running."
+#: Seconds a job may wait for its first step before its view says no worker has taken it.
+NO_WORKER_AFTER = 30.0
+#: The status line of a job no worker has taken after :data:`NO_WORKER_AFTER` seconds.
+NO_WORKER = (
+    "No worker has taken this job yet. Check that a worker is running "
+    "(celery -A worker worker) and that it uses the same Redis broker and queue as this app."
+)
+
+#: What a stopped export's outcome says about its file (the file is never trimmed to its last
+#: row, so it is not offered; maintenance deletes it when the job expires).
+FILE_STOPPED = "Stopped before the file was finished."
+FILE_STOPPED_NOTE = (
+    "The unfinished file is not offered for download and is deleted when the job expires. "
+    "Start a new export to get the whole file."
+)
+#: What a finished export whose file was cleaned up says instead of its download link.
+FILE_DELETED = (
+    "The file was deleted from the server (after it was downloaded, or when it expired). "
+    "Start a new export to get a fresh one."
+)
+
 #: Lines under the buttons, for the actions whose effect on the work done is worth saying.
 ACTION_HINTS: dict[str, str] = {
     "stop": "Stop keeps the work done so far.",
@@ -90,6 +116,7 @@ UI_TEXTS: dict[str, str] = {
     "close_tip": "Close (the job keeps running)",
     "keeps_running": "The job keeps running if you close this window.",
     "open_page": "Open the job page",
+    "new_export": "Start a new export",
 }
 
 
@@ -185,8 +212,15 @@ def state_word(state: str) -> str:
 def display_state(status: Mapping[str, Any]) -> str:
     """The state a job shows: its outcome once it has ended (``"stalled"``), else its status."""
     if status.get("terminal"):
-        return str(status.get("outcome") or status.get("status"))
+        outcome = str(status.get("outcome") or status.get("status"))
+        if outcome == "completed_with_failures" and _all_failed(status):
+            return "failed"  # it ran to the end, but not one item succeeded
+        return outcome
     return str(status.get("status"))
+
+
+def _all_failed(s: Mapping[str, Any]) -> bool:
+    return bool(s.get("bad")) and not s.get("good")
 
 
 def _tallied(s: Mapping[str, Any]) -> bool:
@@ -214,8 +248,12 @@ def _bar(s: Mapping[str, Any], state: str) -> tuple[dict[str, Any], str]:
         if percent is None:
             percent = 100.0 * value / top
         return {"value": value, "max": top, "percent": percent}, phase
-    if s.get("terminal"):
-        return {"value": 1, "max": 1, "percent": None}, f"{format_count(processed)} processed"
+    if s.get("terminal"):  # full when work was done, empty when nothing was
+        return {
+            "value": 1 if processed or state == "completed" else 0,
+            "max": 1,
+            "percent": None,
+        }, (f"{format_count(processed)} processed")
     idle = "Waiting for a worker…" if s.get("status") == "pending" else "Working…"
     phase = f"{format_count(processed)} processed" if processed else idle
     return {"value": None, "max": None, "percent": None}, phase
@@ -229,18 +267,25 @@ def _sentence(text: str) -> str:
     return text if text[-1:] in ".!?…" else text + "."
 
 
+def _counts(s: Mapping[str, Any], labels: Mapping[str, str]) -> str:
+    """ "409 archived, 11 failed" for a job that tallies; "7 processed" for one that does not."""
+    if not _tallied(s):
+        return f"{format_count(s.get('processed'))} processed"
+    counts = f"{format_count(s.get('good'))} {labels['good']}"
+    return counts + (f", {format_count(s.get('bad'))} {labels['bad']}" if s.get("bad") else "")
+
+
 def _outcome(s: Mapping[str, Any], labels: Mapping[str, str], state: str) -> str:
     """What the outcome box says under its title: the counts, and what became of the work."""
-    if _tallied(s):
-        counts = f"{format_count(s.get('good'))} {labels['good']}"
-        if s.get("bad"):
-            counts += f", {format_count(s.get('bad'))} {labels['bad']}"
-    else:
-        counts = f"{format_count(s.get('processed'))} processed"
+    counts = _counts(s, labels)
     if state in ("completed", "completed_with_failures"):
         return f"{counts}."
+    if state == "failed" and s.get("outcome") == "completed_with_failures":
+        return f"{format_count(s.get('bad'))} {labels['bad']}."  # all of them: see _all_failed
     if state in ("failed", "stalled"):
         return f"Before it ended: {counts}." if s.get("processed") else "Nothing was processed."
+    if state == "stopped" and s.get("kind") == "file":
+        return f"{counts} before the stop. {FILE_STOPPED_NOTE}"
     if state == "stopped":
         return f"Kept: {counts}."
     if state == "canceled":
@@ -250,22 +295,79 @@ def _outcome(s: Mapping[str, Any], labels: Mapping[str, str], state: str) -> str
     return ""
 
 
-def status_view(status: Mapping[str, Any]) -> dict[str, Any]:
-    """What a job's view shows, ready-made: ``state`` (the outcome once ended, else the status),
-    ``tallied`` (whether it counts good and bad, or only units processed), ``bar`` (``value`` and
-    ``max``, None while indeterminate, and ``percent``) and ``text``, every string of the view.
-    Computed from the status JSON's own fields, so the page, the JSON and the
-    widget cannot disagree.
+def _label(s: Mapping[str, Any], labels: Mapping[str, str], state: str) -> str:
+    """The state's sentence: the status line while the job runs, the outcome's title after."""
+    default = DEFAULT_LABELS.get(state)
+    label = labels.get(state) or state_word(state)
+    if state == "pending" and (s.get("waiting_s") or 0) >= NO_WORKER_AFTER:
+        return NO_WORKER
+    if state == "running" and s.get("pausing"):
+        return labels.get("pausing") or DEFAULT_LABELS["pausing"]
+    if state == "failed" and s.get("outcome") == "completed_with_failures":
+        return f"Failed: all {format_count(s.get('bad'))} failed"
+    if state == "stopped" and s.get("kind") == "file" and label == default:
+        return FILE_STOPPED
+    return label
 
-    ``text`` holds: ``title``; ``badge`` (the state in a word or two); ``status`` (the line under
-    the title while the job runs); ``phase`` and ``percent`` (above the bar); ``bar`` (the bar's
-    spoken value); ``counts`` (``good``, ``bad``, ``skipped``, ``processed`` as numbers) and
-    ``count_labels``; ``counts_line``; ``rate``; ``eta``; ``duration``; ``speed`` (the line under
-    the bar: the rate while running, "Took ..." at the end); ``started`` and ``started_iso``;
-    ``outcome_title`` and ``outcome`` (once ended); ``live`` (for screen readers); ``tab`` (the
-    browser tab's title); ``actions`` (``{name: {"label", "tip"}}`` for the actions offered now);
-    ``hint``; ``confirm_cancel``; ``download``; ``report``; ``log`` (the activity log: the last
-    eight messages, newest first, each ``text``, ``time`` and ``iso``); ``ui`` (:data:`UI_TEXTS`).
+
+def _gist(text: str) -> str:
+    # "Cancel requested: undoing the work done so far" and "Canceling: undoing the work done so
+    # far…" say one thing: compare what follows the colon, in lower-case words only.
+    return " ".join(re.findall(r"\w+", text.split(":", 1)[-1].lower()))
+
+
+#: Messages that only echo a signal; the status line says the same while that state lasts.
+SIGNAL_ECHOES: dict[str, str] = {
+    "stop requested": "stopping",
+    "pause requested": "pausing",
+    "paused": "paused",
+}
+
+
+def _message(s: Mapping[str, Any], label: str, badge: str, state: str) -> str:
+    """The latest message, or ``""`` when it only repeats the badge or the status line."""
+    message = str(s.get("message") or "")
+    gist = _gist(message)
+    if not message or gist in (_gist(label), _gist(badge)):
+        return ""
+    current = "pausing" if s.get("pausing") and state == "running" else state
+    return "" if SIGNAL_ECHOES.get(gist) == current else message
+
+
+def _summary(s: Mapping[str, Any], labels: Mapping[str, str], state: str) -> str:
+    """What the job counted, in a few words (the jobs list, the CLI): undone after a cancel."""
+    if state == "canceled":
+        if not _tallied(s):
+            return f"Undone: {format_count(s.get('processed'))} processed"
+        failed = s.get("undo_failed")
+        tail = f", {format_count(failed)} could not be undone" if failed else ""
+        return f"Undone {format_count(s.get('undone'))}{tail}"
+    return _counts(s, labels)
+
+
+def _value(value: Any) -> str:
+    """A result's value as shown: numbers with separators, anything else but text as JSON."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:,}"
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _actions(s: Mapping[str, Any], labels: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    actions = [a for a in s.get("actions") or [] if a in ACTION_TIPS]
+    tips = {**ACTION_TIPS, **({"resume": CANCEL_PAUSE_TIP} if s.get("pausing") else {})}
+    return {a: {"label": labels.get(a) or a, "tip": tips[a]} for a in actions}
+
+
+def status_view(status: Mapping[str, Any]) -> dict[str, Any]:
+    """What a job's view shows, ready-made: ``state`` (the outcome once ended, else the status;
+    ``failed`` when every item failed), ``tallied`` (whether it counts good and bad, or only units
+    processed), ``bar`` (``value`` and ``max``, None while indeterminate, and ``percent``) and
+    ``text``, every string of the view, computed from the status JSON's own fields so that the
+    page, the JSON and the widget cannot disagree. The README's Web API section lists ``text``'s
+    keys; among them ``status`` (the line under the title; says when no worker took the job),
+    ``message`` (``""`` when it repeats the badge or ``status``), ``summary`` (the counts for
+    lists: "100,000 processed", "Undone 2,906"), ``file_note``, ``retry_of`` and ``log`` (the last
+    eight messages, newest first, a run of identical ones as one line).
     """
     labels = {**DEFAULT_LABELS, **{k: v for k, v in (status.get("labels") or {}).items() if v}}
     state = display_state(status)
@@ -273,15 +375,13 @@ def status_view(status: Mapping[str, Any]) -> dict[str, Any]:
     running = status.get("status") == "running"
     bar, phase = _bar(status, state)
     percent = format_percent(bar["percent"])
-    label = labels.get(state) or state_word(state)
+    label = _label(status, labels, state)
+    badge = "Pausing…" if running and status.get("pausing") else state_word(state)
     own_title = (status.get("labels") or {}).get("title")
     if own_title == DEFAULT_LABELS["title"]:
         own_title = None  # the default says nothing the handler's name does not say better
     title = own_title or status.get("handler") or DEFAULT_LABELS["title"]
-    good, bad = labels["good"], labels["bad"]
-    counts_line = f"{format_count(status.get('good'))} {good}"
-    if status.get("bad"):
-        counts_line += f", {format_count(status.get('bad'))} {bad}"
+    good = labels["good"]
     started, finished = status.get("started_at"), status.get("finished_at")
     end = finished or status.get("updated_at")
     duration = format_duration(end - started if started and end else None)
@@ -292,18 +392,26 @@ def status_view(status: Mapping[str, Any]) -> dict[str, Any]:
         live = f"{_sentence(label)} {outcome}"
     else:
         live = f"{_sentence(label)} {phase}" + (f", {percent}" if percent else "")
-    actions = [a for a in status.get("actions") or [] if a in ACTION_TIPS]
+    actions = _actions(status, labels)
+    counts = {k: format_count(status.get(k)) for k in ("good", "bad", "skipped", "processed")}
+    count_labels = {k: _capital(labels[k]) for k in ("good", "bad", "skipped")}
+    if state == "canceled":  # the work done is undone now: the first box counts the undone
+        counts["good"], count_labels["good"] = format_count(status.get("undone")), "Undone"
+    results = status.get("results")
     text = {
         "title": title,
-        "badge": state_word(state),
+        "badge": badge,
         # The line under the title, unless it would only repeat the badge ("Running").
-        "status": "" if terminal or label == state_word(state) else label,
+        "status": "" if terminal or label == badge else label,
+        "message": _message(status, label, badge, state),
         "phase": phase,
         "percent": percent,
         "bar": phase + (f" ({percent})" if percent else ""),
-        "counts": {k: format_count(status.get(k)) for k in ("good", "bad", "skipped", "processed")},
-        "count_labels": {k: _capital(labels[k]) for k in ("good", "bad", "skipped")},
-        "counts_line": counts_line,
+        "counts": counts,
+        "count_labels": count_labels,
+        "counts_line": f"{format_count(status.get('good'))} {good}"
+        + (f", {format_count(status.get('bad'))} {labels['bad']}" if status.get("bad") else ""),
+        "summary": _summary(status, labels, state),
         "rate": rate,
         "eta": format_eta(status.get("eta_s")) if running else "",
         "duration": duration,
@@ -313,15 +421,18 @@ def status_view(status: Mapping[str, Any]) -> dict[str, Any]:
         "outcome_title": label if terminal else "",
         "outcome": outcome,
         "live": live,
-        "tab": f"{state_word(state) if terminal or not percent else percent} · {title}",
-        "actions": {a: {"label": labels.get(a) or a, "tip": ACTION_TIPS[a]} for a in actions},
+        "tab": f"{badge if terminal or not percent else percent} · {title}",
+        "actions": actions,
         "hint": " ".join(ACTION_HINTS[a] for a in actions if a in ACTION_HINTS),
         "confirm_cancel": "Cancel this job and undo everything it has done so far "
         f"({format_count(status.get('good'))} {good})?",
         "download": f"Download {status.get('file_name') or 'the file'}",
-        "report": "Download the error report (CSV)"
-        if status.get("bad")
-        else "Download the results (CSV)",
+        "file_note": FILE_DELETED if status.get("file_deleted") else "",
+        "report": f"Download the {'error report' if status.get('bad') else 'results'} (CSV)",
+        "retry_of": f"Retry of job {status['retry_of']}" if status.get("retry_of") else "",
+        "results": {str(k): _value(v) for k, v in results.items()}
+        if isinstance(results, Mapping)
+        else {},
         "log": _log(status),
         "ui": dict(UI_TEXTS),
     }
@@ -329,14 +440,22 @@ def status_view(status: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _log(status: Mapping[str, Any]) -> list[dict[str, str]]:
-    """The activity log: the last eight messages, newest first."""
+    """The activity log: the last eight messages, newest first; a run of identical messages is
+    one line, counted ("Wrote 5,000 rows (×12)"), at the time of the latest."""
+    runs: list[tuple[str, Any, int]] = []
+    for m in status.get("messages") or []:
+        text = str(m.get("text", ""))
+        if runs and runs[-1][0] == text:
+            runs[-1] = (text, m.get("at"), runs[-1][2] + 1)
+        else:
+            runs.append((text, m.get("at"), 1))
     return [
         {
-            "text": str(m.get("text", "")),
-            "time": format_clock(m.get("at")),
-            "iso": format_iso(m.get("at")),
+            "text": text if n == 1 else f"{text} (×{n})",
+            "time": format_clock(at),
+            "iso": format_iso(at),
         }
-        for m in reversed((status.get("messages") or [])[-8:])
+        for text, at, n in reversed(runs[-8:])
     ]
 
 

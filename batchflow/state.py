@@ -78,24 +78,38 @@ class JobState:
         """What a user may ask of the job now."""
         status, caps = self.status, self.capabilities
         if status.terminal:
-            retry = self.kind == "items" and self.count("bad") > 0 and "retry" in caps
-            return ["retry"] if retry else []
+            return ["retry"] if self._retry_helps() and "retry" in caps else []
         allowed: list[str] = []
         if status in (Status.PENDING, Status.RUNNING, Status.PAUSED):
             allowed += [a for a in ("stop", "cancel") if a in caps]
         if "pause" in caps:
-            pausing = self.fields.get("signal") == "pause"
-            if status in (Status.PENDING, Status.RUNNING) and not pausing:
+            if status in (Status.PENDING, Status.RUNNING) and not self.pausing:
                 allowed.append("pause")
-            if status is Status.PAUSED or pausing:
+            if status is Status.PAUSED or self.pausing:
                 allowed.append("resume")
         return allowed
+
+    def _retry_helps(self) -> bool:
+        """Whether retrying the failed ids is worth offering: not after a cancel (the user undid
+        the job), nor after a retry in which every id failed again (offering it once more would
+        be a loop)."""
+        if self.kind != "items" or not self.count("bad") or self.status is Status.CANCELED:
+            return False
+        return not (self.fields.get("retry_of") and not self.count("good"))
+
+    @property
+    def pausing(self) -> bool:
+        """Whether a pause was asked for and the step in flight has not answered it yet."""
+        pending = self.status in (Status.PENDING, Status.RUNNING)
+        return pending and self.fields.get("signal") == "pause"
 
     def to_dict(self, now: float | None = None) -> dict[str, Any]:
         """The status JSON of the HTTP API, without URLs (the web layer adds those).
 
         Besides the job's fields it carries ``state``, ``bar`` and ``text``: what every view of
-        the job shows, ready-made by :func:`batchflow.display.status_view`.
+        the job shows, ready-made by :func:`batchflow.display.status_view`. ``message`` is the
+        latest message unless it only repeats the status line (then None); ``waiting_s`` the
+        seconds a pending job has waited for a worker (None once one took it).
         """
         f = self.fields
         now = time.time() if now is None else now
@@ -144,13 +158,22 @@ class JobState:
             "response": as_json(f.get("response"), None),
             "params": params,
             "restarted": f.get("restarted") == "1",
+            "pausing": self.pausing,
+            "retry_of": f.get("retry_of") or None,
             "file_name": f.get("file_name") or None,
             "file_ready": self.file_ready,
+            "file_deleted": self.kind == "file"
+            and self.status is Status.COMPLETED
+            and f.get("cleaned") == "1",
             "redirect_url": f.get("redirect_url") or None,
             "created_at": as_float(f.get("created_at")),
             "started_at": started,
             "finished_at": finished,
             "updated_at": as_float(f.get("updated_at")),
         }
+        created = data["created_at"]
+        pending = self.status is Status.PENDING and created
+        data["waiting_s"] = round(max(0.0, now - created), 1) if pending else None
         data.update(status_view(data))
+        data["message"] = data["text"]["message"] or None
         return data

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from .config import Settings
+from .display import format_count
 from .exceptions import Unavailable, UnknownHandler
 from .handlers import Failure, Handler, StepResult, describe_failure
 from .heartbeat import Heartbeat, worker_id
@@ -310,7 +311,11 @@ class StepRunner:
         if status in (Status.STOPPED, Status.CANCELED) and total is not None:
             updates[F.SKIPPED] = max(0, total - job.units_processed)
         if status is Status.STOPPED:
-            job.add_message(f"Stopped after {job.units_processed} units; the work done is kept.")
+            done = f"Stopped after {format_count(job.units_processed)} processed"
+            if job.buffer.committed(F.KIND) == Kind.FILE:
+                job.add_message(f"{done}; the unfinished file is not offered for download.")
+            else:
+                job.add_message(f"{done}; the work done is kept.")
         elif status is Status.CANCELED:
             job.add_message("Canceled; the work done was undone.")
         if handler is not None:

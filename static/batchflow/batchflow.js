@@ -727,6 +727,7 @@
     applyBar(part(row, 'bar'), part(row, 'percent'), s, t);
     setText(part(row, 'good'), (t.counts || {}).good);
     setText(part(row, 'bad'), (t.counts || {}).bad);
+    setText(part(row, 'summary'), t.summary);  // the jobs list's Result column
     setText(part(row, 'duration'), t.duration);
     const started = part(row, 'started');
     if (started && t.started_iso && !started.querySelector('time')) {

@@ -273,8 +273,7 @@ def test_jobs_list_page(harness, page, shot):
         "owner",
         "status",
         "progress",
-        "done",
-        "failed",
+        "result",
         "started",
         "duration",
     ]
@@ -429,7 +428,7 @@ def row_parts(page, job_id: str) -> dict:
         """id => {
             const row = document.querySelector('tr[data-status-url="/jobs/' + id + '/status"]');
             const out = {};
-            for (const k of ['badge', 'percent', 'good', 'bad', 'duration']) {
+            for (const k of ['badge', 'percent', 'summary', 'duration']) {
                 out[k] = row.querySelector('[data-bf="' + k + '"]').textContent.trim();
             }
             out.aria = row.querySelector('progress').getAttribute('aria-valuetext');
@@ -495,8 +494,7 @@ def test_every_state_reads_the_same_on_the_page_the_widget_and_the_list(harness,
             assert got == {
                 "badge": t["badge"],
                 "percent": t["percent"],
-                "good": t["counts"]["good"],
-                "bad": t["counts"]["bad"],
+                "summary": t["summary"],
                 "duration": t["duration"],
                 "aria": t["bar"],
                 "status": state,
