@@ -117,6 +117,7 @@ UI_TEXTS: dict[str, str] = {
     "keeps_running": "The job keeps running if you close this window.",
     "open_page": "Open the job page",
     "new_export": "Start a new export",
+    "see_failed": "See the failed ids",
 }
 
 

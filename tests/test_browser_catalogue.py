@@ -13,7 +13,7 @@ from batchflow import BatchFlow
 from tests.helpers import CHROMIUM, launch_chromium, wait_for
 from tests.webapp import create_app
 
-SHOTS = "/work/notes/shots/catalogue"
+SHOTS = os.path.join(os.path.dirname(__file__), "artifacts", "catalogue")
 ALICE = {"X-Test-User": "alice"}
 SCRIPT_ID = "<script>alert(1)</script>bad"
 
@@ -94,6 +94,12 @@ def test_find_a_job_to_start_and_page_through_the_failed_ids(server, prefix, wid
         page.screenshot(path=f"{SHOTS}/catalogue-{width}-{scheme}.png", full_page=True)
         page.get_by_role("link", name="Counting", exact=True).click()
         page.wait_for_url(f"{base}/jobs/start/count")
+
+        # The job's page links its failed ids, on the page as rendered and as the script keeps it.
+        page.goto(f"{base}/jobs/{job_id}")
+        page.get_by_role("link", name="See the failed ids").click()
+        page.wait_for_url(f"{base}/jobs/{job_id}/results?which=errors")
+        assert len(cells(page, "[data-batchflow-outcomes] tbody th")) == 24
 
         # The failed ids, ten at a time: next, next, then back.
         page.goto(f"{base}/jobs/{job_id}/results?which=errors&count=10")

@@ -1,6 +1,6 @@
 """The corners of the pages a walk through them found wrong, as a person sees them: a real
-server, a real worker, a real Chromium. Screenshots go to /work/notes/shots/pages/ (1280 and
-390 px, light and dark) when that folder's parent exists, else to tests/artifacts/."""
+server, a real worker, a real Chromium. Screenshots go to tests/artifacts/pages/ (1280 and
+390 px, light and dark)."""
 
 from __future__ import annotations
 
@@ -16,12 +16,7 @@ from tests.handlers import HOOKS
 from tests.helpers import CHROMIUM, launch_chromium, wait_for
 from tests.webapp import create_app
 
-NOTES = "/work/notes/shots"
-SHOTS = (
-    os.path.join(NOTES, "pages")
-    if os.path.isdir(NOTES)
-    else os.path.join(os.path.dirname(__file__), "artifacts", "pages")
-)
+SHOTS = os.path.join(os.path.dirname(__file__), "artifacts", "pages")
 
 pytestmark = [
     pytest.mark.browser,

@@ -16,7 +16,7 @@ from batchflow.keys import Keys
 from tests.helpers import CHROMIUM, launch_chromium, wait_for
 from tests.webapp import create_app
 
-SHOTS = "/work/notes/shots/widget"
+SHOTS = os.path.join(os.path.dirname(__file__), "artifacts", "widget")
 
 pytestmark = [
     pytest.mark.browser,

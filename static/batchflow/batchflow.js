@@ -458,12 +458,14 @@
       // The links: only those that apply exist, so an unsafe URL is never even a dead link.
       const offerReport = !!report && (s.bad > 0 || hasResults);
       const links = part(root, 'links');
-      const key = JSON.stringify([back, offerReport && report, t.report, !!this.redirecting, words.back]);
+      const failedPage = offerReport && s.bad > 0 ? withQuery(report, 'which=errors') : null;
+      const key = JSON.stringify([back, offerReport && report, t.report, failedPage, !!this.redirecting, words.back]);
       if (links && key !== this.keys.links) {
         this.keys.links = key;
         fill(links, [
           back ? el('a', { class: 'bf-button', href: back, 'data-bf': 'back', text: words.back }) : null,
           offerReport ? el('a', { class: 'bf-link', href: withQuery(report, 'format=csv'), 'data-bf': 'report', text: t.report }) : null,
+          failedPage ? el('a', { class: 'bf-link', href: failedPage, 'data-bf': 'failed-page', text: words.see_failed }) : null,
           back && this.redirecting ? el('span', { class: 'bf-subtle', text: words.going_back }) : null,
           back && this.redirecting ? el('button', { type: 'button', class: 'bf-linkbutton', 'data-bf-action': 'stay', text: words.stay }) : null]);
         show(links, !!(back || offerReport));
