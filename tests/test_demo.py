@@ -183,7 +183,10 @@ def test_the_demo_serves_a_favicon_and_a_way_home(demo_app):
     # batchflow's own pages show it in their navigation, before "My jobs".
     jobs = client.get("/jobs/").get_data(as_text=True)
     nav = re.search(r'<nav class="bf-nav"[^>]*>(.*?)</nav>', jobs, re.S).group(1)
-    assert re.findall(r'<a href="([^"]+)">([^<]+)</a>', nav) == [("/", "Demo"), ("/jobs/", "My jobs")]
+    assert re.findall(r'<a href="([^"]+)">([^<]+)</a>', nav) == [
+        ("/", "Demo"),
+        ("/jobs/", "My jobs"),
+    ]
 
 
 def test_archive_fails_every_locked_post_and_keeps_going(demo_app):
