@@ -72,7 +72,7 @@ class Admission:
                 args=[job_id, pool, fingerprint, limit, now_ms, CREATE_GRACE_MS, head, tail],
             )
         except _DOWN as exc:
-            raise _unavailable(exc) from exc
+            raise Unavailable.redis(exc) from exc
         code = AdmitCode(reply[0])
         if code is AdmitCode.SAME:
             return Admitted(code, [reply[1]])
@@ -88,11 +88,4 @@ class Admission:
         try:
             self.client.hdel(self.keys.owner_active(owner), job_id)
         except _DOWN as exc:
-            raise _unavailable(exc) from exc
-
-
-def _unavailable(exc: Exception) -> Unavailable:
-    return Unavailable(
-        f"Redis does not answer ({exc}). Check that it runs and that "
-        "BATCHFLOW_REDIS_URL points at it."
-    )
+            raise Unavailable.redis(exc) from exc

@@ -71,7 +71,8 @@ def _fail(exc: BatchflowError) -> NoReturn:
         known = ", ".join(get_state().registry.names()) or "none"
         click.echo(f"Error: {exc.developer_message} Handlers this app knows: {known}.", err=True)
         sys.exit(exit_code(exc))
-    click.echo(f"Error: {exc}", err=True)
+    detail = exc.developer_message if isinstance(exc, Unavailable) else exc
+    click.echo(f"Error: {detail}", err=True)
     sys.exit(exit_code(exc))
 
 

@@ -205,8 +205,9 @@ class Engine:
             if isinstance(exc, BatchflowError):
                 raise
             raise Unavailable(
+                "The job queue does not answer; nothing was started.",
                 f"The job queue does not answer ({exc}); nothing was started. "
-                "Check that the Celery broker (BATCHFLOW_BROKER_URL) runs."
+                "Check that the Celery broker (BATCHFLOW_BROKER_URL) runs.",
             ) from exc
         log.info("started job %s (%s) for %s", job_id, spec.name, owner)
         return Started(job_id, created=True)

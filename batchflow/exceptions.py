@@ -97,9 +97,35 @@ class InvalidTransition(BatchflowError):
 
 
 class Unavailable(BatchflowError):
-    """Redis or the Celery broker does not answer; nothing was created."""
+    """Redis or the Celery broker does not answer; nothing was created.
+
+    Its message is for the person who asked: what is down, in words that name no address. What an
+    operator needs (the driver's error, with the server's host and port, and the setting to check)
+    is :attr:`developer_message`, which the web layer logs (and shows in debug mode only) and the
+    CLI prints.
+    """
 
     http_status = 503
+
+    def __init__(self, message: str, developer_message: str | None = None) -> None:
+        super().__init__(message)
+        #: The cause and the fix: for the log, the CLI and the debug page, never for an end user.
+        self.developer_message = developer_message or message
+
+    @classmethod
+    def redis(cls, exc: Exception) -> Unavailable:
+        """Redis failed with ``exc`` (a connection or timeout error of redis-py)."""
+        if "No connection available" in str(exc) or "Too many connections" in str(exc):
+            return cls(
+                "The server is too busy to answer; nothing was changed.",
+                "Every Redis connection of this process is busy. Raise the pool size with "
+                "?max_connections=N in BATCHFLOW_REDIS_URL.",
+            )
+        return cls(
+            "Redis does not answer; nothing was changed.",
+            f"Redis does not answer ({exc}). Check that it runs and that "
+            "BATCHFLOW_REDIS_URL points at it.",
+        )
 
 
 class LimitReached(BatchflowError):

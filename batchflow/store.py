@@ -47,18 +47,6 @@ Snapshot = tuple[dict[str, str], list[str]]
 Fn = TypeVar("Fn", bound=Callable[..., Any])
 
 
-def _unavailable(exc: Exception) -> Unavailable:
-    if "No connection available" in str(exc) or "Too many connections" in str(exc):
-        return Unavailable(
-            "Every Redis connection of this process is busy. Raise the pool size with "
-            "?max_connections=N in BATCHFLOW_REDIS_URL."
-        )
-    return Unavailable(
-        f"Redis does not answer ({exc}). Check that it runs and that "
-        "BATCHFLOW_REDIS_URL points at it."
-    )
-
-
 _DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
@@ -72,7 +60,7 @@ def _translating(method: Fn) -> Fn:
             try:
                 yield from method(self, *args, **kwargs)
             except _DOWN as exc:
-                raise _unavailable(exc) from exc
+                raise Unavailable.redis(exc) from exc
 
         return cast(Fn, generator)
 
@@ -81,7 +69,7 @@ def _translating(method: Fn) -> Fn:
         try:
             return method(self, *args, **kwargs)
         except _DOWN as exc:
-            raise _unavailable(exc) from exc
+            raise Unavailable.redis(exc) from exc
 
     return cast(Fn, wrapper)
 

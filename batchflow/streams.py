@@ -94,7 +94,7 @@ class StreamSlots:
                 keys=[self.keys.streams(identity)], args=[now, now + ms(lease), cap, token]
             )
         except redis.exceptions.RedisError as exc:
-            raise Unavailable(f"Redis does not answer ({exc}); try again shortly.") from exc
+            raise Unavailable.redis(exc) from exc
         return token if taken else None
 
     def refresh(self, identity: str, token: str, lease: float | None = None) -> bool:
@@ -124,4 +124,4 @@ class StreamSlots:
                 self.client.zcount(self.keys.streams(identity), f"({ms(time.time())}", "+inf")
             )
         except redis.exceptions.RedisError as exc:
-            raise Unavailable(f"Redis does not answer ({exc}); try again shortly.") from exc
+            raise Unavailable.redis(exc) from exc

@@ -41,6 +41,7 @@ from .exceptions import (
     JobNotFound,
     LimitReached,
     PermissionDenied,
+    Unavailable,
     UnknownHandler,
 )
 from .handlers import neutralize_cell
@@ -210,8 +211,8 @@ def security_headers(response: Response) -> Response:
 def batchflow_error(exc: BatchflowError) -> Any:
     code = exc.http_status
     message = str(exc)
-    if isinstance(exc, UnknownHandler):
-        # The end user learns only that the job is not available; the fix is for the developer.
+    if isinstance(exc, (UnknownHandler, Unavailable)):
+        # The end user learns only what is wrong for them; the cause and fix are the developer's.
         log.warning("%s (requested at %s)", exc.developer_message, request.path)
         if current_app.debug:
             message = exc.developer_message

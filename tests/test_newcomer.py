@@ -208,6 +208,28 @@ def test_the_503_page_after_a_post_offers_the_site_not_a_repost(redis_down):
     assert re.search(r'<a class="bf-button" href="/">Go to the home page</a>', html)
 
 
+def test_the_503_answer_names_no_server_address_and_the_log_has_it(redis_down, caplog):
+    """The person learns what is down; the server's address and the setting to check go to the
+    log (and the CLI), never to a visitor."""
+    caplog.set_level(logging.WARNING, logger="batchflow")
+    for answer in (redis_down.get("/jobs/"), redis_down.get("/jobs/?format=json")):
+        assert answer.status_code == 503
+        text = answer.get_data(as_text=True)
+        assert "Redis does not answer" in text
+        assert "127.0.0.1" not in text and "BATCHFLOW_REDIS_URL" not in text
+    logged = _logged(caplog, logging.WARNING, "Redis does not answer (")
+    assert logged and "127.0.0.1:1" in logged[0].getMessage()
+    assert "BATCHFLOW_REDIS_URL" in logged[0].getMessage()
+
+
+def test_the_503_page_in_debug_mode_shows_the_cause(prefix, files_dir):
+    app = _flask(prefix, files_dir, BATCHFLOW_REDIS_URL=DEAD_REDIS, BATCHFLOW_REDIS_TIMEOUT=0.5)
+    app.debug = True
+    BatchFlow(app, registry=make_registry(), csrf=False)
+    answer = app.test_client().get("/jobs/?format=json")
+    assert answer.status_code == 503 and "127.0.0.1:1" in answer.json["error"]
+
+
 # -- 4. the compose file and the README agree ----------------------------------------------------
 
 
