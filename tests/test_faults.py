@@ -812,7 +812,7 @@ def test_starting_a_job_while_redis_or_the_broker_is_down_is_a_fast_503(
         else:
             r = web_start(client, "count", body)
             assert r.status_code == 503, r.data
-            assert ("Redis" if down != "broker" else "broker") in r.json["error"]
+            assert ("Redis" if down != "broker" else "job queue") in r.json["error"]
         assert time.monotonic() - started < 5
     # Nothing half-created: no job keys, no index entries, nothing in anyone's list.
     assert list(redis_client.scan_iter(match=f"{prefix}:*")) == []
