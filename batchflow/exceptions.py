@@ -27,12 +27,15 @@ class UnknownHandler(BatchflowError):
 
     Its message is for the person who asked ("This job is not available."); what a developer
     needs to fix it is :attr:`developer_message`, which the web layer logs (and shows in debug
-    mode only).
+    mode only) and a worker logs.
+
+    :param name: the handler name asked for.
+    :param worker_knows: in a worker, the names it has: the fix is then the worker's imports.
     """
 
     http_status = 404
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, worker_knows: list[str] | None = None) -> None:
         super().__init__("This job is not available.")
         self.name = name
         #: How to fix it: for the log and the developer's debug page, never for an end user.
@@ -40,6 +43,14 @@ class UnknownHandler(BatchflowError):
             f"No job handler is registered as {name!r}. Register one with "
             f"@registry.register({name!r}) in a module your app and worker both import."
         )
+        if worker_knows is not None:
+            self.developer_message = (
+                f"no handler named {name!r} is registered in this worker; import the module that "
+                "registers it in the worker's app (the module `celery -A` loads, e.g. worker.py, "
+                "calls create_app(): create_app must import myapp.jobs, or wherever "
+                f"@registry.register({name!r}) is). This worker knows: "
+                f"{', '.join(worker_knows) or 'no handlers at all'}."
+            )
 
 
 class InvalidParams(BatchflowError):

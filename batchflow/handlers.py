@@ -389,5 +389,8 @@ def describe_failure(exc: BaseException, where: str, *, item: bool = False) -> F
     text = getattr(exc, "developer_message", None) or error_message(exc)
     detail = f"{type(exc).__name__}: {text}"
     level = logging.WARNING if item else logging.ERROR
-    log.log(level, "%s raised (ref %s): %s", where, ref, detail, exc_info=exc)
+    # An exception made but never raised (a worker without the job's handler) has no traceback:
+    # its one line would only repeat the person's message under the real one.
+    trace = exc if exc.__traceback__ is not None else None
+    log.log(level, "%s raised (ref %s): %s", where, ref, detail, exc_info=trace)
     return Failure(GENERIC_ERROR.format(ref=ref), f"ref {ref}: {detail}", ref)

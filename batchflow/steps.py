@@ -190,8 +190,7 @@ class StepRunner:
     def _advance(self, spec: HandlerSpec | None, job: Job, batch: int) -> dict[str, Any]:
         """Run the handler's part of the step; returns fields for the commit to set."""
         if spec is None:
-            unknown = UnknownHandler(job.handler)
-            unknown.developer_message += " (this worker does not import the module that does)"
+            unknown = UnknownHandler(job.handler, worker_knows=self.registry.names())
             self._failed(job, describe_failure(unknown, f"job {job.id}"))
             return self._end(None, job, Status.FAILED)
         handler = spec.create()

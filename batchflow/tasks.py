@@ -17,8 +17,6 @@ from typing import Any
 from celery import Celery, bootsteps
 
 from .engine import Engine
-from .exceptions import BatchflowError
-from .schema import Status
 
 log = logging.getLogger("batchflow")
 
@@ -102,10 +100,7 @@ def make_celery(
     def step(job_id: str, seq: int) -> str:
         """Run one step of a job (a duplicate or stale delivery does nothing)."""
         with enter():
-            outcome = engine.run_step(job_id, int(seq))
-            if outcome.status is Status.FAILED:
-                explain_unknown_handler(engine, job_id)
-            return str(outcome)
+            return str(engine.run_step(job_id, int(seq)))
 
     @app.task(name=CLEANUP_TASK, ignore_result=True, shared=False)  # type: ignore[untyped-decorator]
     def cleanup(job_id: str) -> bool:
@@ -122,27 +117,6 @@ def make_celery(
     app.steps["worker"].add(_maintenance_step(engine, enter))
     engine.dispatcher = CeleryDispatcher(app, settings.queue)
     return app
-
-
-def explain_unknown_handler(engine: Engine, job_id: str) -> None:
-    """If ``job_id`` failed because this worker has no handler by its name (the module that
-    registers it is imported by the web app, not by the worker), say so in the worker's log,
-    with the fix: the job's page only shows a reference."""
-    try:
-        handler = engine.state(job_id).fields.get("handler", "")
-    except BatchflowError:
-        return
-    if handler and handler not in engine.registry:
-        log.error(
-            "Job %s failed: no handler named %r is registered in this worker; import the module "
-            "that registers it in the worker's app (the module `celery -A` loads, e.g. "
-            "worker.py, calls create_app(): create_app must import myapp.jobs, or wherever "
-            "@registry.register(%r) is). This worker knows: %s.",
-            job_id,
-            handler,
-            handler,
-            ", ".join(engine.registry.names()) or "no handlers at all",
-        )
 
 
 def announce_handlers(engine: Engine) -> None:

@@ -60,11 +60,13 @@ def test_a_worker_without_the_handler_logs_the_fix(web_engine, engine, prefix, c
         job_id = web_engine.start("onlyweb", owner="a", params={"n": 3})
         assert wait_terminal(web_engine, job_id).status is Status.FAILED
         fix = (
-            f"Job {job_id} failed: no handler named 'onlyweb' is registered in this worker; "
+            "no handler named 'onlyweb' is registered in this worker; "
             "import the module that registers it in the worker's app"
         )
         (record,) = wait_for(lambda: _logged(caplog, logging.ERROR, fix))
     message = record.getMessage()
+    assert message.startswith(f"job {job_id} raised (ref ")  # the reference the page shows
+    assert record.exc_info is None  # no traceback line that says "This job is not available."
     assert "create_app must import myapp.jobs" in message
     assert "@registry.register('onlyweb')" in message
     assert message.endswith("This worker knows: " + ", ".join(engine.registry.names()) + ".")
