@@ -258,8 +258,7 @@ def refusal(state: JobState, what: str) -> str | None:
         return None
     if status.terminal:
         return f"The job has already ended ({status.value}); there is nothing to {what}."
-    pausing = state.fields.get("signal") == "pause"
-    if signal is Signal.PAUSE and (status is Status.PAUSED or pausing):
+    if signal is Signal.PAUSE and (status is Status.PAUSED or state.pausing):
         when = "" if status is Status.PAUSED else " (it pauses after its current step)"
         return f"The job is {'paused' if status is Status.PAUSED else 'pausing'} already{when}."
     if signal is Signal.RESUME:

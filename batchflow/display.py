@@ -250,11 +250,8 @@ def _bar(s: Mapping[str, Any], state: str) -> tuple[dict[str, Any], str]:
             percent = 100.0 * value / top
         return {"value": value, "max": top, "percent": percent}, phase
     if s.get("terminal"):  # full when work was done, empty when nothing was
-        return {
-            "value": 1 if processed or state == "completed" else 0,
-            "max": 1,
-            "percent": None,
-        }, (f"{format_count(processed)} processed")
+        value = 1 if processed or state == "completed" else 0
+        return {"value": value, "max": 1, "percent": None}, f"{format_count(processed)} processed"
     idle = "Waiting for a worker…" if s.get("status") == "pending" else "Working…"
     phase = f"{format_count(processed)} processed" if processed else idle
     return {"value": None, "max": None, "percent": None}, phase
@@ -268,12 +265,22 @@ def _sentence(text: str) -> str:
     return text if text[-1:] in ".!?…" else text + "."
 
 
+def _tally(s: Mapping[str, Any], labels: Mapping[str, str]) -> str:
+    """ "409 archived, 11 failed" (the failed only when there are some)."""
+    good = f"{format_count(s.get('good'))} {labels['good']}"
+    return good + (f", {format_count(s.get('bad'))} {labels['bad']}" if s.get("bad") else "")
+
+
 def _counts(s: Mapping[str, Any], labels: Mapping[str, str]) -> str:
     """ "409 archived, 11 failed" for a job that tallies; "7 processed" for one that does not."""
-    if not _tallied(s):
-        return f"{format_count(s.get('processed'))} processed"
-    counts = f"{format_count(s.get('good'))} {labels['good']}"
-    return counts + (f", {format_count(s.get('bad'))} {labels['bad']}" if s.get("bad") else "")
+    return _tally(s, labels) if _tallied(s) else f"{format_count(s.get('processed'))} processed"
+
+
+def _undone(s: Mapping[str, Any]) -> str:
+    """ "2,906" undone after a cancel, and ", 3 could not be undone" when some could not."""
+    failed = s.get("undo_failed")
+    tail = f", {format_count(failed)} could not be undone" if failed else ""
+    return f"{format_count(s.get('undone'))}{tail}"
 
 
 def _outcome(s: Mapping[str, Any], labels: Mapping[str, str], state: str) -> str:
@@ -290,9 +297,7 @@ def _outcome(s: Mapping[str, Any], labels: Mapping[str, str], state: str) -> str
     if state == "stopped":
         return f"Kept: {counts}."
     if state == "canceled":
-        failed = s.get("undo_failed")
-        tail = f", {format_count(failed)} could not be undone" if failed else ""
-        return f"Undone: {format_count(s.get('undone'))}{tail}."
+        return f"Undone: {_undone(s)}."
     return ""
 
 
@@ -340,9 +345,7 @@ def _summary(s: Mapping[str, Any], labels: Mapping[str, str], state: str) -> str
     if state == "canceled":
         if not _tallied(s):
             return f"Undone: {format_count(s.get('processed'))} processed"
-        failed = s.get("undo_failed")
-        tail = f", {format_count(failed)} could not be undone" if failed else ""
-        return f"Undone {format_count(s.get('undone'))}{tail}"
+        return f"Undone {_undone(s)}"
     return _counts(s, labels)
 
 
@@ -410,8 +413,7 @@ def status_view(status: Mapping[str, Any]) -> dict[str, Any]:
         "bar": phase + (f" ({percent})" if percent else ""),
         "counts": counts,
         "count_labels": count_labels,
-        "counts_line": f"{format_count(status.get('good'))} {good}"
-        + (f", {format_count(status.get('bad'))} {labels['bad']}" if status.get("bad") else ""),
+        "counts_line": _tally(status, labels),
         "summary": _summary(status, labels, state),
         "rate": rate,
         "eta": format_eta(status.get("eta_s")) if running else "",

@@ -727,8 +727,8 @@
     row.setAttribute('data-terminal', String(!!s.terminal));
     renderBadge(part(row, 'badge'), state, t);
     applyBar(part(row, 'bar'), part(row, 'percent'), s, t);
-    setText(part(row, 'good'), (t.counts || {}).good);
-    setText(part(row, 'bad'), (t.counts || {}).bad);
+    setText(part(row, 'good'), (t.counts || {}).good);  // an app's own jobs.html may keep Done
+    setText(part(row, 'bad'), (t.counts || {}).bad);    // and Failed cells
     setText(part(row, 'summary'), t.summary);  // the jobs list's Result column
     setText(part(row, 'duration'), t.duration);
     const started = part(row, 'started');
