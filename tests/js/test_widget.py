@@ -681,16 +681,17 @@ def test_completion_goes_back_to_redirect_url(harness, page):
 
 def test_stay_here_and_reloads_do_not_redirect(harness, page):
     harness.add_job("r1", progression("r1", total=10, steps=2, redirect_url="/page/back"))
-    fast = {"redirectDelayMs": 500}
+    # Long enough for a loaded machine to click "Stay here" before the redirect is due.
+    fast = {"redirectDelayMs": 2000}
     page.goto(widget_page(harness, "stay", ["r1"], fast))
     page.wait_for_function("window.completed.length === 1")
     page.click('[data-bf-action="stay"]')
-    time.sleep(1.2)  # more than twice the redirect delay
+    time.sleep(2.5)  # past the redirect delay
     assert page.url.endswith("/page/stay")
     # An already finished job (a reload, or the back button) never sends the user away again.
     done = make_status("r2", status="completed", redirect_url="/page/back")
     page.goto(static_page(harness, "reloaded", done, config=fast))
-    time.sleep(1.2)
+    time.sleep(2.5)
     assert page.url.endswith("/page/reloaded")
     assert job_root(page).locator('[data-bf="back"]').is_visible()
 
