@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import socket
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import redis
@@ -26,6 +29,30 @@ def launch_chromium(playwright: Any) -> Any:
         executable_path=CHROMIUM,
         args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
     )
+
+
+@contextlib.contextmanager
+def live_server(app: Any, *, worker: bool = True) -> Iterator[str]:
+    """``app`` on a real threaded HTTP server (a thread per request, as event streams need) and,
+    unless ``worker`` is False, a real in-process Celery worker (threads) on the app's own queue;
+    yields the server's base URL. The worker stops first, then the server."""
+    from celery.contrib.testing.worker import start_worker
+    from werkzeug.serving import make_server
+
+    from batchflow import BatchFlow
+
+    http = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    try:
+        with contextlib.ExitStack() as stack:
+            if worker:
+                celery = BatchFlow.state(app).celery
+                stack.enter_context(
+                    start_worker(celery, pool="threads", concurrency=2, perform_ping_check=False)
+                )
+            yield f"http://127.0.0.1:{http.server_port}"
+    finally:
+        http.shutdown()
 
 
 def make_config(prefix: str, files_dir: str, **overrides: Any) -> dict[str, Any]:

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import os
 import re
-import threading
 
 import pytest
 
-from batchflow import BatchFlow
-from tests.helpers import CHROMIUM, launch_chromium, wait_for
+from tests.helpers import CHROMIUM, launch_chromium, live_server, wait_for
 from tests.webapp import create_app
 
 SHOTS = os.path.join(os.path.dirname(__file__), "artifacts", "catalogue")
@@ -26,17 +24,9 @@ pytestmark = [
 @pytest.fixture
 def server(prefix, files_dir):
     """The test app on a real threaded HTTP server, with a real in-process worker."""
-    from celery.contrib.testing.worker import start_worker
-    from werkzeug.serving import make_server
-
     app = create_app(prefix, files_dir)
-    http = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=http.serve_forever, daemon=True)
-    thread.start()
-    celery = BatchFlow.state(app).celery
-    with start_worker(celery, pool="threads", concurrency=2, perform_ping_check=False):
-        yield app, f"http://127.0.0.1:{http.server_port}"
-    http.shutdown()
+    with live_server(app) as base:
+        yield app, base
 
 
 def finished_archive(app, prefix) -> str:

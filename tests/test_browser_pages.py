@@ -13,7 +13,7 @@ import pytest
 
 from batchflow import BatchFlow, display
 from tests.handlers import HOOKS
-from tests.helpers import CHROMIUM, launch_chromium, wait_for
+from tests.helpers import CHROMIUM, launch_chromium, live_server, wait_for
 from tests.webapp import create_app
 
 SHOTS = os.path.join(os.path.dirname(__file__), "artifacts", "pages")
@@ -34,22 +34,9 @@ START = """async ([handler, body]) => {
 
 
 def _serve(prefix: str, files_dir: str, worker: bool) -> Any:
-    from celery.contrib.testing.worker import start_worker
-    from werkzeug.serving import make_server
-
     app = create_app(prefix, files_dir, BATCHFLOW_STEP_TARGET=0.25)
-    http = make_server("127.0.0.1", 0, app, threaded=True)
-    threading.Thread(target=http.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{http.server_port}"
-    try:
-        if not worker:
-            yield app, base
-            return
-        celery = BatchFlow.state(app).celery
-        with start_worker(celery, pool="threads", concurrency=2, perform_ping_check=False):
-            yield app, base
-    finally:
-        http.shutdown()
+    with live_server(app, worker=worker) as base:
+        yield app, base
 
 
 @pytest.fixture

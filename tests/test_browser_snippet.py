@@ -5,15 +5,15 @@ A real server, a real worker (or none), a real Chromium."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-import threading
 
 import pytest
 from flask import render_template_string
 
 from batchflow import BatchFlow
 from batchflow.keys import Keys
-from tests.helpers import CHROMIUM, launch_chromium, wait_for
+from tests.helpers import CHROMIUM, launch_chromium, live_server, wait_for
 from tests.webapp import create_app
 
 SHOTS = os.path.join(os.path.dirname(__file__), "artifacts", "widget")
@@ -37,11 +37,9 @@ def serve(prefix, files_dir):
     """``serve(worker=True)``: the test app on a real threaded server, with a route /bare that
     serves the snippet alone (under batchflow's own Content-Security-Policy); its URL, and the
     paths the app answered, in order."""
-    from celery.contrib.testing.worker import start_worker
     from flask import request
-    from werkzeug.serving import make_server
 
-    stops = []
+    stack = contextlib.ExitStack()
 
     def serve(worker=True, config=""):
         app = create_app(prefix, files_dir, BATCHFLOW_STEP_TARGET=0.25)
@@ -62,20 +60,10 @@ def serve(prefix, files_dir):
             seen.append((request.path, response.status_code))
             return response
 
-        http = make_server("127.0.0.1", 0, app, threaded=True)
-        threading.Thread(target=http.serve_forever, daemon=True).start()
-        stops.append(http.shutdown)
-        if worker:
-            running = start_worker(
-                BatchFlow.state(app).celery, pool="threads", concurrency=2, perform_ping_check=False
-            )
-            running.__enter__()
-            stops.insert(0, lambda: running.__exit__(None, None, None))
-        return app, f"http://127.0.0.1:{http.server_port}", seen
+        return app, stack.enter_context(live_server(app, worker=worker)), seen
 
-    yield serve
-    for stop in stops:
-        stop()
+    with stack:
+        yield serve
 
 
 @pytest.fixture

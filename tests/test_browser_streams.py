@@ -4,13 +4,13 @@ lifetime) opens a new one. A real server, a real worker, a real Chromium."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-import threading
 
 import pytest
 
 from batchflow import BatchFlow
-from tests.helpers import CHROMIUM, launch_chromium, wait_for
+from tests.helpers import CHROMIUM, launch_chromium, live_server, wait_for
 from tests.test_browser import bar_value
 from tests.webapp import create_app
 
@@ -23,25 +23,14 @@ pytestmark = [
 @pytest.fixture
 def serve(prefix, files_dir):
     """``serve(**config)``: the test app on a real threaded server, with a worker; its URL."""
-    from celery.contrib.testing.worker import start_worker
-    from werkzeug.serving import make_server
-
-    stops = []
+    stack = contextlib.ExitStack()
 
     def serve(**config):
         app = create_app(prefix, files_dir, BATCHFLOW_STEP_TARGET=0.25, **config)
-        http = make_server("127.0.0.1", 0, app, threaded=True)
-        threading.Thread(target=http.serve_forever, daemon=True).start()
-        worker = start_worker(
-            BatchFlow.state(app).celery, pool="threads", concurrency=2, perform_ping_check=False
-        )
-        worker.__enter__()
-        stops.append(lambda: (worker.__exit__(None, None, None), http.shutdown()))
-        return app, f"http://127.0.0.1:{http.server_port}"
+        return app, stack.enter_context(live_server(app))
 
-    yield serve
-    for stop in stops:
-        stop()
+    with stack:
+        yield serve
 
 
 @pytest.fixture

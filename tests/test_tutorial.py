@@ -11,7 +11,6 @@ import os
 import sqlite3
 import subprocess
 import sys
-import threading
 from typing import Any
 
 import pytest
@@ -23,6 +22,7 @@ from tests.helpers import (
     ListDispatcher,
     broker_options,
     launch_chromium,
+    live_server,
     make_config,
 )
 
@@ -160,44 +160,32 @@ def test_the_export_pages_by_key_each_row_once_while_the_table_changes(
 def test_the_tutorial_app_exports_its_table_from_its_page(myapp, prefix, files_dir, db_file):
     """The README's steps: init-db, the app's page, its form, the progress page, the download;
     then the modal button on the same page."""
-    from celery.contrib.testing.worker import start_worker
     from playwright.sync_api import sync_playwright
-    from werkzeug.serving import make_server
 
     # At most 100 rows a step: the export takes several steps, each after the last one's key.
     app = tutorial_app(myapp, prefix, files_dir, db_file, BATCHFLOW_BATCH_MAX=100)
     init_db(app, 500)
-    http = make_server("127.0.0.1", 0, app, threaded=True)
-    threading.Thread(target=http.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{http.server_port}"
-    celery = BatchFlow.state(app).celery
     errors: list[str] = []
-    try:
-        with (
-            start_worker(celery, pool="threads", concurrency=2, perform_ping_check=False),
-            sync_playwright() as playwright,
-        ):
-            browser = launch_chromium(playwright)
-            page = browser.new_context(accept_downloads=True).new_page()
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(f"{base}/")
-            assert "500 contacts." in page.inner_text("body")
-            page.get_by_role("button", name="Export contacts", exact=True).click()
-            page.wait_for_url(f"{base}/jobs/*")
-            link = page.get_by_role("link", name="Download")
-            link.first.wait_for(timeout=20_000)
-            with page.expect_download() as info:
-                link.first.click()
-            assert info.value.suggested_filename == "contacts.csv"
-            assert read_csv(info.value.path()) == [["id", "name", "email"], *table_rows(db_file)]
+    with live_server(app) as base, sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        page = browser.new_context(accept_downloads=True).new_page()
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(f"{base}/")
+        assert "500 contacts." in page.inner_text("body")
+        page.get_by_role("button", name="Export contacts", exact=True).click()
+        page.wait_for_url(f"{base}/jobs/*")
+        link = page.get_by_role("link", name="Download")
+        link.first.wait_for(timeout=20_000)
+        with page.expect_download() as info:
+            link.first.click()
+        assert info.value.suggested_filename == "contacts.csv"
+        assert read_csv(info.value.path()) == [["id", "name", "email"], *table_rows(db_file)]
 
-            page.goto(f"{base}/")
-            page.get_by_role("button", name="Export contacts (modal)").click()
-            dialog = page.locator("dialog[open]")
-            dialog.get_by_role("link", name="Download").first.wait_for(timeout=20_000)
-            browser.close()
-    finally:
-        http.shutdown()
+        page.goto(f"{base}/")
+        page.get_by_role("button", name="Export contacts (modal)").click()
+        dialog = page.locator("dialog[open]")
+        dialog.get_by_role("link", name="Download").first.wait_for(timeout=20_000)
+        browser.close()
     assert errors == []
 
 
