@@ -89,7 +89,7 @@ class CallableSource(Source):
     ``item``; batchflow takes what a step needs and closes the iterator. ``total`` (a number or
     a function returning one) sizes the progress bar.
 
-    >>> pages = CallableSource(lambda cursor: ((str(n), n, n) for n in range((cursor or 0) + 1, 11)))
+    >>> numbers = CallableSource(lambda after: ((n, n, n) for n in range((after or 0) + 1, 11)))
     """
 
     def __init__(
