@@ -33,7 +33,8 @@ from .exceptions import (
     TooManyItems,
     Unavailable,
 )
-from .handlers import Handler, ItemsJob, describe_failure
+from .failures import describe_failure
+from .handlers import Handler, ItemsJob
 from .job import Job
 from .keys import valid_job_id
 from .maintenance import Maintenance
@@ -253,8 +254,10 @@ class Engine:
         if spec.kind is not Kind.ITEMS:
             if ids is not None:
                 raise InvalidParams(f"Handler {spec.name!r} does not take ids.")
-            return None, ""
+            return None, "source" if handler.walks_source() else ""
         if ids is None:
+            if handler.walks_source():
+                return None, "source"
             if isinstance(handler, ItemsJob) and type(handler).items is not ItemsJob.items:
                 return None, "handler"
             raise InvalidParams(f"Handler {spec.name!r} needs a list of ids to work on.")

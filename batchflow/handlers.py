@@ -18,26 +18,20 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import dataclasses
 import io
-import logging
 import os
 import re
-import secrets
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, ClassVar
 
 from .exceptions import UserError
+from .failures import describe_failure
 from .job import Job, StepResponse
-from .schema import Kind, Status
+from .schema import F, Kind, Status
+from .sources import Entry, Source
 
 StepResult = StepResponse | str | None
-
-log = logging.getLogger("batchflow")
-
-#: What everyone but an admin sees for an exception that is not a UserError.
-GENERIC_ERROR = "Something went wrong (ref {ref})."
 
 # A spreadsheet skips leading blanks before it looks for a formula: " =1+1" runs too.
 _FORMULA = re.compile(r"[ \t\r\n\u00a0]*[=+\-@]|[\t\r]")
@@ -81,6 +75,9 @@ class Handler:
     :cvar can_stop: offer Stop (halt after the current step, keep the work).
     :cvar can_cancel: offer Cancel (halt, then undo the work: needs ``undo_job``).
     :cvar can_pause: offer Pause and Resume between steps.
+    :cvar can_continue: offer Continue on a stopped job: it goes on as the same job from where
+        it stopped (its skipped units run, its counters go on). ``on_finish`` runs at each
+        ending, the stop's included.
     :cvar batch_size: a fixed step size; None (the default) adapts it so that a step takes about
         ``BATCHFLOW_STEP_TARGET`` seconds.
     :cvar step_delay: seconds to wait between steps (throttling), without holding a worker;
@@ -104,6 +101,7 @@ class Handler:
     can_cancel: ClassVar[bool] = False
     can_pause: ClassVar[bool] = True
     can_retry: ClassVar[bool] = False
+    can_continue: ClassVar[bool] = True
     batch_size: ClassVar[int | None] = None
     step_delay: ClassVar[float] = 0.0
     params_form: ClassVar[type | None] = None
@@ -141,6 +139,18 @@ class Handler:
     def cleanup_job(self, job: Job) -> None:
         """Release what the job left behind. Runs once, after download or when the job expires."""
 
+    def source(self, job: Job) -> Source | None:
+        """Where an item or file job's work comes from, walked by a committed cursor instead of
+        a list of ids (see :mod:`batchflow.sources`): a query, a CSV file, any resumable walk.
+        Built afresh in the worker for every step. None (the default): ids, or ``continue_job``.
+        """
+        return None
+
+    @classmethod
+    def walks_source(cls) -> bool:
+        """Whether the handler takes its work from :meth:`source`."""
+        return cls.source is not Handler.source
+
     def before_step(self, job: Job) -> None:
         """Runs before ``create_job`` and every ``continue_job``; FileJob opens its file here."""
 
@@ -166,9 +176,10 @@ class Handler:
 
     @classmethod
     def capabilities(cls) -> list[str]:
-        caps = [
-            name for name in ("stop", "cancel", "pause", "retry") if getattr(cls, f"can_{name}")
-        ]
+        names = ("stop", "cancel", "pause", "retry", "continue")
+        caps = [name for name in names if getattr(cls, f"can_{name}")]
+        if not cls.can_stop and "continue" in caps:
+            caps.remove("continue")  # only a stopped job continues
         return caps
 
 
@@ -184,16 +195,53 @@ class FileJob(Handler):
     offsets the chain wrote them to, so it changes nothing, provided a step's rows depend only on
     the job's committed state (``job.units_processed``, ``job.data``, ``job.params``).
 
+    A file job over a :meth:`~Handler.source` needs no ``continue_job``: each step writes the
+    rows :meth:`rows` makes of the source's next entries, and commits the file's length with the
+    source's cursor.
+
     :cvar filename: the name the user downloads; see :meth:`file_name` to compute it.
     :cvar content_type: the download's MIME type.
     :cvar neutralize_formulas: prefix CSV cells that a spreadsheet would run as a formula
         (``=``, ``+``, ``-``, ``@``) with ``'``.
+    :cvar header: a CSV header row that ``create_job`` writes first (when set).
     """
 
     kind: ClassVar[Kind] = Kind.FILE
     filename: ClassVar[str] = "export.csv"
     content_type: ClassVar[str] = "text/csv"
     neutralize_formulas: ClassVar[bool] = True
+    header: ClassVar[Sequence[str] | None] = None
+
+    def create_job(self, job: Job) -> StepResult:
+        """Write :attr:`header`, if set."""
+        if self.header:
+            self.write_rows(job, [self.header])
+        return None
+
+    def rows(self, items: list[Any], job: Job) -> Iterable[Sequence[Any]]:
+        """The CSV rows for a step's entries of the job's source; by default a row (a tuple, a
+        SQLAlchemy ``Row``) as it is, or a dict's values."""
+        return [list(item.values()) if isinstance(item, dict) else list(item) for item in items]
+
+    def continue_job(self, job: Job, batch_size: int) -> StepResult:
+        """Write the rows of the source's next entries (a handler without a source defines its
+        own ``continue_job``)."""
+        if job.buffer.committed(F.ITEMS_SOURCE) != "source":
+            raise NotImplementedError(
+                f"{type(self).__name__} must define continue_job(job, batch_size), or source(job)"
+            )
+        readable = [entry for entry in job.entries if entry.error is None]
+        self.write_rows(job, self.rows([entry.item for entry in readable], job))
+        job.mark_processed(len(readable))
+        for entry in job.entries:
+            if entry.error is not None:
+                job.record_error(entry.id, entry.error)
+                job.bad()
+        if job.entries:
+            job.advance(job.entries[-1])
+        if job.last_slice:
+            job.complete()
+        return None
 
     def file_name(self, job: Job) -> str:
         """The download name; override to depend on the job's parameters."""
@@ -261,10 +309,12 @@ class ItemsJob(Handler):
     """The same change applied to many ids, counted good or bad.
 
     Ids come with the start request (a form list or a JSON array), or from :meth:`items` for sets
-    too large to post. Each step works on the next slice of ids.
+    too large to post; or the job walks its :meth:`~Handler.source` (a query, a CSV file) by a
+    committed cursor, never copying it into Redis, and ``change`` receives what the source
+    produces (a row, a CSV row's columns). Each step works on the next slice.
 
-    ``change`` returning a value records it as that id's result; raising records the id as bad, and
-    the job goes on: a :class:`~batchflow.UserError`'s text is its message in the error report,
+    ``change`` returning a value records it as that item's result; raising records it as bad,
+    and the job goes on: a :class:`~batchflow.UserError`'s text is its message in the error report,
     any other exception a generic one with a reference (its text goes to the log). ``undo``
     (optional) reverses one change: defining it offers Cancel, which undoes every id that was
     changed, newest first.
@@ -282,33 +332,81 @@ class ItemsJob(Handler):
         """Ids produced server-side, for sets too large to post; None means "from the request"."""
         return None
 
-    def change(self, item_id: str, job: Job) -> Any:
-        """Change one id. Raise to count it bad; the return value (if not None) is its result."""
-        raise NotImplementedError(f"{type(self).__name__} must define change(item_id, job)")
+    def change(self, item: Any, job: Job) -> Any:
+        """Change one item: an id, or what the job's source produced. Raise to count it bad; the
+        return value (if not None) is kept as its result, under its id."""
+        raise NotImplementedError(f"{type(self).__name__} must define change(item, job)")
 
     def undo(self, item_id: str, job: Job) -> None:
-        """Reverse ``change(item_id)``; raise if it cannot be undone (reported, not hidden)."""
+        """Reverse the change of the item with this id (a source's entries are undone by id);
+        raise if it cannot be undone (reported, not hidden)."""
         raise NotImplementedError(f"{type(self).__name__} does not support cancel")
 
+    def change_batch(self, items: list[Any], job: Job) -> Sequence[Any]:
+        """Change a step's whole slice at once (one ``UPDATE ... WHERE id IN (...)``, one
+        pipelined call), returning one outcome per item, in order: a result (None for none),
+        or an exception instance to count that item bad. Raising counts every item of the slice
+        bad with that error. Not defined (the default): ``change`` is called for each item."""
+        raise NotImplementedError
+
+    @classmethod
+    def changes_in_batches(cls) -> bool:
+        return cls.change_batch is not ItemsJob.change_batch
+
     def continue_job(self, job: Job, batch_size: int) -> StepResult:
-        for item_id in job.items:
-            if job.lease_lost:  # another worker took this step over: change nothing more
-                return None
-            try:
-                result = self.change(item_id, job)
-            except Exception as exc:  # noqa: BLE001 - the item is bad, the job goes on
-                failure = describe_failure(exc, f"job {job.id}: change({item_id!r})", item=True)
-                job.record_error(item_id, failure.shown)
-                job.bad()
-            else:
-                if result is not None:
-                    job.record_result(item_id, result)
-                job.good()
-            job.checkpoint()
-        total = job.total or 0
-        if not job.items or job.units_processed >= total:
+        if self.changes_in_batches():
+            self._change_slice(job)
+        else:
+            for entry in job.entries:
+                if job.lease_lost:  # another worker took this step over: change nothing more
+                    return None
+                if entry.error is None:
+                    self._outcome(job, entry, self._call(self.change, entry.item, job))
+                else:
+                    self._outcome(job, entry, UserError(entry.error))
+                job.checkpoint()
+        if job.last_slice and not job.lease_lost:
             job.complete()
         return None
+
+    def _change_slice(self, job: Job) -> None:
+        readable = [entry for entry in job.entries if entry.error is None]
+        try:
+            outcomes = list(self.change_batch([entry.item for entry in readable], job))
+        except Exception as exc:  # noqa: BLE001 - the slice is bad, the job goes on
+            outcomes = [exc] * len(readable)
+        if len(outcomes) != len(readable):
+            raise TypeError(
+                f"{type(self).__name__}.change_batch returned {len(outcomes)} outcomes for "
+                f"{len(readable)} items: it must return one per item, in order."
+            )
+        found = dict(zip((id(entry) for entry in readable), outcomes, strict=True))
+        for entry in job.entries:
+            if entry.error is None:
+                self._outcome(job, entry, found[id(entry)])
+            else:
+                self._outcome(job, entry, UserError(entry.error))
+        job.checkpoint()
+
+    @staticmethod
+    def _call(change: Any, item: Any, job: Job) -> Any:
+        try:
+            return change(item, job)
+        except Exception as exc:  # noqa: BLE001 - the item is bad, the job goes on
+            return exc
+
+    @staticmethod
+    def _outcome(job: Job, entry: Entry, outcome: Any) -> None:
+        """Count ``entry`` good (keeping a result) or bad (an exception), and move past it."""
+        if isinstance(outcome, BaseException):
+            failure = describe_failure(outcome, f"job {job.id}: change({entry.id!r})", item=True)
+            job.record_error(entry.id, failure.shown)
+            job.bad()
+        else:
+            if outcome is not None:
+                job.record_result(entry.id, outcome)
+            job.good()
+        job.advance(entry)
 
     def undo_job(self, job: Job, batch_size: int) -> StepResult:
         for index, item_id in enumerate(job.items):
@@ -344,6 +442,7 @@ class TaskJob(Handler):
 
     kind: ClassVar[Kind] = Kind.TASK
     can_pause: ClassVar[bool] = False
+    can_continue: ClassVar[bool] = False
     batch_size: ClassVar[int | None] = 1
 
     def run(self, job: Job) -> StepResult:
@@ -355,42 +454,3 @@ class TaskJob(Handler):
         if not job.ended:
             job.complete()
         return response
-
-
-def error_message(exc: BaseException) -> str:
-    """The text a user sees for an exception: its message, or its class name if it has none."""
-    text = str(exc).strip()
-    return text if text else type(exc).__name__
-
-
-@dataclasses.dataclass(frozen=True)
-class Failure:
-    """An exception a handler raised, as each audience sees it.
-
-    :param shown: for everyone: a :class:`UserError`'s text as written, else
-        :data:`GENERIC_ERROR` with the reference.
-    :param detail: the real text, ``"ref <ref>: <Class>: <message>"``, for the log and for
-        admins; empty for a UserError (nothing is hidden).
-    :param ref: the reference that ties ``shown`` to the log entry; empty for a UserError.
-    """
-
-    shown: str
-    detail: str = ""
-    ref: str = ""
-
-
-def describe_failure(exc: BaseException, where: str, *, item: bool = False) -> Failure:
-    """What to show for ``exc``, raised by a handler at ``where`` (``"job <id> (<handler>)"``...),
-    after logging it: anything but a UserError goes to the ``batchflow`` logger with its
-    traceback under a fresh reference (an error, or a warning for one bad id of an item job)."""
-    if isinstance(exc, UserError):
-        return Failure(error_message(exc))
-    ref = secrets.token_hex(4)
-    text = getattr(exc, "developer_message", None) or error_message(exc)
-    detail = f"{type(exc).__name__}: {text}"
-    level = logging.WARNING if item else logging.ERROR
-    # An exception made but never raised (a worker without the job's handler) has no traceback:
-    # its one line would only repeat the person's message under the real one.
-    trace = exc if exc.__traceback__ is not None else None
-    log.log(level, "%s raised (ref %s): %s", where, ref, detail, exc_info=trace)
-    return Failure(GENERIC_ERROR.format(ref=ref), f"ref {ref}: {detail}", ref)

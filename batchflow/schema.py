@@ -134,7 +134,7 @@ class F:
     PARAMS = "params"  # JSON, as validated
     SENSITIVE = "sensitive"  # JSON list of parameter names to mask
     LABELS = "labels"  # JSON: the texts the job shows
-    CAPS = "caps"  # comma-separated capabilities: stop, cancel, pause, retry
+    CAPS = "caps"  # comma-separated capabilities: stop, cancel, pause, retry, continue
     REDIRECT_URL = "redirect_url"
     RETRY_OF = "retry_of"  # the job whose failed ids this job retries
     # Where it is.
@@ -142,7 +142,9 @@ class F:
     SIGNAL = "signal"  # "pause" while a pause is asked but not yet answered
     PHASE = "phase"
     DATA = "data"  # JSON: the handler's job.data
-    ITEMS_SOURCE = "items_source"  # "request", "handler" or "" (not an item job)
+    ITEMS_SOURCE = "items_source"  # "request", "handler", "source" or "" (see ItemsSource)
+    CURSOR = "cursor"  # JSON: a source's position after the last entry committed
+    SOURCE_PLAN = "source_plan"  # JSON: what the source fixed when the job was created
     # Counters.
     TOTAL = "total"  # "" while unknown
     PROCESSED = "processed"

@@ -17,7 +17,9 @@ _PRELUDE = f"local TERMINAL = {LUA_TERMINAL}\n"
 
 # The status update shared by COMMIT, RENEW and SIGNAL. `p` is the decoded payload:
 #   incr: {field: delta}, set: {field: value}, messages: [text], results: [[id, json]],
-#   errors: [[id, message]], undo_errors: [[id, message]]; checkpoint: its number (RENEW), or
+#   errors: [[id, message]], undo_errors: [[id, message]], walked: [id] (the ids a source job
+#   went through, appended to its items list so Cancel can undo them); checkpoint: its number
+#   (RENEW), or
 #   unconfirmed: a numbered checkpoint to apply once, and checkpoints: the number of the last
 #   checkpoint the step sent (COMMIT).
 _APPLY = (
@@ -36,13 +38,14 @@ local function apply(job, msgs, p, now, cap)
   redis.call('HSET', job, 'updated_at', now)
 end
 
--- Per-id outcomes into their hashes (results, errors, undo errors).
-local function apply_outcomes(p, results, errors, undo_errors)
+-- Per-id outcomes into their hashes (results, errors, undo errors); a source's ids to the list.
+local function apply_outcomes(p, results, errors, undo_errors, items)
   if p.results then for _, r in ipairs(p.results) do redis.call('HSET', results, r[1], r[2]) end end
   if p.errors then for _, e in ipairs(p.errors) do redis.call('HSET', errors, e[1], e[2]) end end
   if p.undo_errors then
     for _, e in ipairs(p.undo_errors) do redis.call('HSET', undo_errors, e[1], e[2]) end
   end
+  if p.walked then for _, id in ipairs(p.walked) do redis.call('RPUSH', items, id) end end
 end
 
 -- How many of the checkpoints a step sent, up to number `n`, a job that has applied `have` (its
@@ -181,10 +184,10 @@ if p.unconfirmed and lacking == 1 then
   -- A checkpoint the heartbeat sent without learning whether it was applied: apply it once.
   redis.call('HSET', job, 'checkpoints', p.unconfirmed.checkpoint)
   apply(job, KEYS[6], p.unconfirmed, ARGV[3], ARGV[8])
-  apply_outcomes(p.unconfirmed, KEYS[3], KEYS[4], KEYS[5])
+  apply_outcomes(p.unconfirmed, KEYS[3], KEYS[4], KEYS[5], KEYS[2])
 end
 apply(job, KEYS[6], p, ARGV[3], ARGV[8])
-apply_outcomes(p, KEYS[3], KEYS[4], KEYS[5])
+apply_outcomes(p, KEYS[3], KEYS[4], KEYS[5], KEYS[2])
 local seq = redis.call('HINCRBY', job, 'seq', 1)
 redis.call(
   'HSET', job, 'attempts', 0, 'lease_owner', '', 'lease_until', ARGV[5], 'committed_by', me
@@ -192,10 +195,9 @@ redis.call(
 local status = redis.call('HGET', job, 'status')
 if TERMINAL[status] then
   redis.call('HSET', job, 'finished_at', ARGV[3], 'signal', '')
-  redis.call('DEL', KEYS[2])
-  for i = 1, 6 do
-    if i ~= 2 then redis.call('EXPIRE', KEYS[i], ARGV[6]) end
-  end
+  -- A stopped job may be continued: it keeps its ids until it expires.
+  if status ~= 'stopped' then redis.call('DEL', KEYS[2]) end
+  for i = 1, 6 do redis.call('EXPIRE', KEYS[i], ARGV[6]) end
 end
 publish(job, KEYS[6], ARGV[7], tonumber(ARGV[9]))
 return {'ok', seq, status}
@@ -206,7 +208,7 @@ RENEW = (
     _APPLY
     + """
 -- KEYS[1] = job hash, KEYS[2] = messages list, KEYS[3] = results hash, KEYS[4] = errors hash,
--- KEYS[5] = undo errors hash
+-- KEYS[5] = undo errors hash, KEYS[6] = items list
 -- ARGV[1] = seq, ARGV[2] = worker id, ARGV[3] = now (s), ARGV[4] = payload (JSON, '' = none),
 -- ARGV[5] = new lease expiry (ms), ARGV[6] = channel, ARGV[7] = messages kept,
 -- ARGV[8] = messages shown in an event
@@ -225,7 +227,7 @@ if p then
   if lacking == 1 then
     if p.checkpoint then redis.call('HSET', job, 'checkpoints', p.checkpoint) end
     apply(job, KEYS[2], p, ARGV[3], ARGV[7])
-    apply_outcomes(p, KEYS[3], KEYS[4], KEYS[5])
+    apply_outcomes(p, KEYS[3], KEYS[4], KEYS[5], KEYS[6])
   end
   publish(job, KEYS[2], ARGV[6], tonumber(ARGV[8]))
 end

@@ -24,6 +24,7 @@ Guarantees, as users meet them:
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import time
@@ -33,11 +34,13 @@ from typing import Any, Protocol
 from .config import Settings
 from .display import format_count
 from .exceptions import Unavailable, UnknownHandler
-from .handlers import Failure, Handler, StepResult, describe_failure
+from .failures import Failure, describe_failure
+from .handlers import Handler, StepResult
 from .heartbeat import Heartbeat, worker_id
 from .job import Job, StepResponse
 from .registry import HandlerSpec, Registry
-from .schema import ClaimCode, F, Kind, Phase, Status, ms
+from .schema import ClaimCode, F, Kind, Phase, Status, as_json, ms
+from .sources import Entry, Source
 from .store import Store
 
 log = logging.getLogger("batchflow")
@@ -46,6 +49,8 @@ log = logging.getLogger("batchflow")
 CANCELABLE_ENDINGS = (Status.COMPLETED, Status.STOPPED)
 #: How much longer than the TTL a terminal job's keys live, so maintenance can clean up first.
 CLEANUP_GRACE = 3600
+#: The error of an id a retry looked up in the job's source and did not find.
+GONE = "This item no longer exists."
 #: Seconds before a commit Redis did not answer is sent again, doubling up to the maximum.
 COMMIT_RETRY_FIRST, COMMIT_RETRY_MAX = 0.25, 2.0
 
@@ -228,10 +233,14 @@ class StepRunner:
         if phase == Phase.CREATE:
             if job.buffer.committed(F.ITEMS_SOURCE) == "handler":
                 self._load_items(handler, job)
+            elif job.buffer.committed(F.ITEMS_SOURCE) == "source":
+                self._plan(handler, job)
             self._respond(job, handler.create_job(job))
             updates[F.PHASE] = Phase.RUN.value
         else:
+            self._feed(handler, job, batch)
             self._respond(job, handler.continue_job(job, batch))
+            self._settle_total(job)
         handler.after_step(job)
         if job.lease_lost:
             # Another worker holds the lease now: this step's ending is not the job's (its commit
@@ -280,17 +289,57 @@ class StepRunner:
         count = self.store.replace_items(job.id, (str(item) for item in produced or ()))
         job.set_total(count)
 
+    # -- a job's work: ids, or its source ----------------------------------------------------
+
+    def _plan(self, handler: Handler, job: Job) -> None:
+        """Ask the job's source what its walk covers, once, and keep that with the job."""
+        plan = _source_of(handler, job).plan()
+        job.buffer.set(F.SOURCE_PLAN, json.dumps(plan.state))
+        job.set_total(plan.total)
+
+    def _feed(self, handler: Handler, job: Job, batch: int) -> None:
+        """Give the step its entries: the source's next ones after the committed cursor, or
+        the ids CLAIM sliced (looked up in the source, for a job that has one: a retry)."""
+        b = job.buffer
+        if b.committed(F.ITEMS_SOURCE) == "source":
+            state = as_json(b.committed(F.SOURCE_PLAN), {})
+            cursor = as_json(b.committed(F.CURSOR), None)
+            entries = _source_of(handler, job).read(state, cursor, batch)
+            keep_ids = handler.can_cancel
+            job.load_entries(entries, last=len(entries) < batch, walking=True, keep_ids=keep_ids)
+        elif b.committed(F.KIND) == Kind.ITEMS:
+            last = not job.items or job.units_processed + len(job.items) >= (job.total or 0)
+            entries = job.entries
+            if handler.walks_source() and job.items:
+                found = {entry.id: entry for entry in _source_of(handler, job).fetch(job.items)}
+                entries = [found.get(item) or Entry(item, None, None, GONE) for item in job.items]
+            job.load_entries(entries, last=last)
+
+    def _settle_total(self, job: Job) -> None:
+        """When a source's walk completes, its total becomes what was met: entries removed while
+        the job ran were not found (said in a message), and the bar ends full."""
+        planned, met = job.total, job.units_processed
+        if job.buffer.ending is not Status.COMPLETED or job.buffer.value(F.SOURCE_PLAN) is None:
+            return
+        if planned is not None and met < planned:
+            gone, counted = format_count(planned - met), format_count(planned)
+            job.add_message(f"{gone} of the {counted} counted at the start were gone when reached.")
+        job.set_total(met)
+
     def _give_up(self, handler: Handler, job: Job, phase: str) -> dict[str, Any]:
         lost = job.attempt - 1
-        if job.buffer.committed(F.KIND) == Kind.ITEMS and job.items and phase != Phase.CREATE:
-            item = job.items[0]
-            reason = f"The worker was lost {lost} times while working on this id; it was skipped."
-            if job.status is Status.CANCELING:
-                job.record_undone(1, 0, [[item, reason]])
-            else:
-                job.record_error(item, reason)
-                job.bad()
+        reason = f"The worker was lost {lost} times while working on this item; it was skipped."
+        in_items = job.buffer.committed(F.KIND) == Kind.ITEMS and phase != Phase.CREATE
+        if in_items and job.status is Status.CANCELING and job.items:
+            job.record_undone(1, 0, [[job.items[0], reason]])
             return {}
+        if in_items and job.status is not Status.CANCELING:
+            self._feed(handler, job, 1)
+            if job.entries:
+                job.record_error(job.entries[0].id, reason)
+                job.bad()
+                job.advance(job.entries[0])
+                return {}
         job.fail(
             f"The worker running this job was lost {lost} times in a row; batchflow stopped "
             "retrying so that it cannot loop forever."
@@ -355,6 +404,16 @@ class StepRunner:
             job.lease.mark_lost()
             return False
         return seen.status != Status.CANCELING.value
+
+
+def _source_of(handler: Handler, job: Job) -> Source:
+    source = handler.source(job)
+    if not isinstance(source, Source):
+        raise TypeError(
+            f"{type(handler).__name__}.source(job) returned {type(source).__name__}, "
+            "not a batchflow Source."
+        )
+    return source
 
 
 #: The most of ``error_detail`` kept (the latest text wins); the log has everything.

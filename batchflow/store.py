@@ -341,7 +341,7 @@ class Store:
         this step ends the job) with it; what it saw of the job, or None if the lease is lost."""
         k, update = self.keys, json.dumps(payload) if payload else ""
         reply = self._renew(
-            keys=[k.job(job_id), k.messages(job_id), *self._outcomes(job_id)],
+            keys=[k.job(job_id), k.messages(job_id), *self._outcomes(job_id), k.items(job_id)],
             args=self._argv(job_id, seq, worker, repr(now), update, lease_until_ms),
         )
         if reply[0] != "ok":

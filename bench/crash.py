@@ -35,8 +35,8 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from batchflow.buffer import CHECKPOINT_GAP
 from batchflow.config import DEFAULTS
-from batchflow.job import CHECKPOINT_GAP
 from batchflow.schema import is_terminal
 from bench.handlers import SlowIncrement
 from bench.harness import Context, Worker, wait_for

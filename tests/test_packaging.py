@@ -144,7 +144,17 @@ LAYERS = [
     {"__init__", "extension", "views", "intake", "pages", "cli", "context", "uploads"},  # web
     {"tasks"},  # Celery
     {"engine", "steps", "heartbeat", "maintenance"},  # engine
-    {"registry", "handlers", "job", "state", "sources", "sql", "csvsource"},  # handlers
+    {
+        "registry",
+        "handlers",
+        "job",
+        "state",
+        "sources",
+        "sql",
+        "csvsource",
+        "failures",
+        "buffer",
+    },  # handlers
     {"store", "admission", "streams", "keys", "scripts", "events"},  # store
     {"schema", "display", "config", "exceptions"},  # vocabulary
 ]
