@@ -248,14 +248,18 @@ def watch(job_id: str) -> None:
 
 
 def refusal(state: JobState, what: str) -> str | None:
-    """Why ``what`` (stop, cancel, pause, resume) does not apply to the job now, or None if it
-    does. The web offers only the actions that apply; the command line says why not."""
+    """Why ``what`` (stop, cancel, pause, resume, continue) does not apply to the job now, or
+    None if it does. The web offers only the actions that apply; the command line says why not."""
     signal = Signal(what)
     status = state.status
     if signal.capability not in state.capabilities:
         return f"This job does not support {what}."
     if what in state.actions():
         return None
+    if signal is Signal.CONTINUE:
+        if status is Status.STOPPED:
+            return "This job's output was already cleaned up: it cannot continue."
+        return f"Only a stopped job can continue; this one is {status.value}."
     if status.terminal:
         return f"The job has already ended ({status.value}); there is nothing to {what}."
     if signal is Signal.PAUSE and (status is Status.PAUSED or state.pausing):
@@ -307,6 +311,15 @@ def pause(job_id: str) -> None:
 def resume(job_id: str) -> None:
     """Resume a paused job (exit 3 if it is not paused)."""
     _signal(job_id, "resume")
+
+
+@cli.command("continue")
+@click.argument("job_id")
+@_reporting
+def continue_(job_id: str) -> None:
+    """Continue a stopped job from where it stopped, as the same job (exit 3 if it is not
+    stopped)."""
+    _signal(job_id, "continue")
 
 
 @cli.command()

@@ -41,6 +41,7 @@ DEFAULT_LABELS: dict[str, str] = {
     "pause": "Pause",
     "resume": "Resume",
     "retry": "Retry failed",
+    "continue": "Continue",
 }
 
 #: A state in a word or two: badges, the jobs list, the status filter, the CLI. Not per handler,
@@ -66,6 +67,7 @@ ACTION_TIPS: dict[str, str] = {
     "pause": "Pause after the current step. You can resume later.",
     "resume": "Continue where the job left off.",
     "retry": "Start a new job for the items that failed.",
+    "continue": "Go on from where the job stopped, as the same job.",
 }
 
 #: A resume offered while a pause is still pending cancels that pause.

@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import re
 import secrets
 import time
 import warnings
@@ -30,16 +29,16 @@ from .exceptions import (
     InvalidTransition,
     JobNotFound,
     LimitReached,
-    TooManyItems,
     Unavailable,
 )
 from .failures import describe_failure
 from .handlers import Handler, ItemsJob
+from .ids import check_ids
 from .job import Job
 from .keys import valid_job_id
 from .maintenance import Maintenance
 from .registry import HandlerSpec, Registry
-from .schema import AdmitCode, ClaimCode, F, Kind, Signal, SignalCode, initial_fields, ms
+from .schema import AdmitCode, ClaimCode, F, Kind, Signal, SignalCode, Status, initial_fields, ms
 from .state import JobState
 from .steps import CLEANUP_GRACE, Dispatcher, StepOutcome, StepRunner
 from .store import Store
@@ -49,11 +48,8 @@ __all__ = ["CLEANUP_GRACE", "Dispatcher", "Engine", "Page", "Started", "StepOutc
 
 log = logging.getLogger("batchflow")
 
-MAX_ID_LENGTH = 512
 #: Seconds a start refused for the owner's limit is told to wait (``Retry-After``).
 LIMIT_RETRY_AFTER = 30
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,29 +257,7 @@ class Engine:
             if isinstance(handler, ItemsJob) and type(handler).items is not ItemsJob.items:
                 return None, "handler"
             raise InvalidParams(f"Handler {spec.name!r} needs a list of ids to work on.")
-        if isinstance(ids, (str, bytes, dict)):
-            raise InvalidParams("ids must be a list of strings or numbers.")
-        checked: list[str] = []
-        limit = self.settings.max_ids
-        for item in ids:
-            if len(checked) >= limit:
-                raise TooManyItems(
-                    f"Too many ids: at most {limit} per job (BATCHFLOW_MAX_IDS). "
-                    "Split the work, or let the handler produce its ids with items()."
-                )
-            if isinstance(item, bool) or not isinstance(item, (str, int)):
-                raise InvalidParams("Each id must be a string or a whole number.")
-            text = str(item)
-            if not text or len(text) > MAX_ID_LENGTH:
-                raise InvalidParams(f"Each id must be 1 to {MAX_ID_LENGTH} characters long.")
-            if _CONTROL.search(text):
-                raise InvalidParams("Ids must not contain control characters.")
-            if not text.isascii() and _SURROGATE.search(text):
-                raise InvalidParams("Ids must be valid Unicode text (a lone surrogate is not).")
-            checked.append(text)
-        if not checked:
-            raise InvalidParams("The list of ids is empty: there is nothing to do.")
-        return checked, "request"
+        return check_ids(ids, self.settings.max_ids), "request"
 
     def retry_failed(self, job_id: str, owner: str) -> str:
         """Start a new job over only the ids that failed in ``job_id``; its id (see
@@ -402,6 +376,8 @@ class Engine:
         state = self.state(job_id)
         if signal.capability not in state.capabilities:
             raise InvalidTransition(f"This job does not support {signal.value}.")
+        if signal is Signal.CONTINUE:
+            return self._continue(state)
         now = time.time()
         code, status, seq = self.store.signal(
             job_id, signal, now, ms(now + self.settings.queue_timeout)
@@ -418,6 +394,28 @@ class Engine:
                     signal.value,
                 )
         return self.state(job_id)
+
+    def _continue(self, state: JobState) -> JobState:
+        """A stopped job goes on as the same job from where it stopped; it takes a place among
+        its owner's active jobs again (refused with LimitReached when they are full)."""
+        if state.status is not Status.STOPPED:
+            raise InvalidTransition(
+                f"Only a stopped job can continue; this one is {state.status.value}."
+            )
+        now = time.time()
+        self._admit(self.registry.get(state.fields[F.HANDLER]), state.owner, state.id, "", now)
+        code, status, seq = self.store.reopen(state.id, now, ms(now + self.settings.queue_timeout))
+        if code is SignalCode.CLEANED:
+            raise InvalidTransition("This job's output was already cleaned up: it cannot continue.")
+        _raise_refusal(code, state.id, status, Signal.CONTINUE)
+        try:
+            self._dispatch().enqueue_step(state.id, seq)
+        except Exception:  # noqa: BLE001 - REOPEN set a deadline: maintenance enqueues it
+            log.exception(
+                "could not enqueue step %s/%s to continue; maintenance will retry", state.id, seq
+            )
+        log.info("continued job %s", state.id)
+        return self.state(state.id)
 
     def request(self, job_id: str, what: str) -> JobState:
         """Deprecated name of :meth:`signal`."""

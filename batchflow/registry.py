@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from .exceptions import ConfigurationError, UnknownHandler
-from .handlers import Handler, ItemsJob, TaskJob
+from .handlers import FileJob, Handler, ItemsJob, TaskJob
 from .schema import Kind
 
 H = TypeVar("H", bound=type[Handler])
@@ -121,16 +121,23 @@ def _check_complete(cls: type[Handler]) -> None:
             "the owner-wide BATCHFLOW_MAX_ACTIVE_JOBS."
         )
     if issubclass(cls, ItemsJob):
-        if not _overrides(cls, ItemsJob, "change"):
-            raise ConfigurationError(f"{name} must define change(item_id, job).")
+        if not any(_overrides(cls, ItemsJob, m) for m in ("change", "change_batch")):
+            raise ConfigurationError(
+                f"{name} must define change(item, job) (or change_batch(items, job))."
+            )
         if cls.can_cancel and not _overrides(cls, ItemsJob, "undo"):
             raise ConfigurationError(f"{name} sets can_cancel but defines no undo(item_id, job).")
     elif issubclass(cls, TaskJob):
         if not _overrides(cls, TaskJob, "run"):
             raise ConfigurationError(f"{name} must define run(job).")
+    elif issubclass(cls, FileJob) and cls.walks_source():
+        pass  # it writes the rows of its source's entries
     else:
-        if not _overrides(cls, Handler, "continue_job"):
-            raise ConfigurationError(f"{name} must define continue_job(job, batch_size).")
+        if not _overrides(cls, FileJob if issubclass(cls, FileJob) else Handler, "continue_job"):
+            raise ConfigurationError(
+                f"{name} must define continue_job(job, batch_size)"
+                + (", or source(job)." if issubclass(cls, FileJob) else ".")
+            )
         if cls.can_cancel and not _overrides(cls, Handler, "undo_job"):
             raise ConfigurationError(f"{name} sets can_cancel but defines no undo_job().")
 

@@ -68,6 +68,7 @@ class Signal(str, enum.Enum):
     CANCEL = "cancel"
     PAUSE = "pause"
     RESUME = "resume"
+    CONTINUE = "continue"  # a stopped job goes on (REOPEN, not SIGNAL)
 
     @property
     def capability(self) -> str:
@@ -104,7 +105,7 @@ class ClaimCode(str, enum.Enum):
 
 
 class SignalCode(str, enum.Enum):
-    """SIGNAL's answer to a stop, cancel, pause or resume."""
+    """SIGNAL's answer to a stop, cancel, pause or resume (and REOPEN's, to a continue)."""
 
     OK = "ok"  # recorded; the step in flight (or the next) answers it
     ENQUEUE = "enqueue"  # recorded; no step is in flight, so the caller enqueues one
@@ -113,6 +114,7 @@ class SignalCode(str, enum.Enum):
     TERMINAL = "terminal"  # the job has ended
     REFUSED = "refused"  # not allowed in this status
     ENDING = "ending"  # a cancel after the step in flight began to end the job: too late
+    CLEANED = "cleaned"  # (continue) the stopped job's output was already cleaned up
 
 
 class AdmitCode(str, enum.Enum):

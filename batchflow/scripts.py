@@ -292,6 +292,30 @@ return {code, redis.call('HGET', job, 'status'), seq}
 """
 )
 
+REOPEN = (
+    _APPLY
+    + """
+-- KEYS[1] = job hash, KEYS[2] = messages list, KEYS[3..] = the job's other keys
+-- ARGV[1] = now (s), ARGV[2] = deadline for the step the caller enqueues (ms), ARGV[3] = channel,
+-- ARGV[4] = messages kept, ARGV[5] = messages shown in an event
+-- Continues a stopped job as the same job from where it stopped: its keys lose the expiry the
+-- stop gave them, its counters and its cursor go on.
+-- Returns {code, status, seq}: 'enqueue' (the caller enqueues step `seq`), 'missing',
+-- 'refused' (the job is not stopped), 'cleaned' (its output was already cleaned up).
+local job = KEYS[1]
+local f = redis.call('HMGET', job, 'status', 'seq', 'cleaned')
+if not f[1] then return {'missing', '', 0} end
+if f[1] ~= 'stopped' then return {'refused', f[1], f[2]} end
+if f[3] == '1' then return {'cleaned', f[1], f[2]} end
+redis.call('HSET', job, 'status', 'running', 'signal', '', 'lease_owner', '',
+  'lease_until', ARGV[2], 'finished_at', '', 'skipped', 0, 'ending', '')
+for i = 1, #KEYS do redis.call('PERSIST', KEYS[i]) end
+apply(job, KEYS[2], {messages = {'Continued from where it stopped'}}, ARGV[1], ARGV[4])
+publish(job, KEYS[2], ARGV[3], tonumber(ARGV[5]))
+return {'enqueue', 'running', f[2]}
+"""
+)
+
 RECOVER = (
     _PRELUDE
     + """
@@ -317,16 +341,21 @@ return {'requeue', f[2], lost}
 """
 )
 
-MARK_CLEANED = """
+MARK_CLEANED = (
+    _PRELUDE
+    + """
 -- KEYS[1] = job hash
--- Sets cleaned = 1 once; returns the job hash to the one caller that set it, else {}.
-if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
+-- Sets cleaned = 1 once, on a job that has ended; returns the job hash to the one caller that set
+-- it, else {}. (A stopped job continued meanwhile is running again: its output is still needed.)
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status or not TERMINAL[status] then return {} end
 if redis.call('HSETNX', KEYS[1], 'cleaned', 1) == 0 then
   if redis.call('HGET', KEYS[1], 'cleaned') == '1' then return {} end
   redis.call('HSET', KEYS[1], 'cleaned', 1)
 end
 return redis.call('HGETALL', KEYS[1])
 """
+)
 
 ADMIT = (
     _PRELUDE

@@ -78,7 +78,12 @@ class JobState:
         """What a user may ask of the job now."""
         status, caps = self.status, self.capabilities
         if status.terminal:
-            return ["retry"] if self._retry_helps() and "retry" in caps else []
+            after: list[str] = []
+            if status is Status.STOPPED and "continue" in caps and not self.fields.get("cleaned"):
+                after.append("continue")
+            if self._retry_helps() and "retry" in caps:
+                after.append("retry")
+            return after
         allowed: list[str] = []
         if status in (Status.PENDING, Status.RUNNING, Status.PAUSED):
             allowed += [a for a in ("stop", "cancel") if a in caps]

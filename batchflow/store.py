@@ -33,8 +33,9 @@ from .config import DEFAULTS
 from .events import RESYNC, EventHub, decode_event
 from .exceptions import InvalidParams, JobNotFound, Unavailable
 from .keys import Keys
+from .paging import pack_cursor, unpack_cursor
 from .schema import ClaimCode, F, Signal, SignalCode, flat_pairs
-from .scripts import CLAIM, COMMIT, MARK_CLEANED, RECOVER, RENEW, SIGNAL
+from .scripts import CLAIM, COMMIT, MARK_CLEANED, RECOVER, RENEW, REOPEN, SIGNAL
 
 MESSAGES_KEPT = 100
 MESSAGES_SHOWN = 20
@@ -119,6 +120,7 @@ class Store:
         self._signal = client.register_script(SIGNAL)
         self._recover = client.register_script(RECOVER)
         self._mark_cleaned = client.register_script(MARK_CLEANED)
+        self._reopen = client.register_script(REOPEN)
         self.events = EventHub(client, self.keys.events_pattern())
 
     @classmethod
@@ -228,7 +230,7 @@ class Store:
         if not 0 <= cursor < 2**64 or not 0 < count <= 1000:
             raise InvalidParams("cursor must be a cursor this route gave, and count 1 to 1000.")
         key = self._outcomes_key(job_id, which)
-        scan, batch, skip = _unpack(cursor)
+        scan, batch, skip = unpack_cursor(cursor)
         batch = batch if skip else count
         page: dict[str, str] = {}
         while True:
@@ -237,10 +239,10 @@ class Store:
             room = count - len(page)
             page.update(entries[:room])
             if len(entries) > room:  # the page ends inside this batch: read it again from there
-                return _pack(scan, batch, skip + room), page
+                return pack_cursor(scan, batch, skip + room), page
             scan, batch, skip = int(after), count - len(page), 0
             if not scan or not batch:
-                return (_pack(scan, count, 0) if scan else 0), page
+                return (pack_cursor(scan, count, 0) if scan else 0), page
 
     @_translating
     def iter_hash(self, job_id: str, which: str) -> Iterator[tuple[str, str]]:
@@ -361,6 +363,23 @@ class Store:
         return SignalCode(code), status, int(seq or 0)
 
     @_translating
+    def reopen(self, job_id: str, now: float, deadline_ms: int) -> tuple[SignalCode, str, int]:
+        """Continue a stopped job: ``(code, status, seq)`` (see REOPEN); on ``enqueue`` it is
+        back among the active jobs and the caller enqueues step ``seq``."""
+        k = self.keys
+        others = [k.items(job_id), *self._outcomes(job_id)]
+        code, status, seq = self._reopen(
+            keys=[k.job(job_id), k.messages(job_id), *others],
+            args=[repr(now), deadline_ms, k.channel(job_id), MESSAGES_KEPT, MESSAGES_SHOWN],
+        )
+        if code == SignalCode.ENQUEUE:
+            with self.client.pipeline(transaction=False) as pipe:
+                pipe.zrem(k.expiring, job_id)
+                pipe.zadd(k.active, {job_id: int(now * 1000)})
+                pipe.execute()
+        return SignalCode(code), status, int(seq or 0)
+
+    @_translating
     def recover(
         self, job_id: str, now_ms: int, deadline_ms: int, dead_worker: str = ""
     ) -> tuple[int, bool] | None:
@@ -447,23 +466,6 @@ class Store:
     @_translating
     def ping(self) -> bool:
         return bool(self.client.ping())
-
-
-# A results cursor packs where HSCAN is (its cursor), the COUNT it read the batch there with, and
-# how many of that batch's entries were returned: HSCAN returns whole buckets (a small hash, all
-# of it) and reads the same batch again from the same cursor and COUNT while the hash does not
-# change. A batch is COUNT plus a bucket's rest, or a whole listpack-encoded hash (far below
-# 2^20 entries); HSCAN's cursor stays below 2^34 (a hash holds at most 2^32 fields).
-_SKIP_BITS, _BATCH_BITS = 20, 10
-
-
-def _pack(scan: int, batch: int, skip: int) -> int:
-    return ((scan << _BATCH_BITS | batch - 1) << _SKIP_BITS) | skip
-
-
-def _unpack(cursor: int) -> tuple[int, int, int]:
-    batch = (cursor >> _SKIP_BITS & (1 << _BATCH_BITS) - 1) + 1
-    return cursor >> (_SKIP_BITS + _BATCH_BITS), batch, cursor & (1 << _SKIP_BITS) - 1
 
 
 def _chunks(ids: Iterable[str]) -> Iterator[list[str]]:

@@ -118,7 +118,7 @@ def status_json(state: JobState, *, admin: bool | None = None) -> dict[str, Any]
     data["events_url"] = url_for("batchflow.events", job_id=job_id)
     data["action_urls"] = {
         name: url_for("batchflow.action", job_id=job_id, action=name)
-        for name in ("stop", "cancel", "pause", "resume", "cleanup", "retry")
+        for name in ("stop", "cancel", "pause", "resume", "continue", "cleanup", "retry")
     }
     data["download_url"] = (
         url_for("batchflow.download", job_id=job_id) if state.file_ready else None
@@ -388,7 +388,7 @@ def events(job_id: str) -> Response:
     return response
 
 
-@blueprint.post("/<job_id>/<any(stop, cancel, pause, resume, cleanup, retry):action>")
+@blueprint.post("/<job_id>/<any(stop, cancel, pause, resume, continue, cleanup, retry):action>")
 def action(job_id: str, action: str) -> Any:
     state = _visible(job_id)
     engine = get_state().engine

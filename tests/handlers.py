@@ -280,4 +280,8 @@ def make_registry() -> Registry:
     registry.add("leaky", Leaky)
     registry.add("leaky-items", LeakyItems)
     registry.add("admin-only", Count, permission=lambda user: str(user).endswith("admin"))
+    from tests.source_handlers import HANDLERS  # they use this module's Redis client
+
+    for name, handler in HANDLERS.items():
+        registry.add(name, handler)
     return registry

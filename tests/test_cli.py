@@ -343,8 +343,9 @@ def test_start_refuses_what_the_web_refuses(flask_batchflow, prefix, files_dir):
     code, stderr = refused("nosuch")
     assert code == 2 and stderr.startswith("Error: No job handler is registered as 'nosuch'.")
     assert stderr.endswith(
-        " Handlers this app knows: admin-only, archive, boom, count, generated, "
-        "greeting, hooked, leaky, leaky-items, rebuild, report.\n"
+        " Handlers this app knows: admin-only, archive, batch-archive, boom, count, count-up, "
+        "generated, greeting, hooked, leaky, leaky-items, numbers-export, rebuild, report, "
+        "walk-archive.\n"
     )
     assert refused("archive") == (
         2,

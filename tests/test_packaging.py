@@ -155,8 +155,8 @@ LAYERS = [
         "failures",
         "buffer",
     },  # handlers
-    {"store", "admission", "streams", "keys", "scripts", "events"},  # store
-    {"schema", "display", "config", "exceptions"},  # vocabulary
+    {"store", "admission", "streams", "keys", "scripts", "events", "paging"},  # store
+    {"schema", "display", "config", "exceptions", "ids"},  # vocabulary
 ]
 
 

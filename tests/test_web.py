@@ -8,7 +8,7 @@ import re
 import pytest
 
 from batchflow import BatchFlow, ConfigurationError, Status
-from tests.helpers import wait_for
+from tests.helpers import wait_for, web_status
 from tests.webapp import create_app
 
 JOB_ROUTES = [
@@ -227,6 +227,16 @@ def test_signals_over_http(client, web_worker):
     again = client.post(f"/jobs/{job_id}/stop", headers=headers)
     assert again.status_code == 409 and "already ended" in again.json["error"]
     assert client.get(f"/jobs/{job_id}/stop", headers=ALICE).status_code == 405
+    # A stopped job continues as the same job, for its owner only, from where it stopped.
+    assert "continue" in status["actions"] and status["action_urls"]["continue"]
+    bob = {**BOB, "X-CSRFToken": token(client, BOB), "Accept": "application/json"}
+    assert client.post(f"/jobs/{job_id}/continue", headers=bob).status_code == 404
+    went_on = client.post(f"/jobs/{job_id}/continue", headers=headers)
+    assert went_on.status_code == 202 and went_on.json["status"] == "running"
+    assert went_on.json["skipped"] == 0 and "continue" not in went_on.json["actions"]
+    wait_for(lambda: web_status(client, job_id).json["processed"] > status["processed"])
+    client.post(f"/jobs/{job_id}/stop", headers=headers)
+    assert finish(client, job_id)["status"] == "stopped"
     assert client.post(f"/jobs/{job_id}/explode", headers=headers).status_code == 404
 
 
