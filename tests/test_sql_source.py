@@ -8,6 +8,8 @@ import decimal
 import json
 import multiprocessing
 import random
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,10 +17,18 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, Numeric, create_engine, delete, insert, select, text, update
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    mapped_column,
+    scoped_session,
+    sessionmaker,
+)
 
 from batchflow.sources import Entry
 from batchflow.sql import FETCH_CHUNK, KeysetSource, decode_value, encode_value
+from tests.helpers import ROOT
 from tests.pg import pg_url  # noqa: F401 - the fixture
 
 
@@ -115,7 +125,7 @@ def test_every_row_is_walked_once_in_key_order(db, limit):
     assert [e.item.name for e in entries] == [f"Contact {i}" for i in IDS]
 
 
-@pytest.mark.parametrize("bind", ["session", "engine", "connection"])
+@pytest.mark.parametrize("bind", ["session", "scoped_session", "engine", "connection"])
 def test_orm_and_core_selects_through_every_kind_of_bind(db, bind):
     add_contacts(db, IDS)
     queries = {
@@ -124,10 +134,13 @@ def test_orm_and_core_selects_through_every_kind_of_bind(db, bind):
         "columns": (select(contacts.c.name), contacts.c.id),  # the key is not among them
     }
     with db.connect() as conn, Session(db) as session:
-        target = {"session": session, "engine": db, "connection": conn}[bind]
+        scoped = scoped_session(sessionmaker(db))  # what Flask-SQLAlchemy's db.session is
+        binds = {"session": session, "scoped_session": scoped, "engine": db, "connection": conn}
+        target = binds[bind]
         orm = walk(KeysetSource(target, *queries["orm"]), 4)
         core = walk(KeysetSource(target, *queries["core"]), 4)
         columns = walk(KeysetSource(target, *queries["columns"]), 4)
+        scoped.remove()
     assert [e.item.id for e in orm] == [i for i in IDS if i > 10]
     assert [tuple(e.item) for e in core] == [
         (i, "nesw"[i % 4], i // 4, f"Contact {i}", True, None) for i in IDS
@@ -370,6 +383,12 @@ def test_key_values_of_other_types_are_refused_by_name():
         encode_value(b"x")
     with pytest.raises(TypeError, match="builtins.object"):
         encode_value(object())
+
+
+def test_import_batchflow_does_not_import_sqlalchemy():
+    code = "import sys, batchflow, batchflow.sources; print('sqlalchemy' in sys.modules)"
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert found.stdout.strip() == "False", found.stderr
 
 
 # -- a walk while another process writes ------------------------------------------------------
