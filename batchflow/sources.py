@@ -23,6 +23,13 @@ import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from .exceptions import UserError
+
+
+class SourceError(UserError, ValueError):
+    """A source cannot be walked safely as it is (a key that is not unique, NULL keys): the job
+    fails with this message, shown as written, rather than skip or repeat rows."""
+
 
 @dataclasses.dataclass(frozen=True)
 class Entry:

@@ -43,7 +43,7 @@ from sqlalchemy import Connection, Engine, Select, func, select, tuple_
 from sqlalchemy.orm import QueryableAttribute, Session, scoped_session
 from sqlalchemy.sql.elements import ColumnElement
 
-from .sources import Entry, Plan, Source
+from .sources import Entry, Plan, Source, SourceError
 
 #: What runs the queries: a Session (Flask-SQLAlchemy's ``db.session`` too), an Engine or a
 #: Connection.
@@ -324,7 +324,7 @@ class KeysetSource(Source):
             f"{n} row{'s have' if n != 1 else ' has'} a NULL key column {name!r}"
             for name, n in found
         )
-        raise ValueError(
+        raise SourceError(
             f"{which}: a keyset walk would skip them (NULL is neither above nor below a "
             "cursor). Leave them out of the query with .where(column.is_not(None)), or walk "
             "by columns that are never NULL."
@@ -332,7 +332,7 @@ class KeysetSource(Source):
 
     def _refuse_duplicate(self, key: tuple[Any, ...]) -> None:
         shown = repr(key[0]) if len(key) == 1 else json.dumps(self._encode(key))
-        raise ValueError(
+        raise SourceError(
             f"The key ({self._key_names()}) is not unique: two rows have {shown}. A keyset walk "
             "would skip rows; order by a unique column, or add one (the primary key) to the key."
         )
