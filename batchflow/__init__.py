@@ -20,6 +20,7 @@ for :class:`~batchflow.engine.Engine`, ``batchflow.config`` for
 # batchflow.engine and batchflow.config. They stay importable from here for scripts written
 # before they left __all__.
 from .config import Settings  # noqa: F401
+from .csvsource import CsvSource
 from .engine import Engine  # noqa: F401
 from .exceptions import (
     BatchflowError,
@@ -36,17 +37,23 @@ from .exceptions import (
 )
 from .extension import BatchFlow
 from .handlers import FileJob, Handler, ItemsJob, TaskJob
+from .imports import ImportJob
 from .job import Job, StepResponse
 from .registry import Registry, registry
 from .schema import Status
+from .sources import CallableSource, Entry, Plan, Source, SourceError
 from .state import JobState
 
 __all__ = [
     "BatchFlow",
     "BatchflowError",
+    "CallableSource",
     "ConfigurationError",
+    "CsvSource",
+    "Entry",
     "FileJob",
     "Handler",
+    "ImportJob",
     "InvalidParams",
     "InvalidTransition",
     "ItemsJob",
@@ -55,7 +62,10 @@ __all__ = [
     "JobState",
     "LimitReached",
     "PermissionDenied",
+    "Plan",
     "Registry",
+    "Source",
+    "SourceError",
     "Status",
     "StepResponse",
     "TaskJob",

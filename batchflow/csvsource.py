@@ -1,5 +1,6 @@
 """An uploaded CSV file's rows as a resumable source; the checks an upload gets before a job is
-created; the rejected rows handed back as a CSV to fix; XLSX workbooks turned into CSV.
+created; the rejected rows handed back as a CSV to fix (XLSX workbooks are turned into CSV by
+:mod:`batchflow.xlsx`).
 
 Rows are walked by byte offset: an entry's cursor is the offset just past its row, so a step run
 again after its worker died seeks there and reads on. The file is read in binary and split into
@@ -19,7 +20,6 @@ from __future__ import annotations
 import codecs
 import csv
 import dataclasses
-import datetime
 import io
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -227,7 +227,8 @@ def _first_record(file: IO[bytes], state: Mapping[str, Any]) -> _Record:
     return record
 
 
-def _names(names: Iterable[str]) -> str:
+def column_names(names: Iterable[str]) -> str:
+    """Names quoted and listed: ``'email', 'name'``."""
     return ", ".join(f"'{name}'" for name in names)
 
 
@@ -257,17 +258,19 @@ def check_header(
         seen.add(name.casefold())
     if repeated:
         raise InvalidParams(
-            f"The column(s) {_names(dict.fromkeys(repeated))} appear more than once in the header."
+            f"The column(s) {column_names(dict.fromkeys(repeated))} appear more than once in "
+            "the header."
         )
     messages = []
     missing = [name for name in required if name.casefold() not in seen]
     if missing:
-        messages.append(f"The file lacks the column(s) {_names(missing)}.")
+        messages.append(f"The file lacks the column(s) {column_names(missing)}.")
     if optional is not None:
         unknown = [name for name in names if name.casefold() not in expected]
         if unknown:
             messages.append(
-                f"Unknown column(s) {_names(unknown)}: expected {_names(list(expected.values()))}."
+                f"Unknown column(s) {column_names(unknown)}: "
+                f"expected {column_names(list(expected.values()))}."
             )
     if messages:
         raise InvalidParams(" ".join(messages))
@@ -394,8 +397,9 @@ def rejected_rows_csv(
 ) -> Iterator[str]:
     """The rows of an upload that ``errors`` names (row-number ids, as :class:`CsvSource` gives
     them), as CSV text to fix and upload again: the upload's own header plus an ``error``
-    column, then each such row's values as written, with its message. A row the parser could not
-    split has its whole text in the first column.
+    column, then each such row's values as written, with its message under ``error`` (a row
+    short of values is padded with empty ones; values beyond the header's columns follow the
+    message). A row the parser could not split has its whole text in the first column.
 
     Streams the file again (memory grows with ``errors``, not with the file); every cell,
     message included, goes through :func:`~batchflow.handlers.neutralize_cell`, so a value such
@@ -423,77 +427,6 @@ def rejected_rows_csv(
             key = str(record.row)
             if key in wanted:
                 wanted.discard(key)
-                yield line([*record.values, errors[key]])
-
-
-def _xlsx_text(value: Any) -> str:
-    """A cell's value as CSV text: dates in ISO form, integral numbers without ``.0``."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "TRUE" if value else "FALSE"
-    if isinstance(value, datetime.datetime) and value.time() == datetime.time(0):
-        value = value.date()  # a date cell: openpyxl gives every date as a datetime
-    if isinstance(value, (datetime.date, datetime.time)):
-        return value.isoformat()
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
-
-
-def xlsx_to_csv(
-    src: str | os.PathLike[str], dest: str | os.PathLike[str], *, sheet: str | None = None
-) -> None:
-    """Write the first sheet (or ``sheet``) of the workbook ``src`` to ``dest`` as UTF-8 CSV,
-    streaming (openpyxl's read-only mode): formulas as their last computed values, dates as ISO
-    text (``2024-03-01``, ``2024-03-01T09:30:00``), ``3.0`` as ``3``. Rows are padded to the
-    header's width; empty rows at the end are dropped.
-
-    :raises InvalidParams: openpyxl is not installed (the ``xlsx`` extra), ``src`` is not a
-        workbook, or it has no sheet named ``sheet``.
-    """
-    try:
-        import openpyxl
-    except ImportError:
-        raise InvalidParams(XLSX_EXTRA) from None
-    try:
-        book = openpyxl.load_workbook(src, read_only=True, data_only=True)
-    except Exception:  # zipfile.BadZipFile, InvalidFileException, KeyError, XML errors
-        raise InvalidParams(
-            "This is not a valid Excel workbook (XLSX): open it in Excel and save it again, "
-            "or save it as CSV UTF-8."
-        ) from None
-    try:
-        if sheet is not None and sheet not in book.sheetnames:
-            raise InvalidParams(
-                f"The workbook has no sheet named '{sheet}': it has {_names(book.sheetnames)}."
-            )
-        rows = (book[sheet] if sheet is not None else book.worksheets[0]).iter_rows(
-            values_only=True
-        )
-        _write_rows(rows, dest)
-    finally:
-        book.close()
-
-
-def _write_rows(rows: Iterator[tuple[Any, ...]], dest: str | os.PathLike[str]) -> None:
-    width, blank = None, 0
-    try:
-        with open(dest, "w", encoding="utf-8", newline="") as out:
-            writer = csv.writer(out)
-            for cells in rows:
-                values = [_xlsx_text(value) for value in cells]
-                while values and not values[-1]:
-                    values.pop()
-                if not values:
-                    # Blank lines keep the sheet's row numbers, written only if a row with
-                    # values follows; blank rows above the header are dropped.
-                    blank += width is not None
-                    continue
-                width = len(values) if width is None else width
-                writer.writerows([[]] * blank)
-                blank = 0
-                writer.writerow(values + [""] * (width - len(values)))
-    except BaseException:
-        os.unlink(dest)
-        raise
+                values, width = record.values, len(header)
+                padded = [*values[:width], *[""] * (width - len(values))]
+                yield line([*padded, errors[key], *values[width:]])

@@ -120,6 +120,7 @@ UI_TEXTS: dict[str, str] = {
     "open_page": "Open the job page",
     "new_export": "Start a new export",
     "see_failed": "See the failed ids",
+    "rejected": "Download the rejected rows to fix (CSV)",
 }
 
 

@@ -69,7 +69,7 @@ class Page:
     cursor: int
 
 
-def _new_job_id() -> str:
+def new_job_id() -> str:
     """22 random URL-safe characters, never starting with "-" or "_" (a command line would take
     ``-abc`` for an option: ``flask batchflow stop -abc`` must work)."""
     while True:
@@ -145,6 +145,7 @@ class Engine:
         ids: Iterable[Any] | None = None,
         redirect_url: str | None = None,
         extra: dict[str, Any] | None = None,
+        job_id: str | None = None,
     ) -> Started:
         """Create a job and enqueue its first step, unless the handler deduplicates and one of
         ``owner``'s active jobs has the same handler, parameters (as validated) and ids: then
@@ -154,6 +155,8 @@ class Engine:
         step cannot be enqueued.
 
         :param extra: more fields of the job hash (names from :class:`~batchflow.schema.F`).
+        :param job_id: the new job's id, from :func:`new_job_id`, for a caller that puts
+            something in the job's folder first (an import's upload); a fresh one by default.
         :raises UnknownHandler: no handler by that name.
         :raises InvalidParams: the handler refused the parameters, or the ids are not acceptable.
         :raises TooManyItems: more ids than ``BATCHFLOW_MAX_IDS``.
@@ -169,7 +172,7 @@ class Engine:
         except (TypeError, ValueError) as exc:
             raise InvalidParams(f"Job parameters must be JSON data: {exc}") from None
         id_list, source = self._check_ids(spec, instance, ids)
-        job_id = _new_job_id()
+        job_id = _checked(job_id) if job_id is not None else new_job_id()
         now = time.time()
         existing = self._admit(spec, owner, job_id, fingerprint(spec.name, params, id_list), now)
         if existing is not None:

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 from .exceptions import ConfigurationError, UnknownHandler
 from .handlers import FileJob, Handler, ItemsJob, TaskJob
+from .imports import ImportJob
 from .schema import Kind
 
 H = TypeVar("H", bound=type[Handler])
@@ -120,6 +121,8 @@ def _check_complete(cls: type[Handler]) -> None:
             f"{name}.max_active_jobs must be a whole number >= 0 (0 = no limit), or None for "
             "the owner-wide BATCHFLOW_MAX_ACTIVE_JOBS."
         )
+    if issubclass(cls, ImportJob) and not _overrides(cls, ImportJob, "apply"):
+        raise ConfigurationError(f"{name} must define apply(values, job).")
     if issubclass(cls, ItemsJob):
         if not any(_overrides(cls, ItemsJob, m) for m in ("change", "change_batch")):
             raise ConfigurationError(

@@ -180,6 +180,7 @@ class F:
     FILE_NAME = "file_name"
     FILE_TYPE = "file_type"
     FILE_SIZE = "file_size"  # bytes written as of the last commit
+    UPLOAD_NAME = "upload_name"  # an import job's upload, as the person's computer named it
     # Times (seconds since the epoch).
     CREATED_AT = "created_at"
     STARTED_AT = "started_at"

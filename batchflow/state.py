@@ -166,6 +166,7 @@ class JobState:
             "pausing": self.pausing,
             "retry_of": f.get("retry_of") or None,
             "file_name": f.get("file_name") or None,
+            "upload_name": f.get("upload_name") or None,
             "file_ready": self.file_ready,
             "file_deleted": self.kind == "file"
             and self.status is Status.COMPLETED

@@ -142,6 +142,7 @@ def receive_upload(
                 os.unlink(path)
     form = ImmutableMultiDict(form)
     request.form = form  # what the body held, for a CSRF check or a form read afterwards
+    request.files = ImmutableMultiDict()  # the file is on disk; nothing reads the body again
     return Upload(kept, display_name(storage.filename), size, form)
 
 

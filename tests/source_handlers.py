@@ -3,11 +3,15 @@ prefix (``params["prefix"]``), so a test checks what really happened on the real
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from batchflow import FileJob, ItemsJob, UserError
+from wtforms import Form, IntegerField, StringField
+from wtforms.validators import DataRequired, NumberRange, Optional, Regexp
+
+from batchflow import FileJob, ImportJob, ItemsJob, UserError
 from batchflow.job import Job
 from batchflow.sources import CallableSource, Entry, Plan, Source
 from tests.handlers import HOOKS, side
@@ -123,9 +127,114 @@ class NumbersExport(FileJob):
         return [(k, k * k) for k in items]
 
 
+class ContactRow(Form):
+    name = StringField(validators=[DataRequired()])
+    email = StringField(validators=[Regexp(r"^[^@\s]+@[^@\s]+$", message="Not an email address.")])
+    age = IntegerField(validators=[Optional(), NumberRange(0, 150)])
+
+
+class ImportContacts(ImportJob):
+    """Creates contacts (a Redis hash by email) from a CSV of name, email and maybe age."""
+
+    labels = {"title": "Importing contacts", "good": "imported", "bad": "rejected"}
+    columns = ["name", "email"]
+    optional_columns = ["age"]
+    row_form = ContactRow
+
+    def apply(self, values: dict[str, Any], job: Job) -> Any:
+        hook = HOOKS.get(f"{job.id}:apply") or HOOKS.get("*:apply")
+        if hook is not None:
+            hook(job, values)
+        prefix = job.params["prefix"]
+        side.hset(f"{prefix}:contacts", values["email"], json.dumps(values))
+        side.hincrby(f"{prefix}:applied", values["email"], 1)
+        if job.params.get("sleep"):
+            time.sleep(float(job.params["sleep"]))
+        return {"email": values["email"]}
+
+
 HANDLERS = {
+    "import-contacts": ImportContacts,
     "walk-archive": WalkArchive,
     "batch-archive": BatchArchive,
     "count-up": CountUp,
     "numbers-export": NumbersExport,
 }
+
+
+# -- over a real database (tests/test_sql_jobs.py) -----------------------------------------------
+
+_ENGINES: dict[str, Any] = {}
+
+
+def db_engine(url: str) -> Any:
+    from sqlalchemy import create_engine
+
+    if url not in _ENGINES:
+        _ENGINES[url] = create_engine(url)
+    return _ENGINES[url]
+
+
+def people_table(name: str) -> Any:
+    from sqlalchemy import Column, Integer, MetaData, String, Table
+
+    return Table(
+        name,
+        MetaData(),
+        Column("id", Integer, primary_key=True),
+        Column("name", String(100), nullable=False),
+        Column("touched", Integer, nullable=False, default=0),
+    )
+
+
+class PeopleExport(FileJob):
+    """A CSV of a table's id and name, walked by id (or by ``params["key"]``)."""
+
+    filename = "people.csv"
+    header = ["id", "name"]
+
+    def source(self, job: Job) -> Source:
+        from sqlalchemy import select
+
+        from batchflow.sql import KeysetSource
+
+        table = people_table(job.params["table"])
+        key = table.c[job.params.get("key", "id")]
+        return KeysetSource(db_engine(job.params["url"]), select(table), key=key)
+
+    def rows(self, people: list[Any], job: Job) -> list[tuple[Any, Any]]:
+        if job.params.get("sleep"):
+            time.sleep(float(job.params["sleep"]))
+        return [(person.id, person.name) for person in people]
+
+
+class TouchPeople(ItemsJob):
+    """One UPDATE per step for the step's whole slice; a row deleted meanwhile is bad."""
+
+    def source(self, job: Job) -> Source:
+        from sqlalchemy import select
+
+        from batchflow.sql import KeysetSource
+
+        table = people_table(job.params["table"])
+        return KeysetSource(db_engine(job.params["url"]), select(table.c.id), key=table.c.id)
+
+    def change_batch(self, items: list[Any], job: Job) -> Sequence[Any]:
+        from sqlalchemy import update
+
+        table = people_table(job.params["table"])
+        ids = [row.id for row in items]
+        with db_engine(job.params["url"]).begin() as connection:
+            touched = set(
+                connection.scalars(
+                    update(table)
+                    .where(table.c.id.in_(ids))
+                    .values(touched=table.c.touched + 1)
+                    .returning(table.c.id)
+                )
+            )
+        return [None if i in touched else UserError(f"row {i} is gone") for i in ids]
+
+
+HANDLERS["people-export"] = PeopleExport
+HANDLERS["touch-people"] = TouchPeople

@@ -344,8 +344,8 @@ def test_start_refuses_what_the_web_refuses(flask_batchflow, prefix, files_dir):
     assert code == 2 and stderr.startswith("Error: No job handler is registered as 'nosuch'.")
     assert stderr.endswith(
         " Handlers this app knows: admin-only, archive, batch-archive, boom, count, count-up, "
-        "generated, greeting, hooked, leaky, leaky-items, numbers-export, rebuild, report, "
-        "walk-archive.\n"
+        "generated, greeting, hooked, import-contacts, leaky, leaky-items, numbers-export, "
+        "people-export, rebuild, report, touch-people, walk-archive.\n"
     )
     assert refused("archive") == (
         2,

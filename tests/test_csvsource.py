@@ -10,8 +10,9 @@ import io
 
 import pytest
 
-from batchflow.csvsource import CsvRow, CsvSource, check_csv, rejected_rows_csv, xlsx_to_csv
+from batchflow.csvsource import CsvRow, CsvSource, check_csv, rejected_rows_csv
 from batchflow.exceptions import ConfigurationError, InvalidParams
+from batchflow.xlsx import xlsx_to_csv
 
 # Every malformed case in one file, UTF-8 with a BOM and CRLF line ends, with a latin-1 line,
 # a quoted value spanning lines, a blank line in the middle, LF-only lines and a blank end.
@@ -249,11 +250,11 @@ def test_rejected_rows_come_back_as_the_upload_with_an_error_column(mixed):
     assert rows[0] == ["name", " Email ", "city", "error"]  # the upload's own header
     assert rows[1:] == [
         ["Bob\r\nBobson", "bob@example.com", "Rome, IT", "Duplicate email"],
-        ["Cy", "cy@example.com", EXPECTED["4"]],
+        ["Cy", "cy@example.com", "", EXPECTED["4"]],  # padded: the message under "error"
         ["D\ufffdd\ufffd", "dede@example.com", "Lyon", EXPECTED["6"]],
-        ['Eve,"eve"@example.com,Paris', EXPECTED["7"]],
+        ['Eve,"eve"@example.com,Paris', "", "", EXPECTED["7"]],
         ["F\ufffdx", "f@example.com", "Bern", EXPECTED["8"]],
-        ["Gil", "gil@example.com", "Kyiv", "extra", "more", EXPECTED["9"]],
+        ["Gil", "gil@example.com", "Kyiv", EXPECTED["9"], "extra", "more"],
         ["Hal", "hal@example.com", "Graz", '\'=HYPERLINK("http://evil")'],
     ]
 

@@ -326,6 +326,9 @@ def assert_one_chain(prefix: str, job_id: str, state: Any, cut: set[int] = froze
     """The job's steps formed one chain: every seq committed exactly once and in order, the job's
     seq equals the number of commits, no step had two successors, and a handler body ran more
     than once only for a step in ``cut`` (a step that was cut off)."""
+    # A worker records its commit just after COMMIT answers: the job may be seen ended first.
+    seq = int(state.fields["seq"])
+    wait_for(lambda: len(records(prefix, "commits", job_id)) >= seq, timeout=5)
     commits = records(prefix, "commits", job_id)
     seqs = [c["seq"] for c in commits]
     assert seqs == list(range(len(commits))), f"commits out of order or repeated: {seqs}"

@@ -459,13 +459,16 @@
       const offerReport = !!report && (s.bad > 0 || hasResults);
       const links = part(root, 'links');
       const failedPage = offerReport && s.bad > 0 ? withQuery(report, 'which=errors') : null;
-      const key = JSON.stringify([back, offerReport && report, t.report, failedPage, !!this.redirecting, words.back]);
+      // An import hands its rejected rows back as the file to fix, once it has ended.
+      const rejected = s.terminal && s.bad > 0 ? safeUrl(s.rejected_url) : null;
+      const key = JSON.stringify([back, offerReport && report, t.report, failedPage, rejected, !!this.redirecting, words.back]);
       if (links && key !== this.keys.links) {
         this.keys.links = key;
         fill(links, [
           back ? el('a', { class: 'bf-button', href: back, 'data-bf': 'back', text: words.back }) : null,
           offerReport ? el('a', { class: 'bf-link', href: withQuery(report, 'format=csv'), 'data-bf': 'report', text: t.report }) : null,
           failedPage ? el('a', { class: 'bf-link', href: failedPage, 'data-bf': 'failed-page', text: words.see_failed }) : null,
+          rejected ? el('a', { class: 'bf-link', href: rejected, download: '', 'data-bf': 'rejected', text: words.rejected }) : null,
           back && this.redirecting ? el('span', { class: 'bf-subtle', text: words.going_back }) : null,
           back && this.redirecting ? el('button', { type: 'button', class: 'bf-linkbutton', 'data-bf-action': 'stay', text: words.stay }) : null]);
         show(links, !!(back || offerReport));
