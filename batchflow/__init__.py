@@ -36,7 +36,8 @@ from .exceptions import (
     UserError,
 )
 from .extension import BatchFlow
-from .handlers import FileJob, Handler, ItemsJob, TaskJob
+from .files import FileJob
+from .handlers import Handler, ItemsJob, TaskJob
 from .imports import ImportJob
 from .job import Job, StepResponse
 from .registry import Registry, registry

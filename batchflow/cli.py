@@ -248,14 +248,17 @@ def watch(job_id: str) -> None:
 
 
 def refusal(state: JobState, what: str) -> str | None:
-    """Why ``what`` (stop, cancel, pause, resume, continue) does not apply to the job now, or
-    None if it does. The web offers only the actions that apply; the command line says why not."""
+    """Why ``what`` (stop, cancel, pause, resume, continue, confirm) does not apply to the job
+    now, or None if it does. The web offers only the actions that apply; the command line says
+    why not."""
     signal = Signal(what)
     status = state.status
     if signal.capability not in state.capabilities:
         return f"This job does not support {what}."
     if what in state.actions():
         return None
+    if signal is Signal.CONFIRM:
+        return f"Only a job awaiting confirmation can be confirmed; this one is {status.value}."
     if signal is Signal.CONTINUE:
         if status is Status.STOPPED:
             return "This job's output was already cleaned up: it cannot continue."
@@ -311,6 +314,14 @@ def pause(job_id: str) -> None:
 def resume(job_id: str) -> None:
     """Resume a paused job (exit 3 if it is not paused)."""
     _signal(job_id, "resume")
+
+
+@cli.command()
+@click.argument("job_id")
+@_reporting
+def confirm(job_id: str) -> None:
+    """Run a job whose preview awaits confirmation (exit 3 if it is not awaiting it)."""
+    _signal(job_id, "confirm")
 
 
 @cli.command("continue")

@@ -39,6 +39,7 @@ DEFAULTS: dict[str, Any] = {
     "BATCHFLOW_MAX_IDS": 100_000,
     "BATCHFLOW_MAX_BODY": 16 * 1024 * 1024,
     "BATCHFLOW_UPLOAD_MAX_BYTES": 100 * 1024 * 1024,  # an import's upload, streamed to disk
+    "BATCHFLOW_CONFIRM_TIMEOUT": 86400.0,  # seconds a preview waits for Confirm, then discarded
     "BATCHFLOW_PROGRESS_INTERVAL": 0.25,
     "BATCHFLOW_CHECKPOINT_INTERVAL": 0.1,
     "BATCHFLOW_MAX_ACTIVE_JOBS": 10,  # per owner; a handler's max_active_jobs overrides it
@@ -129,6 +130,7 @@ class Settings:
     max_ids: int
     max_body: int
     upload_max_bytes: int
+    confirm_timeout: float
     progress_interval: float
     checkpoint_interval: float
     max_active_jobs: int
@@ -203,6 +205,7 @@ class Settings:
             max_ids=number("BATCHFLOW_MAX_IDS", int, 1),
             max_body=number("BATCHFLOW_MAX_BODY", int, 1024),
             upload_max_bytes=number("BATCHFLOW_UPLOAD_MAX_BYTES", int, 1),
+            confirm_timeout=number("BATCHFLOW_CONFIRM_TIMEOUT", float, 0.1),
             progress_interval=number("BATCHFLOW_PROGRESS_INTERVAL", float, 0.01),
             checkpoint_interval=number("BATCHFLOW_CHECKPOINT_INTERVAL", float, 0.01),
             max_active_jobs=number("BATCHFLOW_MAX_ACTIVE_JOBS", int, 0),

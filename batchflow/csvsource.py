@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import IO, Any
 
 from .exceptions import ConfigurationError, InvalidParams
-from .handlers import neutralize_cell
+from .files import neutralize_cell
 from .sources import Entry, Plan, Source
 
 #: The column :func:`rejected_rows_csv` adds, with each row's message.

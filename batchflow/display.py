@@ -9,13 +9,21 @@ ever copies those strings into the page. It imports no Flask: the engine stores 
 
 from __future__ import annotations
 
-import datetime
 import json
-import math
 import re
 from collections.abc import Callable, Mapping
-from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
+
+from .formats import (
+    format_clock,
+    format_count,
+    format_datetime,
+    format_duration,
+    format_eta,
+    format_iso,
+    format_percent,
+    format_rate,
+)
 
 #: The words for every state and action; a handler's ``labels`` override any of them. A state's
 #: label (the status line, the outcome's title) starts with its :data:`STATE_WORDS` word.
@@ -25,6 +33,7 @@ DEFAULT_LABELS: dict[str, str] = {
     "running": "Running",
     "pausing": "Pausing after the current step…",
     "paused": "Paused",
+    "awaiting_confirmation": "Awaiting confirmation: check the preview, then confirm or cancel",
     "stopping": "Stopping after the current step…",
     "canceling": "Canceling: undoing the work done so far…",
     "completed": "Completed",
@@ -42,6 +51,9 @@ DEFAULT_LABELS: dict[str, str] = {
     "resume": "Resume",
     "retry": "Retry failed",
     "continue": "Continue",
+    "confirm": "Confirm",
+    # A preview's summary; {changes}, {assessed}, {rejected} and {unchanged} are its counts.
+    "preview": "{changes} of {assessed} would change.",
 }
 
 #: A state in a word or two: badges, the jobs list, the status filter, the CLI. Not per handler,
@@ -50,6 +62,7 @@ STATE_WORDS: dict[str, str] = {
     "pending": "Waiting",
     "running": "Running",
     "paused": "Paused",
+    "awaiting_confirmation": "Awaiting confirmation",
     "stopping": "Stopping",
     "canceling": "Canceling",
     "completed": "Completed",
@@ -68,6 +81,7 @@ ACTION_TIPS: dict[str, str] = {
     "resume": "Continue where the job left off.",
     "retry": "Start a new job for the items that failed.",
     "continue": "Go on from where the job stopped, as the same job.",
+    "confirm": "Run the job over the items the preview went through.",
 }
 
 #: A resume offered while a pause is still pending cancels that pause.
@@ -99,6 +113,12 @@ ACTION_HINTS: dict[str, str] = {
     "cancel": "Cancel undoes everything done so far.",
 }
 
+#: What a preview's buttons do, under them.
+PREVIEW_HINT = (
+    "Confirm runs the job over these items; Cancel discards the preview. "
+    "Nothing has been changed yet."
+)
+
 #: The fixed words of a job's view (headings, links, the confirmation, connection trouble),
 #: sent in every status JSON so that the widget has no words of its own.
 UI_TEXTS: dict[str, str] = {
@@ -120,6 +140,8 @@ UI_TEXTS: dict[str, str] = {
     "open_page": "Open the job page",
     "new_export": "Start a new export",
     "see_failed": "See the failed ids",
+    "preview_sample": "For example",
+    "preview_errors": "Would be rejected",
     "rejected": "Download the rejected rows to fix (CSV)",
 }
 
@@ -132,77 +154,6 @@ def labels_for(handler_name: str, handler_labels: Mapping[str, str]) -> dict[str
 
 
 # ------------------------------------------------------------------------------ formatting
-
-
-def _half_up(value: float, digits: int = 0) -> Decimal:
-    return Decimal(str(value)).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP)
-
-
-def format_count(n: int | float | None) -> str:
-    """``1234`` -> ``"1,234"``; None is 0."""
-    return f"{int(n or 0):,}"
-
-
-def format_percent(percent: float | None) -> str:
-    """Whole percent, rounded down so 100% means done: ``99.9`` -> ``"99%"``; None -> ``""``."""
-    if percent is None:
-        return ""
-    return f"{math.floor(max(0.0, min(100.0, percent)))}%"
-
-
-def format_duration(seconds: float | None) -> str:
-    """``200`` -> ``"3 min 20 s"``, ``3900`` -> ``"1 h 5 min"``; None -> ``"—"``."""
-    if seconds is None:
-        return "—"
-    s = int(_half_up(max(0.0, seconds)))
-    if s < 60:
-        return f"{s} s"
-    if s < 3600:
-        return f"{s // 60} min" + (f" {s % 60} s" if s % 60 else "")
-    return f"{s // 3600} h" + (f" {s % 3600 // 60} min" if s % 3600 // 60 else "")
-
-
-def format_eta(seconds: float | None) -> str:
-    """Time left, roughly: ``"a few seconds left"``, ``"about 40 s left"``, ``"about 2 min left"``;
-    ``""`` when unknown."""
-    if seconds is None or seconds < 0 or not math.isfinite(seconds):
-        return ""
-    if seconds < 10:
-        return "a few seconds left"
-    if seconds < 60:
-        return f"about {math.ceil(seconds / 10) * 10} s left"
-    return f"about {format_duration(int(_half_up(seconds / 60)) * 60)} left"
-
-
-def format_rate(rate: float | None) -> str:
-    """Units per second, to 2 significant-ish digits: ``120.5`` -> ``"121 per second"``."""
-    if rate is None or rate <= 0 or not math.isfinite(rate):
-        return ""
-    digits = 0 if rate >= 10 else 1 if rate >= 1 else 2
-    value = _half_up(rate, digits)
-    text = f"{value:,.{digits}f}"
-    if digits:
-        text = text.rstrip("0").rstrip(".")
-    return f"{text} per second"
-
-
-def _utc(ts: float) -> datetime.datetime:
-    return datetime.datetime.fromtimestamp(ts, tz=datetime.timezone.utc)
-
-
-def format_iso(ts: float | None) -> str:
-    """A Unix time as ISO 8601 in UTC (a ``<time datetime>``); None -> ``""``."""
-    return _utc(ts).strftime("%Y-%m-%dT%H:%M:%SZ") if ts else ""
-
-
-def format_datetime(ts: float | None) -> str:
-    """A Unix time as ``"2023-11-14 22:13 UTC"`` (the script may show it in local time)."""
-    return _utc(ts).strftime("%Y-%m-%d %H:%M UTC") if ts else "—"
-
-
-def format_clock(ts: float | None) -> str:
-    """A Unix time of day as ``"22:13:20 UTC"`` (the script may show it in local time)."""
-    return _utc(ts).strftime("%H:%M:%S UTC") if ts else ""
 
 
 def state_word(state: str) -> str:
@@ -362,6 +313,8 @@ def _value(value: Any) -> str:
 def _actions(s: Mapping[str, Any], labels: Mapping[str, str]) -> dict[str, dict[str, str]]:
     actions = [a for a in s.get("actions") or [] if a in ACTION_TIPS]
     tips = {**ACTION_TIPS, **({"resume": CANCEL_PAUSE_TIP} if s.get("pausing") else {})}
+    if s.get("status") == "awaiting_confirmation":
+        tips["cancel"] = "Discard the preview: nothing is changed."
     return {a: {"label": labels.get(a) or a, "tip": tips[a]} for a in actions}
 
 
@@ -428,10 +381,7 @@ def status_view(status: Mapping[str, Any]) -> dict[str, Any]:
         "outcome": outcome,
         "live": live,
         "tab": f"{badge if terminal or not percent else percent} · {title}",
-        "actions": actions,
-        "hint": " ".join(ACTION_HINTS[a] for a in actions if a in ACTION_HINTS),
-        "confirm_cancel": "Cancel this job and undo everything it has done so far "
-        f"({format_count(status.get('good'))} {good})?",
+        **_action_texts(status, state, actions, good),
         "download": f"Download {status.get('file_name') or 'the file'}",
         "file_note": FILE_DELETED if status.get("file_deleted") else "",
         "report": f"Download the {'error report' if status.get('bad') else 'results'} (CSV)",
@@ -440,9 +390,45 @@ def status_view(status: Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(results, Mapping)
         else {},
         "log": _log(status),
+        "preview": _preview(status, labels),
         "ui": dict(UI_TEXTS),
     }
     return {"state": state, "tallied": _tallied(status), "bar": bar, "text": text}
+
+
+def _action_texts(
+    s: Mapping[str, Any], state: str, actions: Mapping[str, Any], good: str
+) -> dict[str, Any]:
+    """The buttons (``actions``), the ``hint`` under them, and the question Cancel asks."""
+    if state == "awaiting_confirmation":
+        hint, question = PREVIEW_HINT, "Discard this preview? Nothing has been changed."
+    else:
+        hint = " ".join(ACTION_HINTS[a] for a in actions if a in ACTION_HINTS)
+        done = f"{format_count(s.get('good'))} {good}"
+        question = f"Cancel this job and undo everything it has done so far ({done})?"
+    return {"actions": actions, "hint": hint, "confirm_cancel": question}
+
+
+def _preview(status: Mapping[str, Any], labels: Mapping[str, str]) -> dict[str, Any]:
+    """What a preview found, while the job waits for its Confirm: ``summary`` (the handler's
+    ``preview`` label with the counts), ``rejected`` ("3 would be rejected"), ``sample`` and
+    ``errors`` (``[id, message]`` pairs); empty once it runs."""
+    found = status.get("assessment")
+    if not isinstance(found, Mapping) or status.get("status") != "awaiting_confirmation":
+        return {}
+    counts = {
+        k: format_count(found.get(k)) for k in ("changes", "assessed", "rejected", "unchanged")
+    }
+    try:
+        summary = labels["preview"].format(**counts)
+    except (KeyError, IndexError, ValueError):  # a handler's label with other placeholders
+        summary = DEFAULT_LABELS["preview"].format(**counts)
+    return {
+        "summary": summary,
+        "rejected": f"{counts['rejected']} would be rejected." if found.get("rejected") else "",
+        "sample": [str(text) for text in found.get("sample") or []],
+        "errors": [[str(i), str(m)] for i, m in found.get("errors") or []],
+    }
 
 
 def _log(status: Mapping[str, Any]) -> list[dict[str, str]]:

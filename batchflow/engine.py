@@ -16,7 +16,6 @@ import json
 import logging
 import secrets
 import time
-import warnings
 from collections.abc import Generator, Iterable, Iterator
 from typing import Any
 
@@ -30,6 +29,7 @@ from .exceptions import (
     JobNotFound,
     LimitReached,
     Unavailable,
+    refuse,
 )
 from .failures import describe_failure
 from .handlers import Handler, ItemsJob
@@ -48,6 +48,20 @@ __all__ = ["CLEANUP_GRACE", "Dispatcher", "Engine", "Page", "Started", "StepOutc
 
 log = logging.getLogger("batchflow")
 
+#: The requests that put a job holding no worker back to running: the status it must be in, the
+#: message it leaves, and the refusal's start.
+REOPENINGS = {
+    Signal.CONTINUE: (
+        Status.STOPPED,
+        "Continued from where it stopped",
+        "Only a stopped job can continue",
+    ),
+    Signal.CONFIRM: (
+        Status.AWAITING,
+        "Confirmed: running",
+        "Only a job awaiting confirmation can be confirmed",
+    ),
+}
 #: Seconds a start refused for the owner's limit is told to wait (``Retry-After``).
 LIMIT_RETRY_AFTER = 30
 
@@ -377,15 +391,16 @@ class Engine:
         except ValueError:
             raise InvalidTransition(f"Unknown request {what!r}.") from None
         state = self.state(job_id)
-        if signal.capability not in state.capabilities:
+        discard = signal is Signal.CANCEL and state.status is Status.AWAITING
+        if signal.capability not in state.capabilities and not discard:
             raise InvalidTransition(f"This job does not support {signal.value}.")
-        if signal is Signal.CONTINUE:
-            return self._continue(state)
+        if signal in REOPENINGS:
+            return self._reopen(state, signal)
         now = time.time()
         code, status, seq = self.store.signal(
             job_id, signal, now, ms(now + self.settings.queue_timeout)
         )
-        _raise_refusal(code, job_id, status, signal)
+        refuse(code, job_id, status, signal.value)
         if code is SignalCode.ENQUEUE:
             try:
                 self._dispatch().enqueue_step(job_id, seq)
@@ -398,32 +413,28 @@ class Engine:
                 )
         return self.state(job_id)
 
-    def _continue(self, state: JobState) -> JobState:
-        """A stopped job goes on as the same job from where it stopped; it takes a place among
-        its owner's active jobs again (refused with LimitReached when they are full)."""
-        if state.status is not Status.STOPPED:
-            raise InvalidTransition(
-                f"Only a stopped job can continue; this one is {state.status.value}."
-            )
+    def _reopen(self, state: JobState, signal: Signal) -> JobState:
+        """Continue a stopped job as the same job from where it stopped (it takes a place among
+        its owner's active jobs again: LimitReached when they are full), or run an assessed one
+        the user confirmed."""
+        was, message, refusal = REOPENINGS[signal]
+        if state.status is not was:
+            raise InvalidTransition(f"{refusal}; this one is {state.status.value}.")
         now = time.time()
-        self._admit(self.registry.get(state.fields[F.HANDLER]), state.owner, state.id, "", now)
-        code, status, seq = self.store.reopen(state.id, now, ms(now + self.settings.queue_timeout))
+        if signal is Signal.CONTINUE:
+            self._admit(self.registry.get(state.fields[F.HANDLER]), state.owner, state.id, "", now)
+        deadline = ms(now + self.settings.queue_timeout)
+        code, status, seq = self.store.reopen(state.id, now, deadline, was=was, message=message)
         if code is SignalCode.CLEANED:
             raise InvalidTransition("This job's output was already cleaned up: it cannot continue.")
-        _raise_refusal(code, state.id, status, Signal.CONTINUE)
+        if code is SignalCode.REFUSED:
+            raise InvalidTransition(f"{refusal}; this one is {status}.")
+        refuse(code, state.id, status, signal.value)
         try:
             self._dispatch().enqueue_step(state.id, seq)
         except Exception:  # noqa: BLE001 - REOPEN set a deadline: maintenance enqueues it
-            log.exception(
-                "could not enqueue step %s/%s to continue; maintenance will retry", state.id, seq
-            )
-        log.info("continued job %s", state.id)
+            log.exception("could not enqueue step %s/%s (%s)", state.id, seq, signal.value)
         return self.state(state.id)
-
-    def request(self, job_id: str, what: str) -> JobState:
-        """Deprecated name of :meth:`signal`."""
-        warnings.warn("Engine.request() is now Engine.signal()", DeprecationWarning, stacklevel=2)
-        return self.signal(job_id, what)
 
     # -- running -------------------------------------------------------------------------------
 
@@ -481,17 +492,3 @@ class Engine:
         """Recover overdue steps and clean expired jobs (see :mod:`batchflow.maintenance`).
         Runs in every worker; one per interval does the work. Returns counts of what it did."""
         return self.maintenance.run(now, force=force).as_dict()
-
-
-def _raise_refusal(code: SignalCode, job_id: str, status: str, signal: Signal) -> None:
-    what = signal.value
-    if code is SignalCode.MISSING:
-        raise JobNotFound(job_id)
-    if code is SignalCode.TERMINAL:
-        raise InvalidTransition(
-            f"The job has already ended ({status}); there is nothing to {what}."
-        )
-    if code is SignalCode.REFUSED:
-        raise InvalidTransition(f"The job cannot {what} while it is {status}.")
-    if code is SignalCode.ENDING:
-        raise InvalidTransition(f"The job is finishing its last step; it is too late to {what}.")

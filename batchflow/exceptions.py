@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from werkzeug.exceptions import NotFound
 
+from .schema import SignalCode
+
 
 class BatchflowError(Exception):
     """Base class of every error batchflow raises."""
@@ -168,3 +170,22 @@ class UserError(Exception):
     its message and traceback go to the worker's log (logger ``batchflow``) under that
     reference, and admins (the ``can_admin`` hook) see its message beside the generic one.
     """
+
+
+def refuse(code: SignalCode, job_id: str, status: str, what: str) -> None:
+    """Raise what a refused request (``what``: stop, cancel, continue...) means for its caller;
+    nothing for a code that is not a refusal.
+
+    :raises JobNotFound: no such job.
+    :raises InvalidTransition: not now, saying why.
+    """
+    if code is SignalCode.MISSING:
+        raise JobNotFound(job_id)
+    if code is SignalCode.TERMINAL:
+        raise InvalidTransition(
+            f"The job has already ended ({status}); there is nothing to {what}."
+        )
+    if code is SignalCode.REFUSED:
+        raise InvalidTransition(f"The job cannot {what} while it is {status}.")
+    if code is SignalCode.ENDING:
+        raise InvalidTransition(f"The job is finishing its last step; it is too late to {what}.")

@@ -2,8 +2,8 @@
 
 - :class:`Handler`: ``create_job`` runs once, ``continue_job`` step after step until it calls
   ``job.complete()``, ``cleanup_job`` once when the output is no longer needed.
-- :class:`FileJob`: writes a file (CSV by default) that the user downloads, exactly once per row
-  even when a step is cut off and run again; the file is deleted by ``cleanup_job``.
+- :class:`~batchflow.files.FileJob` (in its own module): writes a file (CSV by default) that the
+  user downloads, exactly once per row even when a step is cut off and run again.
 - :class:`ItemsJob`: one ``change`` per id, good and bad counts, per-id results and errors, and
   ``undo`` for Cancel.
 - :class:`TaskJob`: one ``run(job)`` call that reports as it goes.
@@ -16,50 +16,21 @@ may repeat for the step that was cut off.
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import io
-import os
-import re
-import shutil
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
 from .exceptions import UserError
 from .failures import describe_failure
 from .job import Job, StepResponse
-from .schema import F, Kind, Status
+from .schema import Kind
 from .sources import Entry, Source
 
 StepResult = StepResponse | str | None
 
-# A spreadsheet skips leading blanks before it looks for a formula: " =1+1" runs too.
-_FORMULA = re.compile(r"[ \t\r\n\u00a0]*[=+\-@]|[\t\r]")
-_SAFE_NAME = re.compile(r"[^A-Za-z0-9._ -]+")
-
-
-@contextlib.contextmanager
-def _files_dir_errors(job: Job) -> Iterator[None]:
-    """An OS error while writing a job's file (a full disk, a folder that is not writable)
-    names the setting and the folder, keeping the system's own words."""
-    try:
-        yield
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        error = OSError(
-            f"Could not write the job's file in BATCHFLOW_FILES_DIR ({job.files_dir}): {reason}"
-        )
-        error.errno = exc.errno
-        raise error from exc
-
-
-def neutralize_cell(value: Any) -> Any:
-    """``value`` for a CSV cell: text that a spreadsheet would run as a formula (it starts with
-    ``=``, ``+``, ``-`` or ``@``, after any spaces, tabs, line breaks or no-break spaces, or with a
-    tab or a carriage return) gets a leading ``'``; anything else is returned as it is."""
-    if isinstance(value, str) and _FORMULA.match(value):
-        return "'" + value
-    return value
+#: Where a preview keeps its sample and first errors in ``job.data`` while it runs.
+ASSESSMENT_KEY = "_assessment"
+#: How many of the items a preview found it would reject it shows.
+PREVIEW_ERRORS = 10
 
 
 class Handler:
@@ -180,129 +151,9 @@ class Handler:
         caps = [name for name in names if getattr(cls, f"can_{name}")]
         if not cls.can_stop and "continue" in caps:
             caps.remove("continue")  # only a stopped job continues
+        if getattr(cls, "preview", False):
+            caps.append("confirm")
         return caps
-
-
-class FileJob(Handler):
-    """A job that writes a file for the user to download.
-
-    Write with :meth:`write_rows` (CSV) or :meth:`write` from ``create_job`` and ``continue_job``.
-    Each commit records the file's length, and a step writes from the committed length on, at
-    explicit offsets (never blindly appending, never truncating below the committed length): a
-    step run again after its worker died writes over what the cut-off step left, and the step that
-    completes the job trims anything past its end, so every row lands exactly once. A worker that
-    was frozen past its lease and wakes up after another took over writes its rows to the same
-    offsets the chain wrote them to, so it changes nothing, provided a step's rows depend only on
-    the job's committed state (``job.units_processed``, ``job.data``, ``job.params``).
-
-    A file job over a :meth:`~Handler.source` needs no ``continue_job``: each step writes the
-    rows :meth:`rows` makes of the source's next entries, and commits the file's length with the
-    source's cursor.
-
-    :cvar filename: the name the user downloads; see :meth:`file_name` to compute it.
-    :cvar content_type: the download's MIME type.
-    :cvar neutralize_formulas: prefix CSV cells that a spreadsheet would run as a formula
-        (``=``, ``+``, ``-``, ``@``) with ``'``.
-    :cvar header: a CSV header row that ``create_job`` writes first (when set).
-    """
-
-    kind: ClassVar[Kind] = Kind.FILE
-    filename: ClassVar[str] = "export.csv"
-    content_type: ClassVar[str] = "text/csv"
-    neutralize_formulas: ClassVar[bool] = True
-    header: ClassVar[Sequence[str] | None] = None
-
-    def create_job(self, job: Job) -> StepResult:
-        """Write :attr:`header`, if set."""
-        if self.header:
-            self.write_rows(job, [self.header])
-        return None
-
-    def rows(self, items: list[Any], job: Job) -> Iterable[Sequence[Any]]:
-        """The CSV rows for a step's entries of the job's source; by default a row (a tuple, a
-        SQLAlchemy ``Row``) as it is, or a dict's values."""
-        return [list(item.values()) if isinstance(item, dict) else list(item) for item in items]
-
-    def continue_job(self, job: Job, batch_size: int) -> StepResult:
-        """Write the rows of the source's next entries (a handler without a source defines its
-        own ``continue_job``)."""
-        if job.buffer.committed(F.ITEMS_SOURCE) != "source":
-            raise NotImplementedError(
-                f"{type(self).__name__} must define continue_job(job, batch_size), or source(job)"
-            )
-        readable = [entry for entry in job.entries if entry.error is None]
-        self.write_rows(job, self.rows([entry.item for entry in readable], job))
-        job.mark_processed(len(readable))
-        for entry in job.entries:
-            if entry.error is not None:
-                job.record_error(entry.id, entry.error)
-                job.bad()
-        if job.entries:
-            job.advance(job.entries[-1])
-        if job.last_slice:
-            job.complete()
-        return None
-
-    def file_name(self, job: Job) -> str:
-        """The download name; override to depend on the job's parameters."""
-        return self.filename
-
-    def file_path(self, job: Job) -> str:
-        """Where the job's file lives: its own folder under ``BATCHFLOW_FILES_DIR``."""
-        name = _SAFE_NAME.sub("_", os.path.basename(self.file_name(job))).strip(" .") or "download"
-        return os.path.join(job.files_dir, job.id, name)
-
-    def before_step(self, job: Job) -> None:
-        path = self.file_path(job)
-        committed = job.committed_file_size
-        if committed == 0:
-            with _files_dir_errors(job):
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                open(path, "ab").close()
-        elif not os.path.exists(path):
-            # Recreating it would yield a file without its first rows: cleaned up, or a worker
-            # whose BATCHFLOW_FILES_DIR is not the folder the other workers share.
-            raise FileNotFoundError(
-                f"The job's file {path} is gone: every worker must share BATCHFLOW_FILES_DIR, "
-                "and a job's file is deleted only after the job ended."
-            )
-        job.record_file(
-            path, size=committed, name=os.path.basename(path), content_type=self.content_type
-        )
-
-    def write(self, job: Job, data: str | bytes) -> None:
-        """Add ``data`` after what the job wrote so far (text is written as UTF-8)."""
-        raw = data.encode() if isinstance(data, str) else data
-        path = job.file_path or self.file_path(job)
-        offset = job.file_size
-        with _files_dir_errors(job), open(path, "r+b") as handle:
-            handle.seek(offset)
-            handle.write(raw)
-        job.record_file(path, size=offset + len(raw))
-
-    def after_step(self, job: Job) -> None:
-        # Only the completing step trims: a cut-off step may have written past the last row.
-        path = job.file_path
-        if job.buffer.ending is Status.COMPLETED and path and not job.lease_lost:
-            os.truncate(path, job.file_size)
-
-    def write_rows(self, job: Job, rows: Iterable[Sequence[Any]]) -> None:
-        """Append CSV rows to the job's file."""
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        for row in rows:
-            writer.writerow([self._cell(value) for value in row])
-        self.write(job, buffer.getvalue())
-
-    def _cell(self, value: Any) -> Any:
-        return neutralize_cell(value) if self.neutralize_formulas else value
-
-    def cleanup_job(self, job: Job) -> None:
-        """Delete the job's file and its folder."""
-        path = job.file_path or self.file_path(job)
-        folder = os.path.dirname(path)
-        if os.path.basename(folder) == job.id:
-            shutil.rmtree(folder, ignore_errors=True)
 
 
 class ItemsJob(Handler):
@@ -322,6 +173,12 @@ class ItemsJob(Handler):
 
     kind: ClassVar[Kind] = Kind.ITEMS
     can_retry: ClassVar[bool] = True
+    #: Preview, then confirm: the job first goes through its items with :meth:`assess`
+    #: (changing nothing), then waits, holding no worker, until its owner confirms (or cancels,
+    #: or ``BATCHFLOW_CONFIRM_TIMEOUT`` passes); the run then goes over the same items.
+    preview: ClassVar[bool] = False
+    #: How many items a preview keeps as its sample.
+    sample_size: ClassVar[int] = 5
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -341,6 +198,43 @@ class ItemsJob(Handler):
         """Reverse the change of the item with this id (a source's entries are undone by id);
         raise if it cannot be undone (reported, not hidden)."""
         raise NotImplementedError(f"{type(self).__name__} does not support cancel")
+
+    def assess(self, item: Any, job: Job) -> Any:
+        """In a preview: whether ``item`` would change, changing nothing. Return a short text
+        saying what would happen to it (the preview shows the first ones as its sample), True,
+        or a false value when nothing would change; raise to say it would be rejected (the
+        preview shows the first such messages). By default every item would change."""
+        return True
+
+    def assess_job(self, job: Job, batch_size: int) -> StepResult:
+        """A step of the preview: :meth:`assess` each of the step's entries."""
+        for entry in job.entries:
+            if job.lease_lost:
+                return None
+            if entry.error is None:
+                verdict = self._call(self.assess, entry.item, job)
+            else:
+                verdict = UserError(entry.error)
+            self._assessed(job, entry, verdict)
+            job.checkpoint()
+        if job.last_slice and not job.lease_lost:
+            job.complete()
+        return None
+
+    def _assessed(self, job: Job, entry: Entry, verdict: Any) -> None:
+        found = job.data.setdefault(ASSESSMENT_KEY, {"sample": [], "errors": []})
+        if isinstance(verdict, BaseException):
+            failure = describe_failure(verdict, f"job {job.id}: assess({entry.id!r})", item=True)
+            if len(found["errors"]) < PREVIEW_ERRORS:
+                found["errors"].append([entry.id, failure.shown])
+            job.bad()
+        elif verdict:
+            if len(found["sample"]) < self.sample_size:
+                found["sample"].append(verdict if isinstance(verdict, str) else entry.id)
+            job.good()
+        else:
+            job.mark_processed()
+        job.advance(entry)
 
     def change_batch(self, items: list[Any], job: Job) -> Sequence[Any]:
         """Change a step's whole slice at once (one ``UPDATE ... WHERE id IN (...)``, one

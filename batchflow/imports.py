@@ -131,6 +131,11 @@ class ImportJob(ItemsJob):
     def change(self, item: Any, job: Job) -> Any:
         return self.apply(self.validate_row(item, job), job)
 
+    def assess(self, item: Any, job: Job) -> Any:
+        """In a preview: the row checked, not applied; its values are the sample's text."""
+        values = self.validate_row(item, job)
+        return ", ".join(str(value) for value in values.values() if value not in (None, ""))
+
     def cleanup_job(self, job: Job) -> None:
         """Delete the upload and the job's folder."""
         shutil.rmtree(os.path.dirname(upload_path(job.files_dir, job.id)), ignore_errors=True)

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 
 from .config import Settings
-from .schema import Status, is_terminal, ms
+from .schema import Signal, SignalCode, Status, is_terminal, ms
 from .store import ActiveJob, Store
 
 log = logging.getLogger("batchflow")
@@ -81,6 +81,10 @@ class Maintenance:
                 continue
             if job.status == Status.PAUSED.value:
                 continue
+            if job.status == Status.AWAITING.value:
+                if job.deadline_ms <= ms(now):  # BATCHFLOW_CONFIRM_TIMEOUT passed: discard it
+                    self._discard(job.id, now, done)
+                continue
             holder_died = job.lease_owner in dead
             if job.deadline_ms > ms(now) and not holder_died:
                 continue  # the common case costs nothing more than the pipelined read
@@ -103,6 +107,16 @@ class Maintenance:
             if job.lease_owner and ms(now) < job.deadline_ms <= settled
         }
         return holders - self.store.living(holders)
+
+    def _discard(self, job_id: str, now: float, done: Done) -> None:
+        """Cancel a preview nobody confirmed in time; nothing was changed."""
+        deadline = ms(now + self.settings.queue_timeout)
+        code, _, seq = self.store.signal(job_id, Signal.CANCEL, now, deadline)
+        if code is SignalCode.ENQUEUE:
+            log.info(
+                "job %s was not confirmed in time (BATCHFLOW_CONFIRM_TIMEOUT): discarded", job_id
+            )
+            self._requeue(job_id, seq, False, done)
 
     def _requeue(self, job_id: str, seq: int, lost: bool, done: Done) -> None:
         done.requeued += 1

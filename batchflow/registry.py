@@ -8,7 +8,8 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from .exceptions import ConfigurationError, UnknownHandler
-from .handlers import FileJob, Handler, ItemsJob, TaskJob
+from .files import FileJob
+from .handlers import Handler, ItemsJob, TaskJob
 from .imports import ImportJob
 from .schema import Kind
 

@@ -27,6 +27,9 @@ class Status(str, enum.Enum):
         running   -> canceling -> canceled        (Cancel: the work done is undone, newest first)
         running   -> paused    -> running         (Pause / Resume, between steps)
         paused    -> stopping | canceling
+        running   -> awaiting_confirmation -> running | canceling
+                                                  (a preview: Confirm, or Cancel or expiry)
+        stopped   -> running                      (Continue: the same job goes on)
 
     ``completed``, ``failed``, ``stopped`` and ``canceled`` are terminal.
     """
@@ -34,6 +37,7 @@ class Status(str, enum.Enum):
     PENDING = "pending"
     RUNNING = "running"
     PAUSED = "paused"
+    AWAITING = "awaiting_confirmation"  # assessed; waits for Confirm, holding no worker
     STOPPING = "stopping"
     CANCELING = "canceling"
     COMPLETED = "completed"
@@ -69,6 +73,7 @@ class Signal(str, enum.Enum):
     PAUSE = "pause"
     RESUME = "resume"
     CONTINUE = "continue"  # a stopped job goes on (REOPEN, not SIGNAL)
+    CONFIRM = "confirm"  # an assessed job runs (REOPEN, not SIGNAL)
 
     @property
     def capability(self) -> str:
@@ -80,6 +85,7 @@ class Phase(str, enum.Enum):
     """Which handler method the next step calls."""
 
     CREATE = "create"  # create_job (and items() for an item job that makes its own ids)
+    ASSESS = "assess"  # a preview: what would change (assess_job), before a Confirm
     RUN = "run"  # continue_job
     UNDO = "undo"  # undo_job, after a cancel
 
@@ -181,6 +187,7 @@ class F:
     FILE_TYPE = "file_type"
     FILE_SIZE = "file_size"  # bytes written as of the last commit
     UPLOAD_NAME = "upload_name"  # an import job's upload, as the person's computer named it
+    ASSESSMENT = "assessment"  # JSON: what a preview found (see steps.py), shown until confirmed
     # Times (seconds since the epoch).
     CREATED_AT = "created_at"
     STARTED_AT = "started_at"

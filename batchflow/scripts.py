@@ -100,7 +100,8 @@ if kind == 'task' and phase == 'run' and attempts > 1 then
   end
 end
 local processed = tonumber(redis.call('HGET', job, 'processed'))
-if kind ~= 'task' and phase == 'run' and attempts > 1 then
+local walking = phase == 'run' or phase == 'assess'
+if kind ~= 'task' and walking and attempts > 1 then
   -- This step's last claim was lost with its worker. Go through that claim's whole slice one
   -- unit at a time (careful_until), so that a unit which kills its worker is met alone and
   -- given up after max attempts, not met again in batch after batch, each costing a lease.
@@ -113,9 +114,11 @@ local careful = tonumber(redis.call('HGET', job, 'careful_until')) or 0
 -- A stop or a cancel waits until the slice of a lost step is settled: its units, some of which the
 -- lost step may have changed, are done again one at a time, so that a stop counts them (rather
 -- than calling them never reached) and a cancel undoes them (the undo starts past them).
-local settling = kind ~= 'task' and phase == 'run' and careful > processed
+local settling = kind ~= 'task' and walking and careful > processed
 if status == 'canceling' and phase ~= 'undo' and not settling then
-  redis.call('HSET', job, 'phase', 'undo', 'undo_cursor', redis.call('HGET', job, 'processed'))
+  -- A preview changed nothing: there is nothing to undo.
+  local done = phase == 'assess' and 0 or redis.call('HGET', job, 'processed')
+  redis.call('HSET', job, 'phase', 'undo', 'undo_cursor', done)
   phase = 'undo'
 end
 local ids, flags = {}, {}
@@ -258,7 +261,8 @@ local function set(new_status, new_signal, text)
   publish(job, KEYS[2], ARGV[4], tonumber(ARGV[6]))
 end
 local code = 'ok'
-if status == 'paused' and what ~= 'pause' then
+if status == 'awaiting_confirmation' and what ~= 'cancel' then return {'refused', status, seq} end
+if (status == 'paused' and what ~= 'pause') or status == 'awaiting_confirmation' then
   code = 'enqueue'
   redis.call('HSET', job, 'lease_owner', '', 'lease_until', ARGV[3])
 end
@@ -270,7 +274,11 @@ elseif what == 'cancel' then
   if status == 'canceling' then return {'same', status, seq} end
   -- The step in flight ends the job and has run its callbacks (the engine set `ending`): too late.
   if redis.call('HGET', job, 'ending') == seq then return {'ending', status, seq} end
-  set('canceling', '', 'Cancel requested: undoing the work done so far')
+  if status == 'awaiting_confirmation' then
+    set('canceling', '', 'Discarded without running: nothing was changed')
+  else
+    set('canceling', '', 'Cancel requested: undoing the work done so far')
+  end
 elseif what == 'pause' then
   if status == 'paused' or signal == 'pause' then return {'same', status, seq} end
   if status ~= 'running' and status ~= 'pending' then return {'refused', status, seq} end
@@ -297,20 +305,22 @@ REOPEN = (
     + """
 -- KEYS[1] = job hash, KEYS[2] = messages list, KEYS[3..] = the job's other keys
 -- ARGV[1] = now (s), ARGV[2] = deadline for the step the caller enqueues (ms), ARGV[3] = channel,
--- ARGV[4] = messages kept, ARGV[5] = messages shown in an event
--- Continues a stopped job as the same job from where it stopped: its keys lose the expiry the
--- stop gave them, its counters and its cursor go on.
+-- ARGV[4] = messages kept, ARGV[5] = messages shown in an event, ARGV[6] = the status the job
+-- must be in (stopped: Continue; awaiting_confirmation: Confirm), ARGV[7] = the message
+-- Puts a job that holds no worker back to running, as the same job: a stopped job goes on from
+-- where it stopped (its keys lose the expiry the stop gave them, its counters and cursor go on);
+-- an assessed one runs.
 -- Returns {code, status, seq}: 'enqueue' (the caller enqueues step `seq`), 'missing',
--- 'refused' (the job is not stopped), 'cleaned' (its output was already cleaned up).
+-- 'refused' (the job is not in that status), 'cleaned' (its output was already cleaned up).
 local job = KEYS[1]
 local f = redis.call('HMGET', job, 'status', 'seq', 'cleaned')
 if not f[1] then return {'missing', '', 0} end
-if f[1] ~= 'stopped' then return {'refused', f[1], f[2]} end
+if f[1] ~= ARGV[6] then return {'refused', f[1], f[2]} end
 if f[3] == '1' then return {'cleaned', f[1], f[2]} end
 redis.call('HSET', job, 'status', 'running', 'signal', '', 'lease_owner', '',
   'lease_until', ARGV[2], 'finished_at', '', 'skipped', 0, 'ending', '')
 for i = 1, #KEYS do redis.call('PERSIST', KEYS[i]) end
-apply(job, KEYS[2], {messages = {'Continued from where it stopped'}}, ARGV[1], ARGV[4])
+apply(job, KEYS[2], {messages = {ARGV[7]}}, ARGV[1], ARGV[4])
 publish(job, KEYS[2], ARGV[3], tonumber(ARGV[5]))
 return {'enqueue', 'running', f[2]}
 """

@@ -77,6 +77,8 @@ class JobState:
     def actions(self) -> list[str]:
         """What a user may ask of the job now."""
         status, caps = self.status, self.capabilities
+        if status is Status.AWAITING:
+            return [a for a in ("confirm",) if a in caps] + ["cancel"]
         if status.terminal:
             after: list[str] = []
             if status is Status.STOPPED and "continue" in caps and not self.fields.get("cleaned"):
@@ -167,6 +169,7 @@ class JobState:
             "retry_of": f.get("retry_of") or None,
             "file_name": f.get("file_name") or None,
             "upload_name": f.get("upload_name") or None,
+            "assessment": as_json(f.get("assessment"), None),
             "file_ready": self.file_ready,
             "file_deleted": self.kind == "file"
             and self.status is Status.COMPLETED

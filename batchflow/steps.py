@@ -32,10 +32,10 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from .config import Settings
-from .display import format_count
 from .exceptions import Unavailable, UnknownHandler
 from .failures import Failure, describe_failure
-from .handlers import Handler, StepResult
+from .formats import format_count
+from .handlers import ASSESSMENT_KEY, Handler, StepResult
 from .heartbeat import Heartbeat, worker_id
 from .job import Job, StepResponse
 from .registry import HandlerSpec, Registry
@@ -143,13 +143,15 @@ class StepRunner:
                 updates[F.BATCH_SIZE] = self._next_batch(spec, batch, elapsed)
         now = time.time()
         deferred = job.buffer.deferred
+        # A preview waits for its Confirm until the deadline; then maintenance discards it.
+        wait = s.confirm_timeout if updates.get(F.STATUS) == Status.AWAITING else s.queue_timeout
         committed = self._commit(
             job_id,
             seq,
             worker,
             now,
             job.buffer.payload(job.data, updates),
-            ms(now + deferred + s.queue_timeout),
+            ms(now + deferred + wait),
         )
         if committed is None:
             log.warning("step %s/%s lost its lease before committing; discarded", job_id, seq)
@@ -157,7 +159,7 @@ class StepRunner:
         new_seq, status = committed[0], Status(committed[1])
         if status.terminal:
             self.store.finish(job_id, now + s.job_ttl)
-        elif status is not Status.PAUSED:
+        elif status not in (Status.PAUSED, Status.AWAITING):
             try:
                 self.dispatcher().enqueue_step(job_id, new_seq, deferred)
             except Exception:  # noqa: BLE001 - maintenance re-enqueues after the deadline
@@ -236,9 +238,16 @@ class StepRunner:
             elif job.buffer.committed(F.ITEMS_SOURCE) == "source":
                 self._plan(handler, job)
             self._respond(job, handler.create_job(job))
-            updates[F.PHASE] = Phase.RUN.value
+            previews = getattr(handler, "preview", False)
+            updates[F.PHASE] = (Phase.ASSESS if previews else Phase.RUN).value
+        elif phase == Phase.ASSESS:
+            self._feed(handler, job, batch, keep_ids=False)
+            self._respond(job, handler.assess_job(job, batch))  # type: ignore[attr-defined]
+            if job.buffer.ending is Status.COMPLETED and not job.lease_lost:
+                job.buffer.ending = None
+                updates.update(_awaiting(job))
         else:
-            self._feed(handler, job, batch)
+            self._feed(handler, job, batch, keep_ids=handler.can_cancel)
             self._respond(job, handler.continue_job(job, batch))
             self._settle_total(job)
         handler.after_step(job)
@@ -256,7 +265,8 @@ class StepRunner:
     def _settling(self, spec: HandlerSpec, job: Job, phase: str) -> bool:
         """Whether this step goes again through the slice of a lost step (CLAIM keeps a stop or
         cancel waiting until that slice is settled, so that it is counted, or undone)."""
-        return _careful(job) and phase == Phase.RUN and spec.kind is not Kind.TASK
+        walking = phase in (Phase.RUN, Phase.ASSESS)
+        return _careful(job) and walking and spec.kind is not Kind.TASK
 
     def _batch(self, job: Job) -> int:
         """One unit while retrying a lost step and through the rest of its slice (CLAIM sets
@@ -297,7 +307,7 @@ class StepRunner:
         job.buffer.set(F.SOURCE_PLAN, json.dumps(plan.state))
         job.set_total(plan.total)
 
-    def _feed(self, handler: Handler, job: Job, batch: int) -> None:
+    def _feed(self, handler: Handler, job: Job, batch: int, *, keep_ids: bool = False) -> None:
         """Give the step its entries: the source's next ones after the committed cursor, or
         the ids CLAIM sliced (looked up in the source, for a job that has one: a retry)."""
         b = job.buffer
@@ -305,7 +315,6 @@ class StepRunner:
             state = as_json(b.committed(F.SOURCE_PLAN), {})
             cursor = as_json(b.committed(F.CURSOR), None)
             entries = _source_of(handler, job).read(state, cursor, batch)
-            keep_ids = handler.can_cancel
             job.load_entries(entries, last=len(entries) < batch, walking=True, keep_ids=keep_ids)
         elif b.committed(F.KIND) == Kind.ITEMS:
             last = not job.items or job.units_processed + len(job.items) >= (job.total or 0)
@@ -358,12 +367,16 @@ class StepRunner:
         total = job.total
         if status in (Status.STOPPED, Status.CANCELED) and total is not None:
             updates[F.SKIPPED] = max(0, total - job.units_processed)
-        if status is Status.STOPPED:
+        if status is Status.STOPPED and job.buffer.committed(F.PHASE) == Phase.ASSESS:
+            job.add_message("Stopped during the preview; nothing was changed.")
+        elif status is Status.STOPPED:
             done = f"Stopped after {format_count(job.units_processed)} processed"
             if job.buffer.committed(F.KIND) == Kind.FILE:
                 job.add_message(f"{done}; the unfinished file is not offered for download.")
             else:
                 job.add_message(f"{done}; the work done is kept.")
+        elif status is Status.CANCELED and not job.units_processed:
+            job.add_message("Canceled; nothing had been changed.")
         elif status is Status.CANCELED:
             job.add_message("Canceled; the work done was undone.")
         if handler is not None:
@@ -404,6 +417,37 @@ class StepRunner:
             job.lease.mark_lost()
             return False
         return seen.status != Status.CANCELING.value
+
+
+def _awaiting(job: Job) -> dict[str, Any]:
+    """The fields that end a preview: the job waits for its Confirm, holding no worker, showing
+    what the preview found (``assessment``); its run starts from the first item, with the
+    number assessed as its total."""
+    found = job.data.pop(ASSESSMENT_KEY, {})
+    assessed, changes, rejected = job.units_processed, job.good_count, job.bad_count
+    assessment = {
+        "assessed": assessed,
+        "changes": changes,
+        "rejected": rejected,
+        "unchanged": assessed - changes - rejected,
+        "sample": found.get("sample", []),
+        "errors": found.get("errors", []),
+    }
+    job.add_message(
+        f"Preview ready: {format_count(changes)} of {format_count(assessed)} would change"
+        + (f", {format_count(rejected)} would be rejected" if rejected else "")
+        + ". Waiting for confirmation."
+    )
+    reset = {name: 0 for name in (F.PROCESSED, F.GOOD, F.BAD, F.CAREFUL_UNTIL)}
+    return {
+        **reset,
+        F.STATUS: Status.AWAITING.value,
+        F.SIGNAL: "",
+        F.PHASE: Phase.RUN.value,
+        F.CURSOR: "",
+        F.TOTAL: assessed,
+        F.ASSESSMENT: json.dumps(assessment),
+    }
 
 
 def _source_of(handler: Handler, job: Job) -> Source:

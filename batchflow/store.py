@@ -34,7 +34,7 @@ from .events import RESYNC, EventHub, decode_event
 from .exceptions import InvalidParams, JobNotFound, Unavailable
 from .keys import Keys
 from .paging import pack_cursor, unpack_cursor
-from .schema import ClaimCode, F, Signal, SignalCode, flat_pairs
+from .schema import ClaimCode, F, Signal, SignalCode, Status, flat_pairs
 from .scripts import CLAIM, COMMIT, MARK_CLEANED, RECOVER, RENEW, REOPEN, SIGNAL
 
 MESSAGES_KEPT = 100
@@ -363,14 +363,21 @@ class Store:
         return SignalCode(code), status, int(seq or 0)
 
     @_translating
-    def reopen(self, job_id: str, now: float, deadline_ms: int) -> tuple[SignalCode, str, int]:
-        """Continue a stopped job: ``(code, status, seq)`` (see REOPEN); on ``enqueue`` it is
-        back among the active jobs and the caller enqueues step ``seq``."""
+    def reopen(
+        self, job_id: str, now: float, deadline_ms: int, *, was: Status, message: str
+    ) -> tuple[SignalCode, str, int]:
+        """Put a job that is ``was`` (stopped: Continue; awaiting confirmation: Confirm) back to
+        running: ``(code, status, seq)`` (see REOPEN); on ``enqueue`` it is among the active jobs
+        again and the caller enqueues step ``seq``."""
         k = self.keys
         others = [k.items(job_id), *self._outcomes(job_id)]
         code, status, seq = self._reopen(
             keys=[k.job(job_id), k.messages(job_id), *others],
-            args=[repr(now), deadline_ms, k.channel(job_id), MESSAGES_KEPT, MESSAGES_SHOWN],
+            args=[
+                *self._argv(job_id, repr(now), deadline_ms),
+                was.value,
+                message,
+            ],
         )
         if code == SignalCode.ENQUEUE:
             with self.client.pipeline(transaction=False) as pipe:

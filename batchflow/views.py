@@ -44,7 +44,7 @@ from .exceptions import (
     Unavailable,
     UnknownHandler,
 )
-from .handlers import neutralize_cell
+from .files import neutralize_cell
 from .importing import protect_csrf, rejected_rows, start_import, takes_upload, upload_form
 from .imports import ImportJob
 from .intake import limit_body, read_start_request, safe_redirect, validate_form
@@ -66,6 +66,8 @@ def _resource_dir(name: str) -> str:
 TEMPLATES = _resource_dir("templates")
 STATIC = _resource_dir("static")
 _UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
+#: What a job's owner may ask of it by POST (each where it applies: see JobState.actions).
+ACTIONS = "stop, cancel, pause, resume, continue, confirm, cleanup, retry"
 #: The jobs list's last page number, and the most per-id outcomes one results page asks for.
 MAX_PAGE = 1_000_000
 MAX_RESULTS_COUNT = 1000
@@ -120,7 +122,7 @@ def status_json(state: JobState, *, admin: bool | None = None) -> dict[str, Any]
     data["events_url"] = url_for("batchflow.events", job_id=job_id)
     data["action_urls"] = {
         name: url_for("batchflow.action", job_id=job_id, action=name)
-        for name in ("stop", "cancel", "pause", "resume", "continue", "cleanup", "retry")
+        for name in ACTIONS.split(", ")
     }
     data["download_url"] = (
         url_for("batchflow.download", job_id=job_id) if state.file_ready else None
@@ -399,7 +401,7 @@ def events(job_id: str) -> Response:
     return response
 
 
-@blueprint.post("/<job_id>/<any(stop, cancel, pause, resume, continue, cleanup, retry):action>")
+@blueprint.post(f"/<job_id>/<any({ACTIONS}):action>")
 def action(job_id: str, action: str) -> Any:
     state = _visible(job_id)
     engine = get_state().engine

@@ -77,6 +77,23 @@ class WalkArchive(ItemsJob):
         side.hincrby(f"{job.params['prefix']}:undone", item_id, 1)
 
 
+class PreviewArchive(WalkArchive):
+    """A preview first: even numbers would be archived, odd ones not; multiples of ``every``
+    would be rejected. Then, once confirmed, WalkArchive's change."""
+
+    preview = True
+    labels = {"title": "Archiving numbers", "preview": "This will archive {changes} numbers."}
+
+    def assess(self, item: int, job: Job) -> Any:
+        hook = HOOKS.get(f"{job.id}:assess")
+        if hook is not None:
+            hook(job, item)
+        side.hincrby(f"{job.params['prefix']}:assessed", str(item), 1)
+        if _fails(job, item):
+            raise UserError(f"{item} cannot be archived")
+        return f"archive {item}" if item % 2 == 0 else None
+
+
 class BatchArchive(ItemsJob):
     """Archives a step's whole slice in one pipeline; ``wrong_count`` returns one outcome short."""
 
@@ -153,8 +170,14 @@ class ImportContacts(ImportJob):
         return {"email": values["email"]}
 
 
+class PreviewImport(ImportContacts):
+    preview = True
+
+
 HANDLERS = {
     "import-contacts": ImportContacts,
+    "preview-import": PreviewImport,
+    "preview-archive": PreviewArchive,
     "walk-archive": WalkArchive,
     "batch-archive": BatchArchive,
     "count-up": CountUp,

@@ -270,3 +270,32 @@ def test_a_job_no_worker_takes_says_so(idle_server, page, browser, monkeypatch):
     assert line.inner_text().startswith("No worker has taken this job yet")
     assert "celery -A worker worker" in line.inner_text()
     shots(browser, page, "progress-no-worker")
+
+
+def test_a_preview_shows_what_it_found_and_confirm_runs_it(browser, page, server, prefix):
+    from tests.test_sources import counts
+
+    _, base = server
+    job_id = start(page, base, "preview-archive", params={"n": 60, "every": 20, "prefix": prefix})
+    page.goto(f"{base}/jobs/{job_id}")
+    page.wait_for_selector('[data-status="awaiting_confirmation"]', timeout=20000)
+    preview = page.locator('[data-bf="preview"]')
+    assert preview.is_visible()
+    assert preview.locator('[data-bf="preview-summary"]').inner_text() == (
+        "This will archive 27 numbers."
+    )
+    assert preview.locator('[data-bf="preview-rejected"]').inner_text() == "3 would be rejected."
+    sample = preview.locator('[data-bf="preview-sample"] li').all_inner_texts()
+    assert sample == ["archive 2", "archive 4", "archive 6", "archive 8", "archive 10"]
+    errors = preview.locator('[data-bf="preview-errors"] li').all_inner_texts()
+    assert errors == [
+        "20 20 cannot be archived",
+        "40 40 cannot be archived",
+        "60 60 cannot be archived",
+    ]
+    assert counts(prefix) == {}
+    shots(browser, page, "preview")
+    page.locator('[data-bf-action="confirm"]').click()
+    page.wait_for_selector('[data-status="completed_with_failures"]', timeout=20000)
+    assert not preview.is_visible()
+    assert len(counts(prefix)) == 57  # the 60 assessed, less the 3 rejected again

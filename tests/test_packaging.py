@@ -145,10 +145,10 @@ LAYERS = [
     {"tasks"},  # Celery
     {"engine", "steps", "heartbeat", "maintenance"},  # engine
     # handlers
-    {"registry", "imports", "handlers", "failures", "job", "buffer", "state"}
+    {"registry", "imports", "files", "handlers", "failures", "job", "buffer", "state"}
     | {"sources", "sql", "csvsource", "xlsx"},
     {"store", "admission", "streams", "keys", "scripts", "events", "paging"},  # store
-    {"schema", "display", "config", "exceptions", "ids"},  # vocabulary
+    {"schema", "display", "formats", "config", "exceptions", "ids"},  # vocabulary
 ]
 
 

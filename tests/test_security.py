@@ -11,7 +11,7 @@ import pytest
 from flask import Flask
 
 from batchflow import BatchFlow, ConfigurationError
-from batchflow.handlers import neutralize_cell
+from batchflow.files import neutralize_cell
 from tests.handlers import make_registry
 from tests.test_web import ALICE, start, token
 from tests.webapp import create_app

@@ -32,13 +32,13 @@ def pg_people(pg_url, table):  # noqa: F811 - the fixture
     table.drop(engine)
 
 
-def _mutate(url: str, name: str, upper: int, stop_at: float, seed: int, queue: Any) -> None:
-    """Another process: while the export runs, insert rows above the bound and delete rows."""
+def _mutate(url: str, name: str, upper: int, done: Any, seed: int, queue: Any) -> None:
+    """Another process: until the export ends, insert rows above the bound and delete rows."""
     engine = create_engine(url)
     table = people_table(name)
     rng = random.Random(seed)
     deleted, inserted, next_id = [], [], upper + 1
-    while time.time() < stop_at:
+    while not done.is_set() or len(deleted) < 5 or len(inserted) < 5:
         with engine.begin() as connection:
             if rng.random() < 0.5:
                 victim = rng.randrange(1, upper + 1)
@@ -63,17 +63,17 @@ def test_an_export_while_another_process_inserts_and_deletes_holds_each_row_once
         )
     params = {"url": url, "table": table.name, "sleep": 0.01}
     job_id = engine.start("people-export", owner="a", params=params)
-    wait_for(lambda: engine.state(job_id).total == n)  # the bound is fixed: now the churn
+    wait_for(lambda: engine.state(job_id).total == n, timeout=60)  # the bound is fixed: churn
     context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    mutator = context.Process(
-        target=_mutate, args=(url, table.name, n, time.time() + 2.5, 7, queue)
-    )
+    queue, done = context.Queue(), context.Event()
+    mutator = context.Process(target=_mutate, args=(url, table.name, n, done, 7, queue))
     mutator.start()
     try:
-        state = wait_terminal(engine, job_id, timeout=60)
-        deleted, inserted = queue.get(timeout=30)
+        state = wait_terminal(engine, job_id, timeout=120)
+        done.set()
+        deleted, inserted = queue.get(timeout=60)
     finally:
+        done.set()
         mutator.join(timeout=10)
     assert state.status is Status.COMPLETED and deleted and inserted
     with open(state.fields["file_path"], newline="") as handle:

@@ -203,6 +203,13 @@
       el('p', { class: 'bf-job__status', 'data-bf': 'status' }, [el('span', { class: 'bf-job__state', 'data-bf': 'state' }),
         el('span', { class: 'bf-job__message', 'data-bf': 'message', hidden: true })]),
       p('bf-notice bf-notice--info', 'restarted'),
+      el('div', { class: 'bf-preview', 'data-bf': 'preview', hidden: true }, [
+        el('p', { class: 'bf-preview__summary', 'data-bf': 'preview-summary' }),
+        p('bf-preview__rejected', 'preview-rejected'),
+        el('div', { class: 'bf-preview__lists' }, ['sample', 'errors'].map((k) =>
+          el('div', { 'data-bf': 'preview-' + k + '-box', hidden: true }, [
+            el('p', { class: 'bf-preview__caption' }),
+            el('ul', { class: 'bf-preview__list' + (k === 'errors' ? ' bf-preview__list--errors' : ''), 'data-bf': 'preview-' + k })])))]),
       el('div', { class: 'bf-meter' }, [
         el('div', { class: 'bf-meter__row' }, [
           el('span', { class: 'bf-meter__phase', 'data-bf': 'phase' }),
@@ -378,6 +385,7 @@
       if (badBox) badBox.classList.toggle('bf-stat--nonzero', (s.bad || 0) > 0);
       if (this.options.documentTitle && t.tab) document.title = t.tab;  // the tab shows the progress
       this.announce(s, t, state);
+      this.renderPreview(t);
       this.renderOutcome(s, t, state);
       this.renderActions(s, t);
       this.renderExtras(s, t);
@@ -488,6 +496,24 @@
         show(table, hasResults);
       }
       show(part(root, 'extras'), offerDownload || !!back || offerReport || hasResults || (!!download && !!this.cleanedUp));
+    }
+
+    // A preview that waits for its Confirm: its summary, a sample and the first rejections.
+    renderPreview(t) {
+      const box = part(this.root, 'preview'), pv = t.preview || {}, key = JSON.stringify(pv);
+      if (!box || key === this.keys.preview) return;
+      this.keys.preview = key;
+      show(box, !!pv.summary);
+      setText(part(box, 'preview-summary'), pv.summary);
+      setText(part(box, 'preview-rejected'), pv.rejected);
+      show(part(box, 'preview-rejected'), !!pv.rejected);
+      ['sample', 'errors'].forEach((k) => {
+        const wrap = part(box, 'preview-' + k + '-box'), lines = pv[k] || [];
+        setText(wrap.querySelector('.bf-preview__caption'), (t.ui || {})['preview_' + k]);
+        fill(part(box, 'preview-' + k), lines.map((line) => el('li', {}, typeof line === 'string' ? [line]
+          : [el('span', { class: 'bf-preview__id', text: line[0] }), ' ' + line[1]])));
+        show(wrap, lines.length > 0);
+      });
     }
 
     renderLog(s, t) {
