@@ -11,18 +11,21 @@ It is an app like yours: it uses only what ``from batchflow import ...`` offers.
 Settings come from ``create_app(config)``, then the environment, then the defaults below. Besides
 batchflow's own ``BATCHFLOW_*`` keys (``BATCHFLOW_REDIS_URL``...) the demo reads:
 
-=============================  ============================================================
-``BATCHFLOW_DEMO_DATA``        folder of the demo's SQLite file (and of the exported files,
-                               unless ``BATCHFLOW_FILES_DIR`` says otherwise)
-``BATCHFLOW_DEMO_CONTACTS``    rows in the contacts export (100,000)
-``BATCHFLOW_DEMO_ROW_COST``    seconds of pretend work per exported row, standing in for a
-                               database read (0.00015: the export takes about 15 s; 0: about 1 s)
-``BATCHFLOW_DEMO_POSTS``       posts created in a new SQLite file (5,000)
-``BATCHFLOW_DEMO_ITEM_DELAY``  seconds of pretend work per post, so there is progress to watch
-                               (0.002: the archive and the index take about 10 s each)
-``FLASK_SECRET_KEY``           signs the session that says whose jobs are whose (random per
-                               process when unset: set it when several processes serve)
-=============================  ============================================================
+==================================  ============================================================
+``BATCHFLOW_DEMO_DATA``             folder of the demo's SQLite files (and of the exported files,
+                                    unless ``BATCHFLOW_FILES_DIR`` says otherwise)
+``BATCHFLOW_DEMO_CONTACTS``         rows in the contacts export (100,000)
+``BATCHFLOW_DEMO_ROW_COST``         seconds of pretend work per exported row, standing in for a
+                                    database read (0.00015: the export takes about 15 s; 0: about
+                                    1 s)
+``BATCHFLOW_DEMO_POSTS``            posts created in a new SQLite file (5,000)
+``BATCHFLOW_DEMO_ITEM_DELAY``       seconds of pretend work per post, so there is progress to watch
+                                    (0.002: the archive and the index take about 10 s each)
+``BATCHFLOW_DEMO_IMPORT_ROW_COST``  seconds of pretend work per imported row (0.05: the sample
+                                    file's 200 rows take about 10 s)
+``FLASK_SECRET_KEY``                signs the session that says whose jobs are whose (random per
+                                    process when unset: set it when several processes serve)
+==================================  ============================================================
 """
 
 from __future__ import annotations
@@ -33,11 +36,12 @@ import tempfile
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask, Response, render_template, url_for
+from flask import Flask, Response, render_template, send_from_directory, url_for
 
 from batchflow import BatchFlow, ConfigurationError
 
 from .icon import favicon
+from .importer import SAMPLE_FOLDER, SAMPLE_NAME, SAMPLE_ROWS, imported_contacts
 from .jobs import LOCKED_EVERY, posts, registry
 
 #: The demo's extension, with the demo's own registry (not the global one).
@@ -50,6 +54,7 @@ DEMO_DEFAULTS: dict[str, Any] = {
     "BATCHFLOW_DEMO_ROW_COST": 0.00015,
     "BATCHFLOW_DEMO_POSTS": 5_000,
     "BATCHFLOW_DEMO_ITEM_DELAY": 0.002,
+    "BATCHFLOW_DEMO_IMPORT_ROW_COST": 0.05,
 }
 # Read from the environment here because the demo derives other settings from them; init_app
 # reads every other BATCHFLOW_* key from the environment itself.
@@ -59,6 +64,7 @@ _NUMBERS = {
     "BATCHFLOW_DEMO_ROW_COST": (float, 0.0),
     "BATCHFLOW_DEMO_POSTS": (int, 1),
     "BATCHFLOW_DEMO_ITEM_DELAY": (float, 0.0),
+    "BATCHFLOW_DEMO_IMPORT_ROW_COST": (float, 0.0),
 }
 
 
@@ -95,7 +101,7 @@ def _about(seconds: float) -> str:
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
-    """The demo app: a home page that starts the three jobs, and batchflow's pages at ``/jobs``.
+    """The demo app: a home page that starts the jobs, and batchflow's pages at ``/jobs``.
 
     :param config: Flask config to apply last (for tests and the ``demo`` command).
     """
@@ -117,6 +123,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         response.cache_control.max_age = 86400
         return response
 
+    @app.get(f"/samples/{SAMPLE_NAME}")
+    def sample() -> Response:
+        # The file to try the import with: a download, not a page.
+        return send_from_directory(
+            SAMPLE_FOLDER, SAMPLE_NAME, mimetype="text/csv", as_attachment=True
+        )
+
     @app.get("/")
     def index() -> str:
         owner = batchflow.identity()
@@ -134,6 +147,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             ),
             posts_time=_about(stats["total"] * config["BATCHFLOW_DEMO_ITEM_DELAY"]),
             locked_every=LOCKED_EVERY,
+            imported=imported_contacts().count(),
+            import_row_cost_ms=config["BATCHFLOW_DEMO_IMPORT_ROW_COST"] * 1000,
+            sample_url=url_for("sample"),
+            sample_rows=SAMPLE_ROWS,
+            import_time=_about(SAMPLE_ROWS * config["BATCHFLOW_DEMO_IMPORT_ROW_COST"]),
             recent=[
                 {**state.to_dict(), "url": url_for("batchflow.progress", job_id=state.id)}
                 for state in recent

@@ -1,4 +1,5 @@
-"""The demo's three jobs, on the demo's own registry, and the SQLite data they work on.
+"""The demo's jobs (all but the import: see :mod:`.importer`), on the demo's own registry,
+and the SQLite data they work on.
 
 - ``export-contacts``: the contacts report (:mod:`batchflow_demo.contacts`), a FileJob. Each row
   costs a pretend ``BATCHFLOW_DEMO_ROW_COST`` seconds (0.15 ms), standing in for the database read
@@ -185,7 +186,7 @@ def posts() -> Posts:
     return Posts(path, int(config["BATCHFLOW_DEMO_POSTS"]))
 
 
-def _pretend_work(setting: str, units: int = 1) -> None:
+def pretend_work(setting: str, units: int = 1) -> None:
     """The demo's pretend work: ``units`` times the seconds ``setting`` says, so that progress is
     there to watch (the page says so too)."""
     seconds = float(current_app.config[setting]) * units
@@ -195,7 +196,7 @@ def _pretend_work(setting: str, units: int = 1) -> None:
 
 def _pause() -> None:
     """The pretend work of one post (``BATCHFLOW_DEMO_ITEM_DELAY``)."""
-    _pretend_work("BATCHFLOW_DEMO_ITEM_DELAY")
+    pretend_work("BATCHFLOW_DEMO_ITEM_DELAY")
 
 
 @registry.register("export-contacts")
@@ -213,7 +214,7 @@ class ExportContacts(ContactsReport):
     def get_csv_data(self, job: Job, offset: int, limit: int) -> list[list[Any]]:
         rows = super().get_csv_data(job, offset, limit)
         # What reading these rows from a database would cost (BATCHFLOW_DEMO_ROW_COST per row).
-        _pretend_work("BATCHFLOW_DEMO_ROW_COST", len(rows))
+        pretend_work("BATCHFLOW_DEMO_ROW_COST", len(rows))
         return rows
 
 
