@@ -56,9 +56,11 @@ def upload_form(spec: HandlerSpec) -> type:
     from flask_wtf.file import FileField
 
     base = spec.handler_class.params_form or FlaskForm
-    columns = ", ".join(spec.handler_class.columns)  # type: ignore[attr-defined]
+    handler_class: type[ImportJob] = spec.handler_class  # type: ignore[assignment]
+    columns, optional = ", ".join(handler_class.columns), handler_class.optional_columns
     help_text = "A CSV file (UTF-8) or an Excel workbook (.xlsx)"
-    help_text += f" with the columns {columns}." if columns else "."
+    help_text += f" with the columns {columns}" if columns else ""
+    help_text += f" (and, if you like, {', '.join(optional)})." if optional else "."
     field = FileField(
         "File",
         description=help_text,

@@ -123,7 +123,10 @@ def test_the_home_page_links_the_start_page_and_a_sample_that_downloads(demo_app
     assert data.count(b"\n") == 1 + SAMPLE_ROWS == 201  # the header and 200 contacts
     start = client.get("/jobs/start/import-contacts").get_data(as_text=True)
     assert 'type="file"' in start and 'enctype="multipart/form-data"' in start
-    assert "with the columns name, email." in start and "<title>Importing contacts" in start
+    assert (
+        "with the columns name, email (and, if you like, city)." in start
+        and "<title>Importing contacts" in start
+    )
     assert home_count(client) == 0
     # With the default pretend cost (50 ms a row) the sample is there to watch for a while.
     data = Path(demo_app.config["BATCHFLOW_DEMO_DATA"])

@@ -171,7 +171,10 @@ def test_an_upload_needs_its_csrf_token_and_a_file(client, prefix, files_dir):
 def test_the_start_page_offers_a_file_input_and_shows_errors_beside_it(client, prefix):
     page = client.get("/jobs/start/import-contacts", headers=ALICE)
     assert 'enctype="multipart/form-data"' in page.text
-    assert 'type="file"' in page.text and "with the columns name, email." in page.text
+    assert (
+        'type="file"' in page.text
+        and "with the columns name, email (and, if you like, age)." in page.text
+    )
     token = csrf(client)
     form = {"file": (io.BytesIO(b"name,phone\n"), "a.csv"), "prefix": prefix, "csrf_token": token}
     r = client.post(

@@ -464,11 +464,11 @@
       setText(part(root, 'downloaded'), words.downloaded);
       show(part(root, 'downloaded'), !!download && !!this.cleanedUp);
       // The links: only those that apply exist, so an unsafe URL is never even a dead link.
-      const offerReport = !!report && (s.bad > 0 || hasResults);
+      // An import hands its rejected rows back as the file to fix, once it has ended: its report.
+      const rejected = s.terminal && s.bad > 0 ? safeUrl(s.rejected_url) : null;
+      const offerReport = !!report && (s.bad > 0 || hasResults) && !rejected;
       const links = part(root, 'links');
       const failedPage = offerReport && s.bad > 0 ? withQuery(report, 'which=errors') : null;
-      // An import hands its rejected rows back as the file to fix, once it has ended.
-      const rejected = s.terminal && s.bad > 0 ? safeUrl(s.rejected_url) : null;
       const key = JSON.stringify([back, offerReport && report, t.report, failedPage, rejected, !!this.redirecting, words.back]);
       if (links && key !== this.keys.links) {
         this.keys.links = key;
@@ -479,7 +479,7 @@
           rejected ? el('a', { class: 'bf-link', href: rejected, download: '', 'data-bf': 'rejected', text: words.rejected }) : null,
           back && this.redirecting ? el('span', { class: 'bf-subtle', text: words.going_back }) : null,
           back && this.redirecting ? el('button', { type: 'button', class: 'bf-linkbutton', 'data-bf-action': 'stay', text: words.stay }) : null]);
-        show(links, !!(back || offerReport));
+        show(links, !!(back || offerReport || rejected));
       }
       const table = part(root, 'results');
       if (table) {
@@ -495,7 +495,7 @@
         }
         show(table, hasResults);
       }
-      show(part(root, 'extras'), offerDownload || !!back || offerReport || hasResults || (!!download && !!this.cleanedUp));
+      show(part(root, 'extras'), offerDownload || !!back || offerReport || !!rejected || hasResults || (!!download && !!this.cleanedUp));
     }
 
     // A preview that waits for its Confirm: its summary, a sample and the first rejections.
