@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 
 from flask import current_app
 
-from batchflow import ItemsJob, Job, Registry, TaskJob, UserError
+from batchflow import CallableSource, ItemsJob, Job, Registry, Source, TaskJob, UserError
 
 from .contacts import ContactsReport, StepResult
 
@@ -252,6 +252,47 @@ class ArchivePosts(ItemsJob):
 
     def undo(self, item_id: str, job: Job) -> None:
         Posts.unarchive(self._db, int(item_id), job.id)
+        _pause()
+
+
+@registry.register("restore-posts")
+class RestorePosts(ItemsJob):
+    """Restores the archived posts, after a preview: it first goes through them and shows how
+    many it would restore, with a few titles; nothing changes until you confirm."""
+
+    labels: ClassVar[dict[str, str]] = {
+        "title": "Restoring archived posts",
+        "good": "restored",
+        "preview": "This will restore {changes} archived posts.",
+    }
+    preview = True
+    can_stop = False
+
+    def source(self, job: Job) -> Source:
+        # The archived posts, walked by id: a post archived after the preview is not restored.
+        def walk(after: Any) -> Iterator[tuple[int, tuple[int, str], int]]:
+            with posts().connection() as conn:
+                rows = conn.execute(
+                    "SELECT id, title FROM posts WHERE archived = 1 AND id > ? ORDER BY id",
+                    (after or 0,),
+                )
+                for post_id, title in rows:
+                    yield post_id, (post_id, title), post_id
+
+        def archived() -> int:
+            return posts().stats()["archived"]
+
+        return CallableSource(walk, total=archived)
+
+    def assess(self, item: tuple[int, str], job: Job) -> str:
+        _pause()
+        return item[1]  # the sample shows the first posts' titles
+
+    def change(self, item: tuple[int, str], job: Job) -> None:
+        with posts().connection() as conn:
+            conn.execute(
+                "UPDATE posts SET archived = 0, archived_by = NULL WHERE id = ?", (item[0],)
+            )
         _pause()
 
 

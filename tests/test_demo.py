@@ -100,7 +100,13 @@ def test_the_home_page_starts_each_job_with_a_form_or_the_widget(demo_app):
 
 def test_the_demo_has_its_own_registry(demo_app):
     names = BatchFlow.state(demo_app).registry.names()
-    assert names == ["archive-posts", "export-contacts", "import-contacts", "rebuild-index"]
+    assert names == [
+        "archive-posts",
+        "export-contacts",
+        "import-contacts",
+        "rebuild-index",
+        "restore-posts",
+    ]
     assert not set(names) & set(global_registry.names())
     response = demo_app.test_client().post("/jobs/start/count", json={})
     assert response.status_code == 404

@@ -271,3 +271,28 @@ def test_the_sample_ships_in_the_wheel(built_wheel):
     names = set(zipfile.ZipFile(built_wheel).namelist())
     assert f"batchflow_demo/data/{SAMPLE_NAME}" in names, "setup.cfg package data?"
     assert "batchflow_demo/importer.py" in names
+
+
+def test_restoring_archived_posts_shows_a_preview_and_waits_for_confirm(demo_app):
+    from tests.test_demo import _finished, _posts, _start
+
+    client = demo_app.test_client()
+    _finished(client, _start(client, "archive-posts"))
+    archived = _posts(demo_app).stats()["archived"]
+    assert archived > 0
+    job_id = _start(client, "restore-posts")
+
+    def status() -> dict:
+        return client.get(f"/jobs/{job_id}/status", headers={"Accept": "application/json"}).json
+
+    waiting = wait_for(lambda: (s := status())["status"] == "awaiting_confirmation" and s, 60)
+    preview = waiting["text"]["preview"]
+    assert preview["summary"] == f"This will restore {archived:,} archived posts."
+    assert preview["sample"][0].startswith("Post 1: ")
+    assert _posts(demo_app).stats()["archived"] == archived  # nothing restored yet
+    page = client.get(f"/jobs/{job_id}")
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page.get_data(as_text=True)).group(1)
+    client.post(f"/jobs/{job_id}/confirm", data={"csrf_token": token})
+    done = _finished(client, job_id)
+    assert (done["status"], done["good"], done["total"]) == ("completed", archived, archived)
+    assert _posts(demo_app).stats()["archived"] == 0
