@@ -91,9 +91,9 @@ def _posts(app: Any) -> Posts:
 
 def test_the_home_page_starts_each_job_with_a_form_or_the_widget(demo_app):
     html = demo_app.test_client().get("/").get_data(as_text=True)
-    for handler in ("export-contacts", "archive-posts", "rebuild-index"):
+    for handler in ("export-contacts", "archive-posts", "restore-posts", "rebuild-index"):
         assert f'action="/jobs/start/{handler}"' in html
-    assert html.count('name="csrf_token"') == 3
+    assert html.count('name="csrf_token"') == 4
     assert 'data-batchflow-start="rebuild-index" data-batchflow-modal' in html
     assert "Export 2,600 contacts" in html and "Archive 300 posts" in html
 
