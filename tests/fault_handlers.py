@@ -19,7 +19,7 @@ Points: ``claimed`` (a claim succeeded, before the handler), ``create`` and ``st
 handler), ``before-write`` and ``written`` (a FileJob is about to write / wrote its rows),
 ``change`` (an item job is about to change one id), ``commit`` (the handler returned, before the
 commit), ``enqueue`` (the step committed, before its successor is enqueued), ``run`` (a one-shot
-job's loop).
+job's loop), ``assess`` (a preview is about to assess one item).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from batchflow.engine import Engine
 from batchflow.job import Job
 from batchflow.steps import StepOutcome
 from tests.handlers import make_registry, side
+from tests.source_handlers import ImportContacts, PreviewArchive
 
 _local = threading.local()
 
@@ -50,6 +51,7 @@ FAULT_POINTS = (
     "commit",
     "enqueue",
     "run",
+    "assess",
 )
 
 
@@ -234,6 +236,33 @@ class FailsInCreate(Handler):
         side.hincrby(f"{_prefix(job)}:hooks:{job.id}", "finish", 1)
 
 
+class FaultImport(ImportContacts):
+    """ImportContacts with the fault point ``change`` before each row is applied (the item is
+    the row's email)."""
+
+    def before_step(self, job: Job) -> None:
+        super().before_step(job)
+        self._change_fault = side.hgetall(f"{_prefix(job)}:fault:change")
+
+    def apply(self, values: dict[str, Any], job: Job) -> Any:
+        if self._change_fault:
+            spec = self._change_fault
+            fault_point(_prefix(job), "change", job.id, job.seq, values["email"], spec=spec)
+        return super().apply(values, job)
+
+
+class FaultPreview(PreviewArchive):
+    """PreviewArchive with the fault point ``assess`` before each number is assessed."""
+
+    def before_step(self, job: Job) -> None:
+        self._assess_fault = side.hgetall(f"{_prefix(job)}:fault:assess")
+
+    def assess(self, item: int, job: Job) -> Any:
+        if self._assess_fault:
+            fault_point(_prefix(job), "assess", job.id, job.seq, str(item), spec=self._assess_fault)
+        return super().assess(item, job)
+
+
 def make_fault_registry() -> Registry:
     """The tests' usual handlers plus the fault handlers."""
     registry = make_registry()
@@ -243,6 +272,8 @@ def make_fault_registry() -> Registry:
     registry.add("f-count", FaultCount)
     registry.add("f-task", FaultTask)
     registry.add("f-create", FailsInCreate)
+    registry.add("f-import", FaultImport)
+    registry.add("f-preview", FaultPreview)
     return registry
 
 

@@ -1265,3 +1265,57 @@ def test_a_frozen_one_shot_job_stops_when_it_wakes_to_find_its_lease_gone(engine
     assert [u for u in units if u.startswith(f"{rescuer.pid}:")] == [
         f"{rescuer.pid}:{i}" for i in range(10)
     ]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_import_loses_no_row_and_counts_each_once(engine, workers, prefix, files_dir):
+    """A pool child killed while it applies row 1,700 of 3,000: the import goes on from the last
+    committed cursor; every row is applied, each counted once, and only rows of the step that
+    was cut off (after its last checkpoint) are applied again: an upsert keyed by the row, as
+    ``apply`` should be, leaves each contact once."""
+    from batchflow.engine import new_job_id
+    from batchflow.imports import upload_path
+
+    emails = [f"p{n}@example.com" for n in range(3000)]
+    job_id = new_job_id()
+    path = upload_path(files_dir, job_id)
+    os.makedirs(os.path.dirname(path))
+    with open(path, "w") as handle:
+        handle.write("name,email\n" + "".join(f"P {n},{e}\n" for n, e in enumerate(emails)))
+    workers.start(pool="prefork")
+    arm(prefix, "change", action="kill", left=1, item="p1700@example.com")
+    engine.submit("f-import", owner="a", params={"prefix": prefix}, job_id=job_id)
+    (hit,) = fired(prefix, "change")
+    state = terminal(engine, job_id, timeout=90)
+    d = state.to_dict()
+    assert (d["status"], d["good"], d["bad"], d["total"]) == ("completed", 3000, 0, 3000)
+    applied = {k: int(v) for k, v in side.hgetall(f"{prefix}:applied").items()}
+    assert set(applied) == set(emails) and max(applied.values()) <= 2
+    twice = [e for e in emails if applied[e] == 2]
+    if twice:  # a run of rows just before the one that killed its worker
+        first, last = emails.index(twice[0]), emails.index(twice[-1])
+        assert twice == emails[first : last + 1] and last < 1700
+    assert side.hlen(f"{prefix}:contacts") == 3000
+    assert_one_chain(prefix, job_id, state, cut={hit["seq"]})
+
+
+@pytest.mark.slow
+def test_sigkill_mid_preview_changes_nothing_and_assesses_each_once(engine, workers, prefix):
+    """A pool child killed while it assesses number 1,700 of 3,000: the preview goes on from the
+    last committed cursor, its counts are exact, nothing was archived; Confirm then archives each
+    number once."""
+    workers.start(pool="prefork")
+    arm(prefix, "assess", action="kill", left=1, item="1700")
+    job_id = engine.start("f-preview", owner="a", params={"n": 3000, "prefix": prefix, "every": 0})
+    fired(prefix, "assess")
+    waiting = wait_for(lambda: (s := engine.state(job_id)).status is Status.AWAITING and s, 90)
+    found = waiting.to_dict()["assessment"]
+    assert (found["assessed"], found["changes"], found["rejected"]) == (3000, 1500, 0)
+    assert not side.exists(f"{prefix}:archived")
+    assessed = {k: int(v) for k, v in side.hgetall(f"{prefix}:assessed").items()}
+    assert set(assessed) == {str(n) for n in range(1, 3001)} and max(assessed.values()) <= 2
+    engine.signal(job_id, "confirm")
+    done = terminal(engine, job_id, timeout=90)
+    assert (done.status, done.count("good"), done.total) == (Status.COMPLETED, 3000, 3000)
+    archived = {k: int(v) for k, v in side.hgetall(f"{prefix}:archived").items()}
+    assert archived == {str(n): 1 for n in range(1, 3001)}
