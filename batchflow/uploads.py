@@ -127,6 +127,10 @@ def receive_upload(
     kept = None
     try:
         form, files = _parse(request, stream_factory, options, length, max_bytes)
+        # What the body held, for a CSRF check or a form read afterwards (also when the upload
+        # is refused below: a page re-rendered with the error keeps its token).
+        request.form = ImmutableMultiDict(form)
+        request.files = ImmutableMultiDict()  # the file is on disk; nothing reads the body again
         done = {id(storage.stream) for storage in files.values()}
         if any(id(file) not in done for _, file in parts):
             raise InvalidParams(CUT_OFF)  # a file part that never ended: the form's end is missing
@@ -140,10 +144,7 @@ def receive_upload(
             file.close()
             if path != kept:
                 os.unlink(path)
-    form = ImmutableMultiDict(form)
-    request.form = form  # what the body held, for a CSRF check or a form read afterwards
-    request.files = ImmutableMultiDict()  # the file is on disk; nothing reads the body again
-    return Upload(kept, display_name(storage.filename), size, form)
+    return Upload(kept, display_name(storage.filename), size, request.form)
 
 
 def _parse(

@@ -234,3 +234,15 @@ def test_a_worker_lost_mid_import_applies_no_row_twice_and_loses_none(app, prefi
     counts = applied(prefix)
     assert set(counts) == {f"p{n}@example.com" for n in range(500)}
     assert {email for email, n in counts.items() if n > 1} <= set(seen[:3])
+
+
+def test_a_form_sent_without_a_file_comes_back_with_the_reason_and_its_token(client, prefix):
+    token = csrf(client)
+    r = client.post(
+        "/jobs/start/import-contacts",
+        data={"prefix": prefix, "csrf_token": token},
+        headers=ALICE,
+        content_type="multipart/form-data",
+    )
+    assert r.status_code == 400 and "Choose a file to upload" in r.text
+    assert "CSRF" not in r.text and 'type="file"' in r.text
