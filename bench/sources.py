@@ -642,6 +642,7 @@ def bench_upload(ctx: Context, opts: argparse.Namespace, rep: Report) -> None:
     server = subprocess.Popen(
         [sys.executable, "-c", UPLOAD_SERVER, json.dumps(config)],
         stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,  # werkzeug's request log
         text=True,
         env=env,
         cwd=ROOT,
