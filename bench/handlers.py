@@ -94,4 +94,7 @@ def make_registry() -> Registry:
     registry.add("steps", Steps)
     registry.add("increment", Increment)
     registry.add("slow-increment", SlowIncrement)
+    from bench.source_handlers import add_source_handlers  # imports this module's ``side``
+
+    add_source_handlers(registry)
     return registry

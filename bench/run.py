@@ -53,6 +53,7 @@ from bench.harness import (  # noqa: E402
     wait_for,
 )
 from bench.peers import CHAIN_TASK, ITEM_TASK  # noqa: E402
+from bench.sources import bench_batch, bench_export, bench_import, bench_upload  # noqa: E402
 
 # -- the report ---------------------------------------------------------------------------------
 
@@ -1021,6 +1022,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--progress-steps", type=int, help="steps of the progress-latency job (default 200)"
     )
+    parser.add_argument("--rows", type=int, help="table rows in benchmark 8 (default 1000000)")
+    parser.add_argument(
+        "--batch-items", type=int, help="items of benchmark 9's jobs (default 100000)"
+    )
+    parser.add_argument(
+        "--import-rows", type=int, help="CSV rows imported in benchmark 10 (default 1000000)"
+    )
+    parser.add_argument("--upload-mb", type=int, help="upload size in benchmark 11 (MiB, 1024)")
     parser.add_argument(
         "--kills",
         type=int,
@@ -1028,8 +1037,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--only",
-        default="1,2,3,4,5,6,7",
-        help="comma-separated benchmarks to run (1-7; 2 and 3 run together)",
+        default="1,2,3,4,5,6,7,8,9,10,11",
+        help="comma-separated benchmarks to run (1-11; 2 and 3 run together)",
     )
     parser.add_argument(
         "--redis-url",
@@ -1051,6 +1060,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "stop_trials": 3 if quick else 6,
         "progress_steps": 60 if quick else 200,
         "kills": 3 if quick else 5,
+        "rows": 100_000 if quick else 1_000_000,
+        "batch_items": 20_000 if quick else 100_000,
+        "import_rows": 100_000 if quick else 1_000_000,
+        "upload_mb": 200 if quick else 1024,
     }
     for name, value in defaults.items():
         if getattr(opts, name) is None:
@@ -1064,7 +1077,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 #: The benchmarks that run on the run's one shared worker (1 has none; 7 starts its own).
-SHARED_WORKER = {2, 3, 4, 5, 6}
+SHARED_WORKER = {2, 3, 4, 5, 6, 8, 9, 10}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1089,6 +1102,10 @@ def main(argv: list[str] | None = None) -> int:
         ({5}, "5. progress and stop latency", bench_latency),
         ({6}, "6. scale", bench_scale),
         ({7}, "7. work repeated per SIGKILL", bench_crash),
+        ({8}, "8. keyset export from PostgreSQL", bench_export),
+        ({9}, "9. batch change", bench_batch),
+        ({10}, "10. import memory", bench_import),
+        ({11}, "11. upload memory", bench_upload),
     ]
     try:
         for numbers, title, bench in plan:
@@ -1109,7 +1126,7 @@ def main(argv: list[str] | None = None) -> int:
     print(rep.render())
     print()
     print("How each figure was measured (absolute numbers):")
-    for bench, notes in sorted(rep.notes.items()):
+    for bench, notes in sorted(rep.notes.items(), key=lambda kv: int(kv[0])):
         for text in notes:
             print(textwrap.fill(text, 100, initial_indent=f"{bench}. ", subsequent_indent="   "))
     load = os.getloadavg()[0]
