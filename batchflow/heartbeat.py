@@ -41,6 +41,7 @@ class _Watched:
     due: float  # the next beat
     renew_due: float  # the lease's next renewal, when a beat has nothing to send
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    ended: bool = False  # the step left the watch: a beat that comes late sends nothing
 
 
 class Heartbeat:
@@ -94,8 +95,11 @@ class Heartbeat:
         finally:
             with self._lock:
                 self._watched.pop(id(entry), None)
-            with entry.lock:  # a beat in progress finishes before the step commits
-                pass
+            # A beat in progress finishes before the step commits; one that comes later (the
+            # thread listed the entry before it left) must send nothing: the commit carries what
+            # is ready, and a checkpoint of the same units applied first would count them twice.
+            with entry.lock:
+                entry.ended = True
 
     def _run(self) -> None:
         while True:
@@ -132,6 +136,8 @@ class Heartbeat:
 
     def _beat(self, entry: _Watched) -> None:
         with entry.lock:
+            if entry.ended:
+                return
             job = entry.job
             drained = job.buffer.drain_live(everything=entry.live)
             if drained is None and not entry.live and time.monotonic() < entry.renew_due:

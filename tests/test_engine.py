@@ -358,3 +358,28 @@ def test_a_file_job_on_an_unusable_files_dir_fails_naming_the_setting(settings, 
     detail = state.fields["error_detail"]
     assert f"Could not write the job's file in BATCHFLOW_FILES_DIR ({blocker}): " in detail
     assert "Not a directory" in detail  # the system's own words are kept
+
+
+def test_a_beat_that_comes_after_its_step_left_the_watch_sends_nothing(engine, manual):
+    """The heartbeat thread lists the steps it watches, then beats each: a step may leave the
+    watch (and commit) in between. A beat then must not send a checkpoint of what the commit
+    carries too: applied first, it would count those units twice."""
+    from batchflow.heartbeat import Heartbeat
+    from batchflow.job import Job
+
+    job_id = engine.start("count", owner="a", params={"n": 10})
+    manual.drain(engine, limit=1)  # create_job: the step to claim is 1
+    now = time.time()
+    claim = engine.store.claim(job_id, 1, "w1", int(now * 1000), 30_000)
+    job = Job(claim.fields)
+    heartbeat = Heartbeat(engine.store, lease_seconds=30, worker_ttl=2)
+    with heartbeat.watch(job, "w1", interval=3600, live=False):
+        (entry,) = heartbeat._watched.values()  # what the thread listed
+        job.mark_processed(5)
+        job.checkpoint()
+    payload = job.buffer.payload(job.data, {})  # what the step commits
+    heartbeat._beat(entry)  # ... and the thread beats after the step left
+    assert engine.state(job_id).fields["checkpoints"] == "0"
+    deadline = int((time.time() + 60) * 1000)
+    assert engine.store.commit(job_id, 1, "w1", time.time(), payload, deadline, 3600)
+    assert engine.state(job_id).count("processed") == 5  # once
