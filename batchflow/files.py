@@ -19,6 +19,8 @@ from .schema import F, Kind, Status
 
 # A spreadsheet skips leading blanks before it looks for a formula: " =1+1" runs too.
 _FORMULA = re.compile(r"[ \t\r\n\u00a0]*[=+\-@]|[\t\r]")
+#: The first characters a formula may start with (a cheap test before the pattern's).
+_FORMULA_STARTS = frozenset("=+-@ \t\r\n\u00a0")
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._ -]+")
 
 
@@ -41,7 +43,7 @@ def neutralize_cell(value: Any) -> Any:
     """``value`` for a CSV cell: text that a spreadsheet would run as a formula (it starts with
     ``=``, ``+``, ``-`` or ``@``, after any spaces, tabs, line breaks or no-break spaces, or with a
     tab or a carriage return) gets a leading ``'``; anything else is returned as it is."""
-    if isinstance(value, str) and _FORMULA.match(value):
+    if isinstance(value, str) and value[:1] in _FORMULA_STARTS and _FORMULA.match(value):
         return "'" + value
     return value
 

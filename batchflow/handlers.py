@@ -268,18 +268,31 @@ class ItemsJob(Handler):
         try:
             outcomes = list(self.change_batch([entry.item for entry in readable], job))
         except Exception as exc:  # noqa: BLE001 - the slice is bad, the job goes on
-            outcomes = [exc] * len(readable)
+            failure = describe_failure(exc, f"job {job.id}: change_batch", item=True)  # logged once
+            outcomes = [UserError(failure.shown)] * len(readable)
         if len(outcomes) != len(readable):
             raise TypeError(
                 f"{type(self).__name__}.change_batch returned {len(outcomes)} outcomes for "
                 f"{len(readable)} items: it must return one per item, in order."
             )
-        found = dict(zip((id(entry) for entry in readable), outcomes, strict=True))
+        found = iter(outcomes)
+        good = bad = 0
         for entry in job.entries:
-            if entry.error is None:
-                self._outcome(job, entry, found[id(entry)])
+            outcome = next(found) if entry.error is None else UserError(entry.error)
+            if isinstance(outcome, BaseException):
+                where = f"job {job.id}: change_batch({entry.id!r})"
+                job.record_error(entry.id, describe_failure(outcome, where, item=True).shown)
+                bad += 1
             else:
-                self._outcome(job, entry, UserError(entry.error))
+                if outcome is not None:
+                    job.record_result(entry.id, outcome)
+                good += 1
+        # The slice counted, and the cursor moved past it, once.
+        if good:
+            job.good(good)
+        if bad:
+            job.bad(bad)
+        job.advance(*job.entries)
         job.checkpoint()
 
     @staticmethod

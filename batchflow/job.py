@@ -163,14 +163,15 @@ class Job:
         self._walking = walking
         self._keep_ids = walking and keep_ids
 
-    def advance(self, entry: Entry) -> None:
-        """Say that ``entry``'s outcome is reported: a source's cursor moves past it, committed
-        with that outcome (call :meth:`checkpoint` after it to make the pair a consistent
-        state)."""
-        if self._walking:
-            self.buffer.set(F.CURSOR, json.dumps(entry.cursor))
+    def advance(self, *entries: Entry) -> None:
+        """Say that the outcomes of ``entries`` (in walk order) are reported: a source's cursor
+        moves past the last, committed with those outcomes (call :meth:`checkpoint` after it to
+        make the pair a consistent state)."""
+        if self._walking and entries:
+            self.buffer.set(F.CURSOR, json.dumps(entries[-1].cursor))
             if self._keep_ids:
-                self.buffer.add_walked(entry.id)
+                for entry in entries:
+                    self.buffer.add_walked(entry.id)
 
     # -- what a handler reports ------------------------------------------------------------
 

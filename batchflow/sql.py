@@ -173,6 +173,22 @@ class KeysetSource(Source):
             and described[0].get("entity") is not None
             and described[0].get("expr") is described[0]["entity"]
         )
+        self.positions = None if self.orm_entity else self._positions()
+
+    def _positions(self) -> list[int] | None:
+        """Where the key (and id) columns are among the query's own, when it selects them all
+        (``select(table)``): its rows are then the items as they are, read once, with nothing
+        added to the query. None when some are not selected."""
+        selected = list(self.query.selected_columns)
+        wanted = [*self.keys, *([self.id_column] if self.id_column is not None else [])]
+        positions = []
+        for column in wanted:
+            expr = column.__clause_element__() if hasattr(column, "__clause_element__") else column
+            found = [i for i, own in enumerate(selected) if own is expr or own.compare(expr)]
+            if not found:
+                return None
+            positions.append(found[0])
+        return positions
 
     # -- Source --------------------------------------------------------------------------------
 
@@ -213,7 +229,7 @@ class KeysetSource(Source):
         if cursor is not None:
             where.append(self._compare(self.keys, ">", self._decode(cursor)))
         # One row more than asked: a duplicate key on the page boundary is still seen.
-        statement = self._labelled().where(*where).order_by(*self.keys).limit(limit + 1)
+        statement = self._walked().where(*where).order_by(*self.keys).limit(limit + 1)
         return self._entries(statement)[:limit]
 
     def fetch(self, ids: Sequence[str]) -> list[Entry]:
@@ -233,7 +249,7 @@ class KeysetSource(Source):
                 match = columns[0].in_([value[0] for value in chunk])
             else:
                 match = tuple_(*columns).in_(chunk)
-            entries += self._entries(self._labelled().where(match).order_by(*self.keys))
+            entries += self._entries(self._walked().where(match).order_by(*self.keys))
         return entries
 
     # -- queries -------------------------------------------------------------------------------
@@ -245,6 +261,11 @@ class KeysetSource(Source):
                 yield session
         else:
             yield self.bind
+
+    def _walked(self) -> Select[Any]:
+        """The query a page is read with: the user's own when it selects the key (and id)
+        columns, else with them added."""
+        return self.query.order_by(None) if self.positions is not None else self._labelled()
 
     def _labelled(self) -> Select[Any]:
         """The user's query with the key (and id) columns added after its own, unordered."""
@@ -260,25 +281,28 @@ class KeysetSource(Source):
         return left > right if op == ">" else left <= right
 
     def _entries(self, statement: Select[Any]) -> list[Entry]:
+        extra = len(self.keys) + (self.id_column is not None)
         with self._session() as session:
-            frozen = session.execute(statement).freeze()
-        rows = frozen().all()
+            if self.orm_entity or self.positions is not None:  # read once
+                rows = session.execute(statement).all()
+                items: Sequence[Any] = [row[0] for row in rows] if self.orm_entity else rows
+            else:  # the rows twice: whole for the keys, and with the user's own columns only
+                frozen = session.execute(statement).freeze()
+                rows = frozen().all()
+                width = len(rows[0]) - extra if rows else 0
+                items = frozen().columns(*range(width)).all() if rows else []
         if not rows:
             return []
-        extra = len(self.keys) + (self.id_column is not None)
-        if self.orm_entity:
-            items: Sequence[Any] = [row[0] for row in rows]
-        else:  # the user's own columns, without the ones added for the walk
-            items = frozen().columns(*range(len(rows[0]) - extra)).all()
+        at = self.positions or list(range(len(rows[0]) - extra, len(rows[0])))
+        keys, name_at = at[: len(self.keys)], (at[-1] if self.id_column is not None else None)
         entries: list[Entry] = []
         previous: tuple[Any, ...] | None = None
         for row, item in zip(rows, items, strict=True):
-            start = len(row) - extra
-            key = tuple(row[start : start + len(self.keys)])
+            key = tuple(row[i] for i in keys)
             if key == previous:
                 self._refuse_duplicate(key)
             previous = key
-            name = row[-1] if self.id_column is not None else None
+            name = row[name_at] if name_at is not None else None
             entries.append(Entry(self._id_text(key, name), item, self._encode(key)))
         return entries
 

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from batchflow.engine import new_job_id
-from batchflow.handlers import neutralize_cell as cell
+from batchflow.files import neutralize_cell as cell
 from batchflow.imports import upload_path
 from batchflow.schema import is_terminal
 from bench.harness import ROOT, Context, wait_for
