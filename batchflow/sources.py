@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from .exceptions import UserError
 
@@ -31,9 +31,8 @@ class SourceError(UserError, ValueError):
     fails with this message, shown as written, rather than skip or repeat rows."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Entry:
-    """One unit of work a source produced.
+class Entry(NamedTuple):
+    """One unit of work a source produced (a named tuple: a step may hold tens of thousands).
 
     :param id: the entry's id, as per-id results, errors, retry and undo know it (text).
     :param item: what the handler receives (a row, a dict of a CSV row's columns, an id).

@@ -51,6 +51,7 @@ Bind = Session | scoped_session[Any] | Engine | Connection
 #: A key column: an ORM attribute (``Contact.id``) or a Core column (``contacts.c.id``).
 KeyColumn = ColumnElement[Any] | QueryableAttribute[Any]
 
+_NONE = object()  # no key seen yet (None is a key value, refused at plan)
 #: How many ids :meth:`KeysetSource.fetch` looks up per query.
 FETCH_CHUNK = 500
 _KEY_LABEL = "batchflow_key_{}"
@@ -183,7 +184,9 @@ class KeysetSource(Source):
         wanted = [*self.keys, *([self.id_column] if self.id_column is not None else [])]
         positions = []
         for column in wanted:
-            expr = column.__clause_element__() if hasattr(column, "__clause_element__") else column
+            expr: Any = (
+                column.__clause_element__() if hasattr(column, "__clause_element__") else column
+            )
             found = [i for i, own in enumerate(selected) if own is expr or own.compare(expr)]
             if not found:
                 return None
@@ -295,6 +298,8 @@ class KeysetSource(Source):
             return []
         at = self.positions or list(range(len(rows[0]) - extra, len(rows[0])))
         keys, name_at = at[: len(self.keys)], (at[-1] if self.id_column is not None else None)
+        if len(keys) == 1 and name_at is None:  # the usual case, a step's rows by the thousand
+            return self._simple_entries(rows, items, keys[0])
         entries: list[Entry] = []
         previous: tuple[Any, ...] | None = None
         for row, item in zip(rows, items, strict=True):
@@ -304,6 +309,18 @@ class KeysetSource(Source):
             previous = key
             name = row[name_at] if name_at is not None else None
             entries.append(Entry(self._id_text(key, name), item, self._encode(key)))
+        return entries
+
+    def _simple_entries(self, rows: Sequence[Any], items: Sequence[Any], at: int) -> list[Entry]:
+        """:meth:`_entries` for one key column naming each entry."""
+        entries: list[Entry] = []
+        previous: Any = _NONE
+        for row, item in zip(rows, items, strict=True):
+            key = row[at]
+            if key == previous:
+                self._refuse_duplicate((key,))
+            previous = key
+            entries.append(Entry(str(key), item, encode_value(key)))
         return entries
 
     # -- keys, cursors and ids -----------------------------------------------------------------
