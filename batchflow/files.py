@@ -95,13 +95,14 @@ class FileJob(Handler):
             raise NotImplementedError(
                 f"{type(self).__name__} must define continue_job(job, batch_size), or source(job)"
             )
-        readable = [entry for entry in job.entries if entry.error is None]
-        self.write_rows(job, self.rows([entry.item for entry in readable], job))
-        job.mark_processed(len(readable))
-        for entry in job.entries:
-            if entry.error is not None:
-                job.record_error(entry.id, entry.error)
-                job.bad()
+        items = [entry.item for entry in job.entries if entry.error is None]
+        self.write_rows(job, self.rows(items, job))
+        job.mark_processed(len(items))
+        if len(items) < len(job.entries):  # entries the source could not read (CSV rows)
+            for entry in job.entries:
+                if entry.error is not None:
+                    job.record_error(entry.id, entry.error)
+                    job.bad()
         if job.entries:
             job.advance(job.entries[-1])
         if job.last_slice:
@@ -155,12 +156,11 @@ class FileJob(Handler):
         """Append CSV rows to the job's file."""
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        for row in rows:
-            writer.writerow([self._cell(value) for value in row])
+        if self.neutralize_formulas:
+            writer.writerows([neutralize_cell(value) for value in row] for row in rows)
+        else:
+            writer.writerows(rows)
         self.write(job, buffer.getvalue())
-
-    def _cell(self, value: Any) -> Any:
-        return neutralize_cell(value) if self.neutralize_formulas else value
 
     def cleanup_job(self, job: Job) -> None:
         """Delete the job's file and its folder."""

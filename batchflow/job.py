@@ -94,11 +94,10 @@ class Job:
         self.attempt: int = as_int(fields.get(F.ATTEMPTS), 1)
         #: The folder (``BATCHFLOW_FILES_DIR``) where a FileJob keeps its output.
         self.files_dir = files_dir
-        #: The ids this step works on (item jobs; newest first while undoing).
-        self.items: list[str] = items or []
+        self._items: list[str] | None = items or []
         #: The entries this step works on: the items of an item job (an id, or what its source
         #: produced: a row, a CSV row's columns), or a file job's source's next rows.
-        self.entries: list[Entry] = [Entry(item, item, None) for item in self.items]
+        self.entries: list[Entry] = [Entry(item, item, None) for item in items or ()]
         #: Whether this step's entries are the last of the job's work.
         self.last_slice = False
         self._bad_flags = bad_flags or []
@@ -107,6 +106,13 @@ class Job:
         self._keep_ids = False
 
     # -- what the job knows ----------------------------------------------------------------
+
+    @property
+    def items(self) -> list[str]:
+        """The ids this step works on (item jobs; newest first while undoing)."""
+        if self._items is None:
+            self._items = [entry.id for entry in self.entries]
+        return self._items
 
     @property
     def status(self) -> Status:
@@ -158,7 +164,7 @@ class Job:
         :param keep_ids: keep the ids walked (in the job's items list), so Cancel can undo them.
         """
         self.entries = entries
-        self.items = [entry.id for entry in entries]
+        self._items = None  # their ids, when asked
         self.last_slice = last
         self._walking = walking
         self._keep_ids = walking and keep_ids

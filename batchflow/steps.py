@@ -49,6 +49,10 @@ log = logging.getLogger("batchflow")
 CANCELABLE_ENDINGS = (Status.COMPLETED, Status.STOPPED)
 #: How much longer than the TTL a terminal job's keys live, so maintenance can clean up first.
 CLEANUP_GRACE = 3600
+#: How many times larger the next step may be than one far under the step target: a job of fast
+#: units reaches its step size in a few steps (from 10 units to 10,000 in five), while a unit that
+#: is slow after all costs at most a few times the target.
+GROWTH = 4
 #: The error of an id a retry looked up in the job's source and did not find.
 GONE = "This item no longer exists."
 #: Seconds before a commit Redis did not answer is sent again, doubling up to the maximum.
@@ -275,14 +279,15 @@ class StepRunner:
         return 1 if careful else int(job.buffer.committed(F.BATCH_SIZE) or 1)
 
     def _next_batch(self, spec: HandlerSpec, current: int, elapsed: float) -> int:
-        """Aim the next step at ``BATCHFLOW_STEP_TARGET`` seconds: at most doubling, at least
-        halving, within the configured bounds. A fixed ``batch_size`` never moves."""
+        """Aim the next step at ``BATCHFLOW_STEP_TARGET`` seconds: at most :data:`GROWTH` times
+        larger, at least half as large, within the configured bounds. A fixed ``batch_size``
+        never moves."""
         s = self.settings
         fixed = spec.handler_class.batch_size
         if fixed:
             return s.clamp_batch(fixed)
         ideal = current * s.step_target / max(elapsed, 1e-4)
-        return s.clamp_batch(int(max(current / 2, min(current * 2, math.floor(ideal))) or 1))
+        return s.clamp_batch(int(max(current / 2, min(current * GROWTH, math.floor(ideal))) or 1))
 
     def _respond(self, job: Job, response: StepResult) -> None:
         if isinstance(response, str):

@@ -190,12 +190,13 @@ def test_a_stopped_id_job_and_a_stopped_export_continue_too(engine, manual, pref
 
 
 def test_cancel_after_continue_undoes_every_change_once(engine, manual, prefix):
-    job_id = engine.start("walk-archive", owner="a", params={"n": 800, "prefix": prefix})
+    job_id = engine.start("walk-archive", owner="a", params={"n": 20_000, "prefix": prefix})
     manual.drain(engine, limit=3)
     engine.signal(job_id, "stop")
     manual.drain(engine)
     engine.signal(job_id, "continue")
-    manual.drain(engine, limit=2)
+    manual.drain(engine, limit=1)
+    assert engine.state(job_id).count("processed") < 20_000
     engine.signal(job_id, "cancel")
     manual.drain(engine)
     state = engine.state(job_id)
