@@ -319,6 +319,7 @@ def test_xlsx_to_csv_without_openpyxl_names_the_extra(tmp_path, monkeypatch):
     assert str(raised.value) == "XLSX uploads need the xlsx extra: pip install batchflow[xlsx]"
 
 
+@pytest.mark.slow
 def test_plan_counts_a_large_file_in_bounded_memory(tmp_path):
     import tracemalloc
 

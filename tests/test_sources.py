@@ -149,6 +149,7 @@ def test_retry_looks_the_failed_items_up_in_the_source(engine, manual, prefix):
     assert counts(prefix) == {str(k): 1 for k in range(1, 101) if k != 20}
 
 
+@pytest.mark.slow
 def test_stop_then_continue_runs_the_rest_exactly_once(engine, worker, prefix):
     n = 1500
     params = {"n": n, "every": 50, "prefix": prefix, "sleep": 0.002}

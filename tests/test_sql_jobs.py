@@ -52,6 +52,7 @@ def _mutate(url: str, name: str, upper: int, done: Any, seed: int, queue: Any) -
     queue.put((deleted, inserted))
 
 
+@pytest.mark.slow
 def test_an_export_while_another_process_inserts_and_deletes_holds_each_row_once(
     engine, worker, pg_people, prefix
 ):

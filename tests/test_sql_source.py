@@ -427,6 +427,7 @@ def churn(url: str, path: str, ready: Any, go: Any, stop: Any) -> None:
         json.dump(done, f)
 
 
+@pytest.mark.slow
 def test_a_walk_while_another_process_inserts_and_deletes(pg_url, tmp_path):  # noqa: F811
     engine = create_engine(pg_url)
     Base.metadata.drop_all(engine)
