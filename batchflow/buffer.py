@@ -133,9 +133,9 @@ class StepBuffer:
         with self._lock:
             self._pending.undo_errors.extend(failed)
 
-    def add_walked(self, item_id: str) -> None:
+    def add_walked(self, item_ids: list[str]) -> None:
         with self._lock:
-            self._pending.walked.append(item_id)
+            self._pending.walked.extend(item_ids)
 
     def end(self, status: Status, error: str | None = None) -> None:
         """Say that the job ends with ``status`` after this step."""

@@ -276,22 +276,15 @@ class ItemsJob(Handler):
                 f"{len(readable)} items: it must return one per item, in order."
             )
         found = iter(outcomes)
-        good = bad = 0
-        for entry in job.entries:
-            outcome = next(found) if entry.error is None else UserError(entry.error)
-            if isinstance(outcome, BaseException):
-                where = f"job {job.id}: change_batch({entry.id!r})"
-                job.record_error(entry.id, describe_failure(outcome, where, item=True).shown)
-                bad += 1
-            else:
-                if outcome is not None:
-                    job.record_result(entry.id, outcome)
-                good += 1
+        good = sum(
+            self._record(job, entry, next(found) if entry.error is None else UserError(entry.error))
+            for entry in job.entries
+        )
         # The slice counted, and the cursor moved past it, once.
         if good:
             job.good(good)
-        if bad:
-            job.bad(bad)
+        if len(job.entries) > good:
+            job.bad(len(job.entries) - good)
         job.advance(*job.entries)
         job.checkpoint()
 
@@ -303,16 +296,23 @@ class ItemsJob(Handler):
             return exc
 
     @staticmethod
-    def _outcome(job: Job, entry: Entry, outcome: Any) -> None:
-        """Count ``entry`` good (keeping a result) or bad (an exception), and move past it."""
+    def _record(job: Job, entry: Entry, outcome: Any) -> bool:
+        """Keep ``entry``'s result, or its error (an exception); whether it went well."""
         if isinstance(outcome, BaseException):
             failure = describe_failure(outcome, f"job {job.id}: change({entry.id!r})", item=True)
             job.record_error(entry.id, failure.shown)
-            job.bad()
-        else:
-            if outcome is not None:
-                job.record_result(entry.id, outcome)
+            return False
+        if outcome is not None:
+            job.record_result(entry.id, outcome)
+        return True
+
+    @classmethod
+    def _outcome(cls, job: Job, entry: Entry, outcome: Any) -> None:
+        """Count ``entry`` good (keeping a result) or bad (an exception), and move past it."""
+        if cls._record(job, entry, outcome):
             job.good()
+        else:
+            job.bad()
         job.advance(entry)
 
     def undo_job(self, job: Job, batch_size: int) -> StepResult:

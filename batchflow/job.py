@@ -176,8 +176,7 @@ class Job:
         if self._walking and entries:
             self.buffer.set(F.CURSOR, json.dumps(entries[-1].cursor))
             if self._keep_ids:
-                for entry in entries:
-                    self.buffer.add_walked(entry.id)
+                self.buffer.add_walked([entry.id for entry in entries])
 
     # -- what a handler reports ------------------------------------------------------------
 

@@ -175,8 +175,10 @@ def test_an_import_preview_over_http_shows_the_rejected_rows_then_imports_on_con
         ]
         assert side.hgetall(f"{prefix}:applied") == {}
         assert waiting["action_urls"]["confirm"] and "confirm" in waiting["actions"]
-        bob = {"X-Test-User": "bob", "Accept": "application/json"}
-        assert client.post(f"/jobs/{job_id}/confirm", headers=bob).status_code in (400, 404)
+        other = client.get("/jobs/start/preview-import", headers={"X-Test-User": "bob"})
+        bob_token = re.search(r'name="csrf-token" content="([^"]+)"', other.text).group(1)
+        bob = {"X-Test-User": "bob", "X-CSRFToken": bob_token, "Accept": "application/json"}
+        assert client.post(f"/jobs/{job_id}/confirm", headers=bob).status_code == 404
         assert client.post(f"/jobs/{job_id}/confirm", headers=headers).status_code == 202
         done = wait_for(lambda: (s := status())["terminal"] and s)
     assert (done["good"], done["bad"], done["total"]) == (2, 1, 3)
