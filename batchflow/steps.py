@@ -148,7 +148,8 @@ class StepRunner:
         now = time.time()
         deferred = job.buffer.deferred
         # A preview waits for its Confirm until the deadline; then maintenance discards it.
-        wait = s.confirm_timeout if updates.get(F.STATUS) == Status.AWAITING else s.queue_timeout
+        awaiting = updates.get(F.STATUS) == Status.AWAITING
+        wait = s.confirm_timeout if awaiting else s.queue_timeout
         committed = self._commit(
             job_id,
             seq,
@@ -156,6 +157,9 @@ class StepRunner:
             now,
             job.buffer.payload(job.data, updates),
             ms(now + deferred + wait),
+            # Until maintenance would send the next step itself: a commit Redis carries out
+            # late is still followed by its next step (a preview sends none).
+            patience=s.lease_seconds if awaiting else max(s.lease_seconds, deferred + wait),
         )
         if committed is None:
             log.warning("step %s/%s lost its lease before committing; discarded", job_id, seq)
@@ -173,16 +177,27 @@ class StepRunner:
         return StepOutcome(status=status)
 
     def _commit(
-        self, job_id: str, seq: int, worker: str, now: float, payload: Any, deadline_ms: int
+        self,
+        job_id: str,
+        seq: int,
+        worker: str,
+        now: float,
+        payload: Any,
+        deadline_ms: int,
+        *,
+        patience: float,
     ) -> tuple[int, str] | None:
-        """COMMIT, sent again while Redis does not answer, for as long as the lease could hold.
+        """COMMIT, sent again while Redis does not answer, for ``patience`` seconds.
 
         A commit whose reply was lost (Redis stalled past the timeout, then carried it out) is
         recognised by COMMIT when it comes again; one refused is fenced off as always. So a stall
-        costs the wait, not the step's work.
+        costs the wait, not the step's work. The patience runs to the deadline the commit sets,
+        after which maintenance sends the next step: a commit that Redis carries out when it
+        wakes from a stall longer than the lease still has a worker waiting to send that step,
+        instead of leaving the job idle until ``BATCHFLOW_QUEUE_TIMEOUT``.
         """
         ttl = self.settings.job_ttl + CLEANUP_GRACE
-        give_up = time.monotonic() + self.settings.lease_seconds
+        give_up = time.monotonic() + patience
         pause = COMMIT_RETRY_FIRST
         while True:
             try:

@@ -8,11 +8,16 @@ behind for good, an event stream ends or goes on (never hangs), and after the st
 exactly: every counter and outcome exact, each id's side effect done once or, for the ids of a
 step cut off by the stall, twice at most, and every worker still running.
 
+A second test stalls Redis just before a step's commit, for longer than the lease, and proves the
+job goes on as soon as Redis wakes (the runner was still sending the commit, and sends the next
+step), not only when maintenance re-enqueues it.
+
 In a file of its own, as its tests mostly wait: the suite's other process goes on meanwhile.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -22,11 +27,22 @@ from typing import Any
 import pytest
 import redis
 
+from batchflow import ItemsJob
 from batchflow.config import Settings
 from batchflow.engine import Engine
+from batchflow.job import Job
+from batchflow.schema import Status
 from batchflow.store import CREATE_GRACE_MS, Store
 from tests.handlers import make_registry, side
-from tests.helpers import ALICE, WorkerProcess, make_config, wait_for, web_start, web_status
+from tests.helpers import (
+    ALICE,
+    ListDispatcher,
+    WorkerProcess,
+    make_config,
+    wait_for,
+    web_start,
+    web_status,
+)
 from tests.webapp import create_app
 
 TIMEOUT = 2.0  # the default BATCHFLOW_REDIS_TIMEOUT
@@ -97,9 +113,15 @@ def test_a_redis_stall_longer_than_the_timeout_loses_nothing_and_hangs_nothing(
         assert max(answers) < TIMEOUT + 1.0, answers  # the timeout, not the old 10 s
 
         assert web_status(client, job_id).status_code == 200  # the web is back at once
-        done = wait_for(
-            lambda: (s := web_status(client, job_id).json)["terminal"] and s, timeout=90
-        )
+        try:
+            done = wait_for(
+                lambda: (s := web_status(client, job_id).json)["terminal"] and s, timeout=90
+            )
+        except AssertionError:  # say where the job stands and what the broker holds
+            raw = redis.Redis.from_url(server.url, decode_responses=True)
+            state = raw.hgetall(f"{prefix}:{{{job_id}}}:job")
+            broker = {k: raw.type(k) for k in raw.scan_iter(match=f"{prefix}:broker:*")}
+            raise AssertionError(f"the job did not end: {state}; broker keys {broker}") from None
         finished = time.monotonic() - resumed_at
         counts = {k: done[k] for k in ("status", "processed", "good", "bad", "skipped")}
         assert counts == {
@@ -132,3 +154,69 @@ def test_a_redis_stall_longer_than_the_timeout_loses_nothing_and_hangs_nothing(
     finally:
         for worker in workers:
             worker.kill()
+
+
+class StallsItsRedis(ItemsJob):
+    """Changes nothing; the item ``"stall"`` pauses the job's Redis (its pid in ``params``), so
+    that step's commit is sent into the stall."""
+
+    def change(self, item: str, job: Job) -> None:
+        if item == "stall":
+            os.kill(job.params["pid"], signal.SIGSTOP)
+
+
+def stopped(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as handle:
+        return handle.read().rsplit(")", 1)[1].split()[0] == "T"
+
+
+@pytest.mark.slow
+def test_a_commit_redis_carries_out_after_the_lease_ran_out_is_followed_by_its_next_step(
+    own_redis, prefix, files_dir
+):
+    """Redis stalls after a step's work, longer than the lease: the runner's commit times out,
+    and Redis carries it out when it wakes. The runner, still sending it again, learns that it
+    was applied and sends the next step, instead of giving up when the lease ran out and leaving
+    the job idle until maintenance re-enqueues at BATCHFLOW_QUEUE_TIMEOUT."""
+    server = own_redis(appendonly=False)
+    lease = 1.0
+    config = make_config(
+        prefix,
+        files_dir,
+        BATCHFLOW_REDIS_URL=server.url,
+        BATCHFLOW_LEASE_SECONDS=lease,
+        BATCHFLOW_QUEUE_TIMEOUT=60,
+        BATCHFLOW_REDIS_TIMEOUT=0.5,
+    )
+    registry = make_registry()
+    registry.add("stalls-its-redis", StallsItsRedis)
+    engine = Engine(Settings.from_mapping(config), Store.from_url(server.url, prefix), registry)
+    engine.dispatcher = dispatcher = ListDispatcher()
+    job_id = engine.start(
+        "stalls-its-redis",
+        owner="alice",
+        ids=IDS[:5] + ["stall"] + IDS[5:40],
+        params={"pid": server.proc.pid},
+    )
+    stall: list[float] = []
+
+    def wake() -> None:
+        wait_for(lambda: stopped(server.proc.pid), timeout=30, interval=0.01)
+        began = time.monotonic()
+        time.sleep(lease * 6)
+        server.proc.send_signal(signal.SIGCONT)
+        stall.append(time.monotonic() - began)
+
+    waker = threading.Thread(target=wake, daemon=True)
+    waker.start()
+    try:
+        # Raised Unavailable when the commit gave up with the lease (it then landed on waking).
+        ran = dispatcher.drain(engine)
+    finally:
+        waker.join(timeout=30)
+        server.proc.send_signal(signal.SIGCONT)
+    assert stall and stall[0] > lease * 5, stall
+    state = engine.state(job_id)
+    assert state.status is Status.COMPLETED, state.fields
+    assert (state.count("processed"), state.count("good")) == (41, 41)
+    assert ran >= 3  # the first step, the stalled one, and the one it sent
