@@ -46,6 +46,7 @@ DEFAULTS: dict[str, Any] = {
     "BATCHFLOW_STREAM_SECONDS": 300.0,
     "BATCHFLOW_STREAMS_PER_USER": 4,
     "BATCHFLOW_FORGET_ANON_AT_LOGIN": False,
+    "BATCHFLOW_GC_FREEZE": True,  # gc.freeze() after each handler's first step in a process
     "BATCHFLOW_CONTENT_SECURITY_POLICY": (
         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
         "object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'self'"
@@ -137,6 +138,7 @@ class Settings:
     stream_seconds: float
     streams_per_user: int
     forget_anon_at_login: bool
+    gc_freeze: bool
     content_security_policy: str
 
     @classmethod
@@ -212,6 +214,7 @@ class Settings:
             stream_seconds=number("BATCHFLOW_STREAM_SECONDS", float, 1.0),
             streams_per_user=number("BATCHFLOW_STREAMS_PER_USER", int, 1),
             forget_anon_at_login=flag("BATCHFLOW_FORGET_ANON_AT_LOGIN"),
+            gc_freeze=flag("BATCHFLOW_GC_FREEZE"),
             content_security_policy=str(get("BATCHFLOW_CONTENT_SECURITY_POLICY") or ""),
         )
         if settings.batch_min > settings.batch_max:

@@ -23,7 +23,7 @@ from .exceptions import UserError
 from .failures import describe_failure
 from .job import Job, StepResponse
 from .schema import Kind
-from .sources import Entry, Source
+from .sources import Entry, Source, all_none, items_of
 
 StepResult = StepResponse | str | None
 
@@ -264,22 +264,25 @@ class ItemsJob(Handler):
         return None
 
     def _change_slice(self, job: Job) -> None:
-        readable = [entry for entry in job.entries if entry.error is None]
+        items = items_of(job.entries)
         try:
-            outcomes = list(self.change_batch([entry.item for entry in readable], job))
+            outcomes = list(self.change_batch(items, job))
         except Exception as exc:  # noqa: BLE001 - the slice is bad, the job goes on
             failure = describe_failure(exc, f"job {job.id}: change_batch", item=True)  # logged once
-            outcomes = [UserError(failure.shown)] * len(readable)
-        if len(outcomes) != len(readable):
+            outcomes = [UserError(failure.shown)] * len(items)
+        if len(outcomes) != len(items):
             raise TypeError(
                 f"{type(self).__name__}.change_batch returned {len(outcomes)} outcomes for "
-                f"{len(readable)} items: it must return one per item, in order."
+                f"{len(items)} items: it must return one per item, in order."
             )
-        found = iter(outcomes)
-        good = sum(
-            self._record(job, entry, next(found) if entry.error is None else UserError(entry.error))
-            for entry in job.entries
-        )
+        if len(items) == len(job.entries) and all_none(outcomes):
+            good = len(items)  # the usual slice: every item changed, nothing to keep
+        else:
+            found = iter(outcomes)
+            good = sum(
+                self._record(job, e, next(found) if e.error is None else UserError(e.error))
+                for e in job.entries
+            )
         # The slice counted, and the cursor moved past it, once.
         if good:
             job.good(good)

@@ -20,6 +20,8 @@ nothing on it between steps but what its constructor is given.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import operator
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
@@ -45,6 +47,22 @@ class Entry(NamedTuple):
     item: Any
     cursor: Any
     error: str | None = None
+
+
+#: An entry's item and error, by position (read in C, for a step's entries by the ten thousand).
+_ITEM, _ERROR = operator.itemgetter(1), operator.itemgetter(3)
+
+
+def all_none(values: Iterable[Any]) -> bool:
+    """Whether every value is ``None`` (by identity, in C)."""
+    return all(map(operator.is_, values, itertools.repeat(None)))
+
+
+def items_of(entries: Sequence[Entry]) -> list[Any]:
+    """The items of the entries the source could read (those without an error), in order."""
+    if all_none(map(_ERROR, entries)):
+        return list(map(_ITEM, entries))
+    return [entry.item for entry in entries if entry.error is None]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -35,6 +35,7 @@ from .config import Settings
 from .exceptions import Unavailable, UnknownHandler
 from .failures import Failure, describe_failure
 from .formats import format_count
+from .gcfreeze import freeze_after_first_step
 from .handlers import ASSESSMENT_KEY, Handler, StepResult
 from .heartbeat import Heartbeat, worker_id
 from .job import Job, StepResponse
@@ -174,6 +175,8 @@ class StepRunner:
                 log.exception(
                     "could not enqueue step %s/%s; maintenance will retry", job_id, new_seq
                 )
+        if s.gc_freeze:
+            freeze_after_first_step(job.handler)
         return StepOutcome(status=status)
 
     def _commit(

@@ -143,7 +143,7 @@ def test_the_layers_below_the_web_import_no_web_framework_and_no_web_module():
 LAYERS = [
     {"__init__", "extension", "views", "intake", "pages", "cli", "context", "uploads", "importing"},
     {"tasks"},  # Celery
-    {"engine", "steps", "heartbeat", "maintenance"},  # engine
+    {"engine", "steps", "heartbeat", "maintenance", "gcfreeze"},  # engine
     # handlers
     {"registry", "imports", "files", "handlers", "failures", "job", "buffer", "state"}
     | {"sources", "sql", "csvsource", "xlsx"},

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import io
 import json
+import random
 
 import pytest
 from flask import Flask
 
 from batchflow import BatchFlow, ConfigurationError
-from batchflow.files import neutralize_cell
+from batchflow.files import neutralize_cell, neutralize_rows
 from tests.handlers import make_registry
 from tests.test_web import ALICE, start, token
 from tests.webapp import create_app
@@ -227,6 +228,34 @@ def test_formulas_behind_blanks_are_neutralised(cell):
 @pytest.mark.parametrize("cell", ["abc", " a", "1=1", "", "a-b", "  text"])
 def test_plain_cells_are_left_alone(cell):
     assert neutralize_cell(cell) == cell
+
+
+def test_rows_neutralised_a_column_at_a_time_match_the_cell_by_cell_guard():
+    """The column-wise guard FileJob writes with changes exactly the cells neutralize_cell
+    changes: thousands of random rows of formula starts, blanks, NUL characters, quotes,
+    numbers and None, of one width and of several."""
+    rng = random.Random(7)
+    alphabet = "=+-@ \t\r\n\u00a0\x00a1,\"'"
+
+    def cell() -> object:
+        pick = rng.random()
+        if pick < 0.1:
+            return None
+        if pick < 0.2:
+            return rng.randint(-5, 5)
+        return "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 4)))
+
+    for _ in range(5000):
+        width = rng.randint(1, 3)
+        ragged = rng.random() < 0.1
+        rows = [
+            tuple(cell() for _ in range(width + (ragged and rng.randint(0, 1))))
+            for _ in range(rng.randint(0, 6))
+        ]
+        wanted = [[neutralize_cell(value) for value in row] for row in rows]
+        assert [list(row) for row in neutralize_rows(rows)] == wanted, rows
+    untouched = [("a", 1, None), ("b", -2, "")]
+    assert neutralize_rows(untouched) is untouched  # nothing to change: the rows as they are
 
 
 # -- the anonymous identity --------------------------------------------------------------------

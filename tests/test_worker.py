@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -9,7 +12,7 @@ import pytest
 from batchflow import Status
 from batchflow.engine import Engine
 from tests.handlers import side
-from tests.helpers import WorkerProcess, make_config, wait_for, wait_terminal
+from tests.helpers import ROOT, WorkerProcess, make_config, wait_for, wait_terminal
 
 
 def test_ten_thousand_units_exact_counters_ordered_messages_and_events(engine: Engine, worker):
@@ -99,3 +102,42 @@ def test_fifty_jobs_at_once_on_two_worker_processes(engine, prefix, files_dir, m
         for w in workers:
             w.stop()
     assert len(engine.jobs("u0", limit=100)) == 10
+
+
+#: A fresh process that runs a job's steps inline: its frozen objects before and after.
+FREEZE_PROBE = """
+import gc, json, sys
+from batchflow.config import Settings
+from batchflow.engine import Engine
+from batchflow.store import Store
+from tests.handlers import make_registry
+from tests.helpers import ListDispatcher, make_config
+config = make_config(sys.argv[1], sys.argv[2], BATCHFLOW_GC_FREEZE=sys.argv[3])
+settings = Settings.from_mapping(config)
+engine = Engine(settings, Store.from_url(settings.redis_url, settings.key_prefix), make_registry())
+engine.dispatcher = dispatcher = ListDispatcher()
+before = gc.get_freeze_count()
+job_id = engine.start("count", owner="alice", params={"n": 30})
+steps = dispatcher.drain(engine)
+print(json.dumps([before, gc.get_freeze_count(), steps, engine.state(job_id).status.value]))
+"""
+
+
+@pytest.mark.parametrize("setting", ["true", "false"])
+def test_a_process_freezes_its_start_up_objects_before_its_first_step_unless_told_not_to(
+    prefix, files_dir, setting
+):
+    done = subprocess.run(
+        [sys.executable, "-c", FREEZE_PROBE, prefix, files_dir, setting],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    before, after, steps, status = json.loads(done.stdout.splitlines()[-1])
+    assert (before, status) == (0, "completed") and steps > 2
+    if setting == "true":
+        assert after > 10_000  # the modules, classes and functions that start-up built
+    else:
+        assert after == 0
