@@ -7,10 +7,12 @@ thousand that importing Celery, the app, its handlers and their libraries built,
 garbage. Frozen (:func:`gc.freeze`, which CPython's documentation advises for long-lived
 processes), they are left out of every collection.
 
-The freeze comes after the first step each handler runs in the process, because a handler's
-first step is often where its libraries are imported and its connections made (a database
-driver, an engine and its pool). Garbage is collected first, so nothing that is already garbage
-is frozen; the objects frozen are those the process still held then, once per handler.
+The worker's step task freezes after the first step each handler runs in the process, once the
+step has returned, because a handler's first step is often where its libraries are imported and
+its connections made (a database driver, an engine and its pool). Garbage is collected first, so
+nothing that is already garbage is frozen; the objects frozen are those the process still holds
+then, once per handler. Frozen objects are still freed when nothing refers to them any more; only
+a reference cycle among them, dropped later, would stay.
 """
 
 from __future__ import annotations

@@ -35,7 +35,6 @@ from .config import Settings
 from .exceptions import Unavailable, UnknownHandler
 from .failures import Failure, describe_failure
 from .formats import format_count
-from .gcfreeze import freeze_after_first_step
 from .handlers import ASSESSMENT_KEY, Handler, StepResult
 from .heartbeat import Heartbeat, worker_id
 from .job import Job, StepResponse
@@ -72,11 +71,13 @@ class Dispatcher(Protocol):
 class StepOutcome:
     """What one delivery of a step did: either it did not run (``refused`` says why), or it ran
     and its commit was refused because another worker holds the step now (``lost``), or it ran
-    and committed, leaving the job in ``status``."""
+    and committed, leaving the job in ``status``. ``handler`` names the job's handler when the
+    step ran."""
 
     refused: ClaimCode | None = None
     lost: bool = False
     status: Status | None = None
+    handler: str | None = None
 
     @property
     def committed(self) -> bool:
@@ -164,7 +165,7 @@ class StepRunner:
         )
         if committed is None:
             log.warning("step %s/%s lost its lease before committing; discarded", job_id, seq)
-            return StepOutcome(lost=True)
+            return StepOutcome(lost=True, handler=job.handler)
         new_seq, status = committed[0], Status(committed[1])
         if status.terminal:
             self.store.finish(job_id, now + s.job_ttl)
@@ -175,9 +176,7 @@ class StepRunner:
                 log.exception(
                     "could not enqueue step %s/%s; maintenance will retry", job_id, new_seq
                 )
-        if s.gc_freeze:
-            freeze_after_first_step(job.handler)
-        return StepOutcome(status=status)
+        return StepOutcome(status=status, handler=job.handler)
 
     def _commit(
         self,

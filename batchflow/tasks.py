@@ -17,6 +17,7 @@ from typing import Any
 from celery import Celery, bootsteps
 
 from .engine import Engine
+from .gcfreeze import freeze_after_first_step
 
 log = logging.getLogger("batchflow")
 
@@ -100,7 +101,10 @@ def make_celery(
     def step(job_id: str, seq: int) -> str:
         """Run one step of a job (a duplicate or stale delivery does nothing)."""
         with enter():
-            return str(engine.run_step(job_id, int(seq)))
+            outcome = engine.run_step(job_id, int(seq))
+        if outcome.handler and engine.settings.gc_freeze:
+            freeze_after_first_step(outcome.handler)  # the step's objects are gone by now
+        return str(outcome)
 
     @app.task(name=CLEANUP_TASK, ignore_result=True, shared=False)  # type: ignore[untyped-decorator]
     def cleanup(job_id: str) -> bool:

@@ -3,6 +3,7 @@ can check what really happened (each id changed once, each undo once) on the rea
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 import time
@@ -267,8 +268,18 @@ class LeakyItems(ItemsJob):
         raise ConnectionError(LEAK)
 
 
+class FrozenCount(TaskJob):
+    """Records how many objects its process has frozen out of the garbage collector."""
+
+    labels = {"title": "Counting frozen objects"}
+
+    def run(self, job: Job) -> None:
+        side.rpush(f"{job.params['prefix']}:frozen", gc.get_freeze_count())
+
+
 def make_registry() -> Registry:
     registry = Registry()
+    registry.add("frozen-count", FrozenCount)
     registry.add("count", Count)
     registry.add("boom", Boom)
     registry.add("report", Report)

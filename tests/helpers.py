@@ -68,6 +68,10 @@ def make_config(prefix: str, files_dir: str, **overrides: Any) -> dict[str, Any]
         # One-shot jobs report (and renew their lease) this often: a test sees live progress
         # after 0.1 s of work rather than 0.25 s (the default).
         "BATCHFLOW_PROGRESS_INTERVAL": 0.1,
+        # In-process workers leave the test process's garbage collector as it is (a freeze there
+        # would keep the fixtures of the test running at the time from ever being collected);
+        # worker subprocesses freeze, as deployed (see WorkerProcess).
+        "BATCHFLOW_GC_FREEZE": False,
     }
     config.update(overrides)
     return config
@@ -160,7 +164,9 @@ class WorkerProcess:
         import uuid
 
         self.name = f"{name}-{uuid.uuid4().hex[:8]}"
-        env = {**os.environ, **{k: str(v) for k, v in config.items()}, **(extra_env or {})}
+        env = {**os.environ, **{k: str(v) for k, v in config.items()}}
+        env["BATCHFLOW_GC_FREEZE"] = "true"  # as deployed (``extra_env`` may turn it off)
+        env.update(extra_env or {})
         env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
         env["BFT_WORKER_NAME"] = self.name
         command = [sys.executable, "-m", "celery", "-A", app, "worker", "-P", pool]

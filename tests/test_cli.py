@@ -344,7 +344,8 @@ def test_start_refuses_what_the_web_refuses(flask_batchflow, prefix, files_dir):
     assert code == 2 and stderr.startswith("Error: No job handler is registered as 'nosuch'.")
     assert stderr.endswith(
         " Handlers this app knows: admin-only, archive, batch-archive, boom, count, count-up, "
-        "generated, greeting, hooked, import-contacts, leaky, leaky-items, numbers-export, "
+        "frozen-count, generated, greeting, hooked, import-contacts, leaky, leaky-items, "
+        "numbers-export, "
         "people-export, preview-archive, preview-import, rebuild, report, touch-people, "
         "walk-archive.\n"
     )

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import redis
 
-from batchflow import ItemsJob
+from batchflow import BatchFlow, ItemsJob
 from batchflow.config import Settings
 from batchflow.engine import Engine
 from batchflow.job import Job
@@ -151,9 +151,18 @@ def test_a_redis_stall_longer_than_the_timeout_loses_nothing_and_hangs_nothing(
         settings = Settings.from_mapping(config)
         engine = Engine(settings, Store.from_url(server.url, prefix), make_registry())
         assert [j.id for j in engine.jobs("alice")] == [job_id]  # no trace of the refused start
+        disconnect(fresh, engine, BatchFlow.state(client.application).engine)
     finally:
         for worker in workers:
             worker.kill()
+
+
+def disconnect(*owners: Any) -> None:
+    """Close the connections of clients and engines to the test's own Redis, which is killed
+    at the end: their sockets are not left for the garbage collector to find open."""
+    for owner in owners:
+        client = owner.store.client if isinstance(owner, Engine) else owner
+        client.connection_pool.disconnect()
 
 
 class StallsItsRedis(ItemsJob):
@@ -220,3 +229,4 @@ def test_a_commit_redis_carries_out_after_the_lease_ran_out_is_followed_by_its_n
     assert state.status is Status.COMPLETED, state.fields
     assert (state.count("processed"), state.count("good")) == (41, 41)
     assert ran >= 3  # the first step, the stalled one, and the one it sent
+    disconnect(engine)

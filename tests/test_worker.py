@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import threading
 
 import pytest
@@ -12,7 +9,7 @@ import pytest
 from batchflow import Status
 from batchflow.engine import Engine
 from tests.handlers import side
-from tests.helpers import ROOT, WorkerProcess, make_config, wait_for, wait_terminal
+from tests.helpers import WorkerProcess, make_config, wait_for, wait_terminal
 
 
 def test_ten_thousand_units_exact_counters_ordered_messages_and_events(engine: Engine, worker):
@@ -104,40 +101,29 @@ def test_fifty_jobs_at_once_on_two_worker_processes(engine, prefix, files_dir, m
     assert len(engine.jobs("u0", limit=100)) == 10
 
 
-#: A fresh process that runs a job's steps inline: its frozen objects before and after.
-FREEZE_PROBE = """
-import gc, json, sys
-from batchflow.config import Settings
-from batchflow.engine import Engine
-from batchflow.store import Store
-from tests.handlers import make_registry
-from tests.helpers import ListDispatcher, make_config
-config = make_config(sys.argv[1], sys.argv[2], BATCHFLOW_GC_FREEZE=sys.argv[3])
-settings = Settings.from_mapping(config)
-engine = Engine(settings, Store.from_url(settings.redis_url, settings.key_prefix), make_registry())
-engine.dispatcher = dispatcher = ListDispatcher()
-before = gc.get_freeze_count()
-job_id = engine.start("count", owner="alice", params={"n": 30})
-steps = dispatcher.drain(engine)
-print(json.dumps([before, gc.get_freeze_count(), steps, engine.state(job_id).status.value]))
-"""
-
-
-@pytest.mark.parametrize("setting", ["true", "false"])
-def test_a_process_freezes_its_start_up_objects_before_its_first_step_unless_told_not_to(
-    prefix, files_dir, setting
+@pytest.mark.parametrize("freeze", ["true", "false"])
+def test_a_worker_freezes_what_it_holds_after_a_handlers_first_step_unless_told_not_to(
+    engine, prefix, files_dir, freeze
 ):
-    done = subprocess.run(
-        [sys.executable, "-c", FREEZE_PROBE, prefix, files_dir, setting],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    """A one-shot job's run (its second step) finds frozen what its worker subprocess held
+    after the job's first step (Celery, the app, the handlers); with BATCHFLOW_GC_FREEZE off,
+    nothing ever is."""
+    from batchflow.tasks import make_celery
+    from tests.helpers import broker_options
+
+    make_celery(engine, config=broker_options(prefix))  # the real broker, for enqueueing
+    worker = WorkerProcess(
+        make_config(prefix, files_dir), extra_env={"BATCHFLOW_GC_FREEZE": freeze}
     )
-    assert done.returncode == 0, done.stderr
-    before, after, steps, status = json.loads(done.stdout.splitlines()[-1])
-    assert (before, status) == (0, "completed") and steps > 2
-    if setting == "true":
-        assert after > 10_000  # the modules, classes and functions that start-up built
+    try:
+        for _ in range(2):
+            job_id = engine.start("frozen-count", owner="a", params={"prefix": prefix})
+            assert wait_terminal(engine, job_id, timeout=60).status is Status.COMPLETED
+    finally:
+        worker.stop()
+    counts = [int(n) for n in side.lrange(f"{prefix}:frozen", 0, -1)]
+    assert len(counts) == 2
+    if freeze == "true":
+        assert min(counts) > 10_000, counts
     else:
-        assert after == 0
+        assert counts == [0, 0]
