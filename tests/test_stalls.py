@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import redis
 
-from batchflow import BatchFlow, ItemsJob
+from batchflow import ItemsJob
 from batchflow.config import Settings
 from batchflow.engine import Engine
 from batchflow.job import Job
@@ -151,7 +151,7 @@ def test_a_redis_stall_longer_than_the_timeout_loses_nothing_and_hangs_nothing(
         settings = Settings.from_mapping(config)
         engine = Engine(settings, Store.from_url(server.url, prefix), make_registry())
         assert [j.id for j in engine.jobs("alice")] == [job_id]  # no trace of the refused start
-        disconnect(fresh, engine, BatchFlow.state(client.application).engine)
+        disconnect(fresh, engine)
     finally:
         for worker in workers:
             worker.kill()
