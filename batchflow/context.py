@@ -89,6 +89,27 @@ def default_identity() -> str:
     return f"anon:{session[_SESSION_KEY]}"
 
 
+def default_load_user(owner: str) -> Any | None:
+    """A job's owner as a user object, in its worker (which runs steps inside the app's
+    context): with Flask-Login, what the app's ``user_loader`` returns for an owner who was
+    signed in (``user:<id>``, the default identity), else the login manager's anonymous user;
+    without Flask-Login, None."""
+    manager = getattr(current_app, "login_manager", None)
+    if manager is None:
+        return None
+    if owner.startswith("user:"):
+        loader = getattr(manager, "_user_callback", None)  # set by @login_manager.user_loader
+        if loader is None:
+            raise ConfigurationError(
+                "Flask-Login has no user_loader: register one (@login_manager.user_loader), or "
+                "give BatchFlow(load_user=...)."
+            )
+        user = loader(owner.removeprefix("user:"))
+        if user is not None:
+            return user
+    return manager.anonymous_user()
+
+
 def forget_anonymous_identity_at_login(app: Flask) -> None:
     """With Flask-Login, drop the anonymous identity from the session when a user logs in on
     ``app`` (``BATCHFLOW_FORGET_ANON_AT_LOGIN``): the jobs started before logging in stay with

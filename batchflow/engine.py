@@ -34,7 +34,7 @@ from .exceptions import (
 from .failures import describe_failure
 from .handlers import Handler, ItemsJob
 from .ids import check_ids
-from .job import Job
+from .job import Job, UserLoader
 from .keys import valid_job_id
 from .maintenance import Maintenance
 from .registry import HandlerSpec, Registry
@@ -105,9 +105,12 @@ class Engine:
     :param settings: deployment settings.
     :param store: the Redis store.
     :param registry: the handlers jobs may name.
+    :param load_user: ``load_user(owner) -> user or None``, what ``job.user`` is in steps.
     """
 
-    def __init__(self, settings: Settings, store: Store, registry: Registry) -> None:
+    def __init__(
+        self, settings: Settings, store: Store, registry: Registry, load_user: UserLoader = None
+    ) -> None:
         self.settings = settings
         self.store = store
         self.registry = registry
@@ -116,7 +119,7 @@ class Engine:
         self.streams = StreamSlots(store.client, store.keys)
         #: How steps reach workers: set by the Celery layer (``make_celery``), or by tests.
         self.dispatcher: Dispatcher | None = None
-        self.steps = StepRunner(settings, store, registry, self._dispatch)
+        self.steps = StepRunner(settings, store, registry, self._dispatch, load_user)
         self.maintenance = Maintenance(
             settings,
             store,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
@@ -17,6 +18,7 @@ from .context import (
     Identity,
     State,
     default_identity,
+    default_load_user,
     forget_anonymous_identity_at_login,
     get_state,
 )
@@ -28,7 +30,7 @@ from .store import Store
 from .tasks import make_celery
 from .views import blueprint
 
-__all__ = ["BatchFlow", "State", "default_identity"]
+__all__ = ["BatchFlow", "State", "default_identity", "default_load_user"]
 
 
 class BatchFlow:
@@ -42,6 +44,10 @@ class BatchFlow:
     :param can_admin: ``can_admin(user_id) -> bool``: may this user see and act on everyone's jobs.
     :param csrf: protect batchflow's POST routes with Flask-WTF's CSRF check (keep it on unless the
         app already protects every view with ``CSRFProtect``).
+    :param load_user: ``load_user(owner) -> user or None``: a job's owner (the identity hook's
+        answer when it started) as the app's user object, ``job.user`` in its steps; called in
+        the worker, inside the app's context. Default: :func:`default_load_user` (Flask-Login's
+        ``user_loader``).
     """
 
     def __init__(
@@ -53,12 +59,14 @@ class BatchFlow:
         identity: Identity | None = None,
         can_admin: AdminCheck | None = None,
         csrf: bool = True,
+        load_user: Callable[[str], Any] | None = None,
     ) -> None:
         self.registry = registry or default_registry
         self.url_prefix = url_prefix
         self.identity = identity or default_identity
         self.can_admin = can_admin or (lambda user: False)
         self.csrf = csrf
+        self.load_user = load_user or default_load_user
         if app is not None:
             self.init_app(app)
 
@@ -87,7 +95,7 @@ class BatchFlow:
                 f"BATCHFLOW_REDIS_URL {shown_url(settings.redis_url)!r} is not usable: {exc}. "
                 f"Expected {REDIS_URL_FORMS}."
             ) from None
-        engine = Engine(settings, store, self.registry)
+        engine = Engine(settings, store, self.registry, self.load_user)
         celery = make_celery(
             engine,
             main=app.import_name,

@@ -16,12 +16,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .buffer import StepBuffer
 from .schema import F, Status, as_int, as_json
 from .sources import Entry
+
+#: ``load_user(owner) -> user or None``: the app's user loader (``BatchFlow(load_user=...)``).
+UserLoader = Callable[[str], Any] | None
 
 
 @dataclasses.dataclass
@@ -64,6 +67,8 @@ class Job:
     :param items: the ids this step works on (item jobs; newest first while undoing).
     :param bad_flags: while undoing, which of ``items`` ended bad.
     :param files_dir: ``BATCHFLOW_FILES_DIR``.
+    :param load_user: ``load_user(owner) -> user or None``: the app's user loader, which
+        :attr:`user` calls (``BatchFlow(load_user=...)``).
     """
 
     def __init__(
@@ -73,6 +78,7 @@ class Job:
         items: list[str] | None = None,
         bad_flags: list[bool] | None = None,
         files_dir: str = "",
+        load_user: UserLoader = None,
     ) -> None:
         #: The step's report, committed when it returns.
         self.buffer = StepBuffer(fields)
@@ -101,6 +107,8 @@ class Job:
         #: Whether this step's entries are the last of the job's work.
         self.last_slice = False
         self._bad_flags = bad_flags or []
+        self._load_user = load_user
+        self._user: list[Any] = []  # the loaded user, once asked for
         self._stop_seen = False
         self._walking = False
         self._keep_ids = False
@@ -113,6 +121,17 @@ class Job:
         if self._items is None:
             self._items = [entry.id for entry in self.entries]
         return self._items
+
+    @property
+    def user(self) -> Any:
+        """The job's owner as the app's user object, loaded on first use in each step (by
+        ``BatchFlow(load_user=...)``; by default, with Flask-Login, its ``user_loader`` for an
+        owner who was signed in and its anonymous user for one who was not). None without a
+        loader (no Flask-Login, or an engine used on its own), or when the loader finds nobody.
+        """
+        if not self._user:
+            self._user.append(self._load_user(self.owner) if self._load_user else None)
+        return self._user[0]
 
     @property
     def status(self) -> Status:

@@ -11,6 +11,7 @@ from .exceptions import ConfigurationError, UnknownHandler
 from .files import FileJob
 from .handlers import Handler, ItemsJob, TaskJob
 from .imports import ImportJob
+from .job import Job
 from .schema import Kind
 
 H = TypeVar("H", bound=type[Handler])
@@ -21,11 +22,13 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 @dataclasses.dataclass(frozen=True)
 class HandlerSpec:
-    """A registered handler: its name, class and optional permission hook."""
+    """A registered handler: its name, class and optional permission hook, and whether the
+    hook is asked again before each step (``recheck_permission``)."""
 
     name: str
     handler_class: type[Handler]
     permission: Permission | None = None
+    recheck_permission: bool = False
 
     @property
     def kind(self) -> Kind:
@@ -34,6 +37,17 @@ class HandlerSpec:
     def allows(self, user: Any) -> bool:
         """Whether ``user`` may start this job (True when there is no permission hook)."""
         return self.permission is None or bool(self.permission(user))
+
+    def withdrawn(self, job: Job) -> str | None:
+        """With ``recheck_permission``: a message saying why the job stops, if its owner
+        (``job.user``, else the owner's id, as the hook sees a request's user) may no longer run
+        it; else None."""
+        if not self.recheck_permission or self.permission is None:
+            return None
+        subject = job.user if job.user is not None else job.owner
+        if self.allows(subject):
+            return None
+        return "Stopped: the job's owner is no longer allowed to run it; the work done is kept."
 
     def create(self) -> Handler:
         return self.handler_class()
@@ -48,23 +62,40 @@ class Registry:
     def __init__(self) -> None:
         self._specs: dict[str, HandlerSpec] = {}
 
-    def register(self, name: str, *, permission: Permission | None = None) -> Callable[[H], H]:
+    def register(
+        self, name: str, *, permission: Permission | None = None, recheck_permission: bool = False
+    ) -> Callable[[H], H]:
         """Class decorator: register a handler class under ``name``.
 
         :param name: lowercase letters, digits, ``-`` and ``_``; it appears in URLs.
         :param permission: ``permission(user) -> bool``, checked in the request that starts a job.
-        :raises ConfigurationError: a bad name, a name taken by another class, or a class that
-            lacks a method its settings need.
+        :param recheck_permission: ask ``permission`` again in the worker before each step, about
+            the job's owner (``job.user``): a permission withdrawn while the job runs stops it,
+            keeping the work done, with a message saying why.
+        :raises ConfigurationError: a bad name, a name taken by another class, a class that
+            lacks a method its settings need, or ``recheck_permission`` without ``permission``.
         """
 
         def decorator(cls: H) -> H:
-            self.add(name, cls, permission=permission)
+            self.add(name, cls, permission=permission, recheck_permission=recheck_permission)
             return cls
 
         return decorator
 
-    def add(self, name: str, cls: type[Handler], *, permission: Permission | None = None) -> None:
+    def add(
+        self,
+        name: str,
+        cls: type[Handler],
+        *,
+        permission: Permission | None = None,
+        recheck_permission: bool = False,
+    ) -> None:
         """Register ``cls`` under ``name`` (the non-decorator form of :meth:`register`)."""
+        if recheck_permission and permission is None:
+            raise ConfigurationError(
+                f"Handler {name!r}: recheck_permission=True needs a permission hook to ask "
+                "(permission=...)."
+            )
         if not NAME_RE.match(name):
             raise ConfigurationError(
                 f"Handler name {name!r} is not allowed: use 1-64 lowercase letters, digits, "
@@ -79,7 +110,7 @@ class Registry:
                 f"Handler name {name!r} is already registered to "
                 f"{existing.handler_class.__qualname__}; pick another name."
             )
-        self._specs[name] = HandlerSpec(name, cls, permission)
+        self._specs[name] = HandlerSpec(name, cls, permission, recheck_permission)
 
     def get(self, name: str) -> HandlerSpec:
         """The handler registered as ``name``.

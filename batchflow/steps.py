@@ -37,7 +37,7 @@ from .failures import Failure, describe_failure
 from .formats import format_count
 from .handlers import ASSESSMENT_KEY, Handler, StepResult
 from .heartbeat import Heartbeat, worker_id
-from .job import Job, StepResponse
+from .job import Job, StepResponse, UserLoader
 from .registry import HandlerSpec, Registry
 from .schema import ClaimCode, F, Kind, Phase, Status, as_json, ms
 from .sources import Entry, Source
@@ -103,6 +103,7 @@ class StepRunner:
     :param store: job state.
     :param registry: the handlers jobs name.
     :param dispatcher: returns the dispatcher that enqueues the next step.
+    :param load_user: the app's user loader, for ``job.user``.
     """
 
     def __init__(
@@ -111,11 +112,13 @@ class StepRunner:
         store: Store,
         registry: Registry,
         dispatcher: Callable[[], Dispatcher],
+        load_user: UserLoader = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.registry = registry
         self.dispatcher = dispatcher
+        self.load_user = load_user
         self.heartbeat = Heartbeat(store, settings.lease_seconds, settings.worker_ttl)
 
     def run(self, job_id: str, seq: int) -> StepOutcome:
@@ -134,7 +137,13 @@ class StepRunner:
         fields = claim.fields
         phase = fields.get(F.PHASE)
         live = fields.get(F.KIND) == Kind.TASK and phase == Phase.RUN
-        job = Job(fields, items=claim.ids, bad_flags=claim.bad_flags, files_dir=s.files_dir)
+        job = Job(
+            fields,
+            items=claim.ids,
+            bad_flags=claim.bad_flags,
+            files_dir=s.files_dir,
+            load_user=self.load_user,
+        )
         started = time.monotonic()
         interval = s.progress_interval if live else s.checkpoint_interval
         spec = self.registry.find(job.handler)
@@ -152,16 +161,12 @@ class StepRunner:
         # A preview waits for its Confirm until the deadline; then maintenance discards it.
         awaiting = updates.get(F.STATUS) == Status.AWAITING
         wait = s.confirm_timeout if awaiting else s.queue_timeout
+        # Sent again up to that deadline: a commit Redis carries out late is still followed by
+        # its next step (a preview sends none).
+        patience = s.lease_seconds if awaiting else max(s.lease_seconds, deferred + wait)
+        payload = job.buffer.payload(job.data, updates)
         committed = self._commit(
-            job_id,
-            seq,
-            worker,
-            now,
-            job.buffer.payload(job.data, updates),
-            ms(now + deferred + wait),
-            # Until maintenance would send the next step itself: a commit Redis carries out
-            # late is still followed by its next step (a preview sends none).
-            patience=s.lease_seconds if awaiting else max(s.lease_seconds, deferred + wait),
+            job_id, seq, worker, now, payload, ms(now + deferred + wait), patience=patience
         )
         if committed is None:
             log.warning("step %s/%s lost its lease before committing; discarded", job_id, seq)
@@ -189,15 +194,10 @@ class StepRunner:
         *,
         patience: float,
     ) -> tuple[int, str] | None:
-        """COMMIT, sent again while Redis does not answer, for ``patience`` seconds.
-
-        A commit whose reply was lost (Redis stalled past the timeout, then carried it out) is
-        recognised by COMMIT when it comes again; one refused is fenced off as always. So a stall
-        costs the wait, not the step's work. The patience runs to the deadline the commit sets,
-        after which maintenance sends the next step: a commit that Redis carries out when it
-        wakes from a stall longer than the lease still has a worker waiting to send that step,
-        instead of leaving the job idle until ``BATCHFLOW_QUEUE_TIMEOUT``.
-        """
+        """COMMIT, sent again while Redis does not answer, for ``patience`` seconds: up to the
+        deadline the commit sets, after which maintenance would send the next step. A commit
+        whose reply was lost (Redis stalled past the timeout, then carried it out) is recognised
+        by COMMIT when it comes again, and its next step follows; one refused is fenced off."""
         ttl = self.settings.job_ttl + CLEANUP_GRACE
         give_up = time.monotonic() + patience
         pause = COMMIT_RETRY_FIRST
@@ -245,6 +245,9 @@ class StepRunner:
             return {F.STATUS: Status.PAUSED.value, F.SIGNAL: ""}
         if job.attempt > self.settings.max_attempts:
             return self._give_up(handler, job, phase)
+        if (withdrawn := spec.withdrawn(job)) and status is not Status.CANCELING:
+            job.add_message(withdrawn)
+            return self._end(handler, job, Status.STOPPED)
         if status is Status.CANCELING and not settling:
             if phase == Phase.UNDO and spec.kind is not Kind.TASK:
                 self._respond(job, handler.undo_job(job, batch))
