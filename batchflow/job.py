@@ -25,6 +25,8 @@ from .sources import Entry
 
 #: ``load_user(owner) -> user or None``: the app's user loader (``BatchFlow(load_user=...)``).
 UserLoader = Callable[[str], Any] | None
+#: :attr:`Job.user` before its first use in a step.
+_NOT_LOADED = object()
 
 
 @dataclasses.dataclass
@@ -108,7 +110,7 @@ class Job:
         self.last_slice = False
         self._bad_flags = bad_flags or []
         self._load_user = load_user
-        self._user: list[Any] = []  # the loaded user, once asked for
+        self._user: Any = _NOT_LOADED
         self._stop_seen = False
         self._walking = False
         self._keep_ids = False
@@ -129,9 +131,9 @@ class Job:
         owner who was signed in and its anonymous user for one who was not). None without a
         loader (no Flask-Login, or an engine used on its own), or when the loader finds nobody.
         """
-        if not self._user:
-            self._user.append(self._load_user(self.owner) if self._load_user else None)
-        return self._user[0]
+        if self._user is _NOT_LOADED:
+            self._user = self._load_user(self.owner) if self._load_user else None
+        return self._user
 
     @property
     def status(self) -> Status:
