@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
@@ -24,6 +23,7 @@ from .context import (
 )
 from .engine import Engine
 from .exceptions import ConfigurationError
+from .job import UserLoader
 from .registry import Registry
 from .registry import registry as default_registry
 from .store import Store
@@ -59,7 +59,7 @@ class BatchFlow:
         identity: Identity | None = None,
         can_admin: AdminCheck | None = None,
         csrf: bool = True,
-        load_user: Callable[[str], Any] | None = None,
+        load_user: UserLoader = None,
     ) -> None:
         self.registry = registry or default_registry
         self.url_prefix = url_prefix

@@ -245,7 +245,7 @@ class StepRunner:
             return {F.STATUS: Status.PAUSED.value, F.SIGNAL: ""}
         if job.attempt > self.settings.max_attempts:
             return self._give_up(handler, job, phase)
-        if (withdrawn := spec.withdrawn(job)) and status is not Status.CANCELING:
+        if status is not Status.CANCELING and (withdrawn := spec.withdrawn(job)):
             job.add_message(withdrawn)
             return self._end(handler, job, Status.STOPPED)
         if status is Status.CANCELING and not settling:
