@@ -40,6 +40,7 @@ from .files import FileJob
 from .handlers import Handler, ItemsJob, TaskJob
 from .imports import ImportJob
 from .job import Job, StepResponse
+from .notices import Notice
 from .registry import Registry, registry
 from .schema import Status
 from .sources import CallableSource, Entry, Plan, Source, SourceError
@@ -62,6 +63,7 @@ __all__ = [
     "JobNotFound",
     "JobState",
     "LimitReached",
+    "Notice",
     "PermissionDenied",
     "Plan",
     "Registry",

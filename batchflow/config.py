@@ -7,6 +7,7 @@ truth for names and default values.
 from __future__ import annotations
 
 import dataclasses
+import email.utils
 import os
 import re
 import tempfile
@@ -47,10 +48,32 @@ DEFAULTS: dict[str, Any] = {
     "BATCHFLOW_STREAMS_PER_USER": 4,
     "BATCHFLOW_FORGET_ANON_AT_LOGIN": False,
     "BATCHFLOW_GC_FREEZE": True,  # gc.freeze() after each handler's first step in a process
+    # Notifications when a job ends (see notify.py): the app's address for absolute links, email
+    # (SMTP with Flask-Mail's MAIL_* keys, or .eml files in an outbox folder), a signed webhook.
+    "BATCHFLOW_BASE_URL": None,
+    "BATCHFLOW_NOTIFY_EMAIL": False,
+    "BATCHFLOW_MAIL_OUTBOX": None,
+    "BATCHFLOW_WEBHOOK_URL": None,
+    "BATCHFLOW_WEBHOOK_SECRET": None,
+    "BATCHFLOW_NOTIFY_TIMEOUT": 10.0,  # seconds one SMTP or HTTP attempt may take
+    "BATCHFLOW_NOTIFY_ATTEMPTS": 10,  # then the notification is given up (and logged)
+    "BATCHFLOW_NOTIFY_BACKOFF": 5.0,  # seconds before the first retry, doubling up to an hour
     "BATCHFLOW_CONTENT_SECURITY_POLICY": (
         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
         "object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'self'"
     ),
+}
+
+#: Flask-Mail's keys and defaults, which batchflow's email follows: an app that uses Flask-Mail
+#: configures the SMTP server once for both.
+MAIL_DEFAULTS: dict[str, Any] = {
+    "MAIL_SERVER": "localhost",
+    "MAIL_PORT": 25,
+    "MAIL_USE_TLS": False,
+    "MAIL_USE_SSL": False,
+    "MAIL_USERNAME": None,
+    "MAIL_PASSWORD": None,
+    "MAIL_DEFAULT_SENDER": None,
 }
 
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -108,6 +131,33 @@ def check_broker_url(key: str, url: str) -> str:
     return url
 
 
+def check_http_url(key: str, url: str) -> str:
+    """``url`` without a trailing slash if it is an absolute http(s) URL, else a
+    ConfigurationError naming ``key``."""
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme.lower() not in ("http", "https") or not parsed.netloc:
+        raise ConfigurationError(
+            f"{key} must be an absolute http:// or https:// URL such as "
+            f"https://app.example.com, not {url!r}."
+        )
+    return url.rstrip("/")
+
+
+@dataclasses.dataclass(frozen=True)
+class Mail:
+    """How notification emails leave: SMTP (Flask-Mail's ``MAIL_*`` keys) or, with
+    ``BATCHFLOW_MAIL_OUTBOX``, ``.eml`` files written to that folder instead."""
+
+    server: str
+    port: int
+    use_tls: bool
+    use_ssl: bool
+    username: str | None
+    password: str | None
+    sender: str | None
+    outbox: str | None
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """Validated deployment settings. Build one with :meth:`from_mapping`."""
@@ -140,6 +190,14 @@ class Settings:
     forget_anon_at_login: bool
     gc_freeze: bool
     content_security_policy: str
+    base_url: str | None
+    notify_email: bool
+    webhook_url: str | None
+    webhook_secret: str | None
+    notify_timeout: float
+    notify_attempts: int
+    notify_backoff: float
+    mail: Mail
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any] | None = None) -> Settings:
@@ -148,36 +206,9 @@ class Settings:
 
         :raises ConfigurationError: a value has the wrong type or is out of range.
         """
-        config = config or {}
-
-        def get(key: str) -> Any:
-            if key in config and config[key] is not None:
-                return config[key]
-            if key in os.environ:
-                return os.environ[key]
-            return DEFAULTS[key]
-
-        def number(key: str, kind: type, minimum: float) -> Any:
-            raw = get(key)
-            try:
-                value = kind(raw)
-            except (TypeError, ValueError):
-                raise ConfigurationError(f"{key} must be a number, not {raw!r}.") from None
-            if value < minimum:
-                raise ConfigurationError(f"{key} must be at least {minimum}, not {value}.")
-            return value
-
-        def flag(key: str) -> bool:
-            raw = get(key)
-            if isinstance(raw, bool):
-                return raw
-            text = str(raw).strip().lower()
-            if text in ("1", "true", "yes", "on"):
-                return True
-            if text in ("0", "false", "no", "off", ""):
-                return False
-            raise ConfigurationError(f"{key} must be true or false, not {raw!r}.")
-
+        r = _Reader(config or {})
+        get, text, number, flag = r.get, r.text, r.number, r.flag
+        base_url, webhook_url = text("BATCHFLOW_BASE_URL"), text("BATCHFLOW_WEBHOOK_URL")
         redis_url = check_redis_url("BATCHFLOW_REDIS_URL", str(get("BATCHFLOW_REDIS_URL")).strip())
         prefix = str(get("BATCHFLOW_KEY_PREFIX"))
         if not _PREFIX_RE.match(prefix):
@@ -216,11 +247,102 @@ class Settings:
             forget_anon_at_login=flag("BATCHFLOW_FORGET_ANON_AT_LOGIN"),
             gc_freeze=flag("BATCHFLOW_GC_FREEZE"),
             content_security_policy=str(get("BATCHFLOW_CONTENT_SECURITY_POLICY") or ""),
+            base_url=base_url and check_http_url("BATCHFLOW_BASE_URL", base_url),
+            notify_email=flag("BATCHFLOW_NOTIFY_EMAIL"),
+            webhook_url=webhook_url and check_http_url("BATCHFLOW_WEBHOOK_URL", webhook_url),
+            webhook_secret=text("BATCHFLOW_WEBHOOK_SECRET"),
+            notify_timeout=number("BATCHFLOW_NOTIFY_TIMEOUT", float, 0.1),
+            notify_attempts=number("BATCHFLOW_NOTIFY_ATTEMPTS", int, 1),
+            notify_backoff=number("BATCHFLOW_NOTIFY_BACKOFF", float, 0.01),
+            mail=r.mail(),
         )
         if settings.batch_min > settings.batch_max:
             raise ConfigurationError("BATCHFLOW_BATCH_MIN must not exceed BATCHFLOW_BATCH_MAX.")
+        settings.check_notifications()
         return settings
+
+    def check_notifications(self) -> None:
+        """ConfigurationError for notification settings that could not work: email without the
+        base URL its links need or without a sender, a webhook without its secret."""
+        if self.notify_email and not self.base_url:
+            raise ConfigurationError(
+                "BATCHFLOW_NOTIFY_EMAIL is on, and an email links to the job's page: set "
+                "BATCHFLOW_BASE_URL to the app's address, such as https://app.example.com."
+            )
+        if self.notify_email and not self.mail.sender:
+            raise ConfigurationError(
+                "BATCHFLOW_NOTIFY_EMAIL is on: set MAIL_DEFAULT_SENDER (the From address, "
+                "such as 'Reports <reports@example.com>')."
+            )
+        if self.mail.use_tls and self.mail.use_ssl:
+            raise ConfigurationError(
+                "Set MAIL_USE_TLS (STARTTLS, usually port 587) or MAIL_USE_SSL (port 465), "
+                "not both."
+            )
+        if self.webhook_url and len(self.webhook_secret or "") < 16:
+            raise ConfigurationError(
+                "BATCHFLOW_WEBHOOK_URL is set: set BATCHFLOW_WEBHOOK_SECRET too (at least 16 "
+                "characters, random, kept out of the code); each POST is signed with it."
+            )
 
     def clamp_batch(self, size: int) -> int:
         """``size`` bounded by ``batch_min`` and ``batch_max``."""
         return max(self.batch_min, min(self.batch_max, size))
+
+
+class _Reader:
+    """Reads one setting from ``config``, then the environment, then the defaults, checked."""
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self.config = config
+
+    def get(self, key: str) -> Any:
+        if key in self.config and self.config[key] is not None:
+            return self.config[key]
+        if key in os.environ:
+            return os.environ[key]
+        return DEFAULTS[key] if key in DEFAULTS else MAIL_DEFAULTS[key]
+
+    def text(self, key: str) -> str | None:
+        value = self.get(key)
+        return str(value).strip() or None if value is not None else None
+
+    def number(self, key: str, kind: type, minimum: float) -> Any:
+        raw = self.get(key)
+        try:
+            value = kind(raw)
+        except (TypeError, ValueError):
+            raise ConfigurationError(f"{key} must be a number, not {raw!r}.") from None
+        if value < minimum:
+            raise ConfigurationError(f"{key} must be at least {minimum}, not {value}.")
+        return value
+
+    def flag(self, key: str) -> bool:
+        raw = self.get(key)
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigurationError(f"{key} must be true or false, not {raw!r}.")
+
+    def mail(self) -> Mail:
+        return Mail(
+            server=self.text("MAIL_SERVER") or "localhost",
+            port=self.number("MAIL_PORT", int, 1),
+            use_tls=self.flag("MAIL_USE_TLS"),
+            use_ssl=self.flag("MAIL_USE_SSL"),
+            username=self.text("MAIL_USERNAME"),
+            password=self.text("MAIL_PASSWORD"),
+            sender=_sender(self.get("MAIL_DEFAULT_SENDER")),
+            outbox=self.text("BATCHFLOW_MAIL_OUTBOX"),
+        )
+
+
+def _sender(value: Any) -> str | None:
+    """``MAIL_DEFAULT_SENDER`` as a From header: Flask-Mail also takes a (name, address) pair."""
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        return email.utils.formataddr((str(value[0]), str(value[1])))
+    return str(value).strip() or None if value is not None else None

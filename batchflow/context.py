@@ -137,6 +137,17 @@ def current_identity() -> str:
     return str(user)
 
 
+def existing_identity() -> str | None:
+    """The current user's id if they have one already: unlike :func:`current_identity`, an
+    anonymous visitor gets no anonymous id (and no session cookie) from this; None for them."""
+    state = get_state()
+    if state.identity is default_identity:
+        user = flask_login_user()
+        if not (user is not None and user.is_authenticated) and _SESSION_KEY not in session:
+            return None
+    return str(state.identity() or "") or None
+
+
 def is_admin(user: str) -> bool:
     """Whether the app's admin check lets ``user`` see and act on everyone's jobs."""
     return bool(get_state().can_admin(user))

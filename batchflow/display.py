@@ -143,6 +143,9 @@ UI_TEXTS: dict[str, str] = {
     "preview_sample": "For example",
     "preview_errors": "Would be rejected",
     "rejected": "Download the rejected rows to fix (CSV)",
+    "notify_me": "Notify me when done",
+    "notify_on": "You will get a notification when the job ends.",
+    "notify_blocked": "This browser blocks notifications from this site.",
 }
 
 

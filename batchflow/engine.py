@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import secrets
 import time
 from collections.abc import Generator, Iterable, Iterator
 from typing import Any
@@ -35,8 +34,9 @@ from .failures import describe_failure
 from .handlers import Handler, ItemsJob
 from .ids import check_ids
 from .job import Job, UserLoader
-from .keys import valid_job_id
+from .keys import checked_job_id, new_job_id, valid_job_id
 from .maintenance import Maintenance
+from .notify import Notifier, NotifyHooks
 from .registry import HandlerSpec, Registry
 from .schema import AdmitCode, ClaimCode, F, Kind, Signal, SignalCode, Status, initial_fields, ms
 from .state import JobState
@@ -83,22 +83,6 @@ class Page:
     cursor: int
 
 
-def new_job_id() -> str:
-    """22 random URL-safe characters, never starting with "-" or "_" (a command line would take
-    ``-abc`` for an option: ``flask batchflow stop -abc`` must work)."""
-    while True:
-        job_id = secrets.token_urlsafe(16)
-        if job_id[0].isalnum():
-            return job_id
-
-
-def _checked(job_id: str) -> str:
-    """``job_id`` if it has the shape of an id batchflow issues, else the unknown job's error."""
-    if not valid_job_id(job_id):
-        raise JobNotFound(str(job_id)[:80])
-    return job_id
-
-
 class Engine:
     """Runs jobs. One per app (web side) or worker process; thread-safe.
 
@@ -106,10 +90,16 @@ class Engine:
     :param store: the Redis store.
     :param registry: the handlers jobs may name.
     :param load_user: ``load_user(owner) -> user or None``, what ``job.user`` is in steps.
+    :param notify: the app's part in notifications (``on_notify``, the owner's email address).
     """
 
     def __init__(
-        self, settings: Settings, store: Store, registry: Registry, load_user: UserLoader = None
+        self,
+        settings: Settings,
+        store: Store,
+        registry: Registry,
+        load_user: UserLoader = None,
+        notify: NotifyHooks | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -119,12 +109,15 @@ class Engine:
         self.streams = StreamSlots(store.client, store.keys)
         #: How steps reach workers: set by the Celery layer (``make_celery``), or by tests.
         self.dispatcher: Dispatcher | None = None
-        self.steps = StepRunner(settings, store, registry, self._dispatch, load_user)
+        #: Tells owners their jobs ended; ``notifier.inbox`` holds what they have not seen.
+        self.notifier = Notifier(settings, store, registry, load_user, notify)
+        self.steps = StepRunner(settings, store, registry, self._dispatch, self.notifier, load_user)
         self.maintenance = Maintenance(
             settings,
             store,
             lambda job_id, seq: self._dispatch().enqueue_step(job_id, seq),
             self._expire,
+            lambda job_id: self._dispatch().enqueue_notify(job_id),
         )
 
     def _dispatch(self) -> Dispatcher:
@@ -189,7 +182,7 @@ class Engine:
         except (TypeError, ValueError) as exc:
             raise InvalidParams(f"Job parameters must be JSON data: {exc}") from None
         id_list, source = self._check_ids(spec, instance, ids)
-        job_id = _checked(job_id) if job_id is not None else new_job_id()
+        job_id = checked_job_id(job_id) if job_id is not None else new_job_id()
         now = time.time()
         existing = self._admit(spec, owner, job_id, fingerprint(spec.name, params, id_list), now)
         if existing is not None:
@@ -318,7 +311,7 @@ class Engine:
 
         :raises JobNotFound: no such job, or a malformed id.
         """
-        fields, messages = self.store.snapshot(_checked(job_id))
+        fields, messages = self.store.snapshot(checked_job_id(job_id))
         return JobState.from_stored(fields, messages)
 
     def jobs(
@@ -345,7 +338,7 @@ class Engine:
 
         :raises JobNotFound: no such job.
         """
-        for snapshot in self.store.follow(_checked(job_id), keepalive):
+        for snapshot in self.store.follow(checked_job_id(job_id), keepalive):
             if snapshot is None:
                 yield None
                 continue
@@ -361,7 +354,7 @@ class Engine:
         if which not in ("results", "errors"):
             raise InvalidParams("which must be 'results' or 'errors'.")
         next_cursor, raw = self.store.results_page(
-            _checked(job_id), which, cursor, max(1, min(count, 1000))
+            checked_job_id(job_id), which, cursor, max(1, min(count, 1000))
         )
         if which == "results":
             return Page({k: json.loads(v) for k, v in raw.items()}, next_cursor)
@@ -369,7 +362,7 @@ class Engine:
 
     def report_rows(self, job_id: str) -> Iterator[tuple[str, str, str]]:
         """Every per-id outcome as ``(id, "good" | "bad" | "undo failed", detail)``."""
-        _checked(job_id)
+        checked_job_id(job_id)
         for item, value in self.store.iter_hash(job_id, "results"):
             yield item, "good", value
         for item, message in self.store.iter_hash(job_id, "errors"):
@@ -490,6 +483,10 @@ class Engine:
             return None
         self.admission.release(owner, job_id)
         return owner
+
+    def notify(self, job_id: str) -> bool:
+        """Deliver what is due of an ended job's notifications (the ``notify`` task's body)."""
+        return valid_job_id(job_id) and self.notifier.deliver(job_id)
 
     def maintain(self, now: float | None = None, *, force: bool = False) -> dict[str, int]:
         """Recover overdue steps and clean expired jobs (see :mod:`batchflow.maintenance`).

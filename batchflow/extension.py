@@ -24,6 +24,7 @@ from .context import (
 from .engine import Engine
 from .exceptions import ConfigurationError
 from .job import UserLoader
+from .notify import EmailAddress, NotifyHooks, OnNotify, default_email_address
 from .registry import Registry
 from .registry import registry as default_registry
 from .store import Store
@@ -48,6 +49,11 @@ class BatchFlow:
         answer when it started) as the app's user object, ``job.user`` in its steps; called in
         the worker, inside the app's context. Default: :func:`default_load_user` (Flask-Login's
         ``user_loader``).
+    :param on_notify: ``on_notify(notice)``, called in the worker once per job ending (at least
+        once: again after a crash) with a :class:`~batchflow.notices.Notice`, for channels of
+        the app's own (chat, push). An exception is retried with backoff.
+    :param email_address: ``email_address(user) -> str or None``: where a job's owner (the
+        ``load_user`` answer) gets notification emails. Default: the user's ``email``.
     """
 
     def __init__(
@@ -60,6 +66,8 @@ class BatchFlow:
         can_admin: AdminCheck | None = None,
         csrf: bool = True,
         load_user: UserLoader = None,
+        on_notify: OnNotify | None = None,
+        email_address: EmailAddress = default_email_address,
     ) -> None:
         self.registry = registry or default_registry
         self.url_prefix = url_prefix
@@ -67,6 +75,8 @@ class BatchFlow:
         self.can_admin = can_admin or (lambda user: False)
         self.csrf = csrf
         self.load_user = load_user or default_load_user
+        self.on_notify = on_notify
+        self.email_address = email_address
         if app is not None:
             self.init_app(app)
 
@@ -95,7 +105,8 @@ class BatchFlow:
                 f"BATCHFLOW_REDIS_URL {shown_url(settings.redis_url)!r} is not usable: {exc}. "
                 f"Expected {REDIS_URL_FORMS}."
             ) from None
-        engine = Engine(settings, store, self.registry, self.load_user)
+        hooks = NotifyHooks(self.on_notify, self.email_address, self.url_prefix)
+        engine = Engine(settings, store, self.registry, self.load_user, hooks)
         celery = make_celery(
             engine,
             main=app.import_name,

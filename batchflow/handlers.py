@@ -63,6 +63,11 @@ class Handler:
         A start over the limit is refused with :class:`~batchflow.exceptions.LimitReached` (429).
     :cvar deduplicate: a start identical to one of the owner's active jobs (same handler,
         validated parameters and ids) returns that job instead of starting a second one.
+    :cvar notify_email: email the owner when the job ends: True always, False never, None (the
+        default) when they ask for it on the start form. Needs email turned on
+        (``BATCHFLOW_NOTIFY_EMAIL``; see the README's Notifications).
+    :cvar webhook_url: POST this handler's endings here (signed: see :mod:`batchflow.webhooks`)
+        instead of to ``BATCHFLOW_WEBHOOK_URL``.
     """
 
     kind: ClassVar[Kind] = Kind.HANDLER
@@ -79,6 +84,8 @@ class Handler:
     sensitive_params: ClassVar[tuple[str, ...]] = ()
     max_active_jobs: ClassVar[int | None] = None
     deduplicate: ClassVar[bool] = False
+    notify_email: ClassVar[bool | None] = None
+    webhook_url: ClassVar[str | None] = None
 
     def validate_params(self, params: dict[str, Any]) -> dict[str, Any]:
         """Check and normalise the parameters a job is started with, in the starting request.

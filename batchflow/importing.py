@@ -20,10 +20,11 @@ from flask import Response, current_app, g, request, stream_with_context
 
 from .context import get_state
 from .csvsource import rejected_rows_csv
-from .engine import Started, new_job_id
+from .engine import Started
 from .exceptions import InvalidParams, JobNotFound
 from .imports import ImportJob, upload_path
-from .intake import read_start_request, safe_redirect, validate_form
+from .intake import notify_fields, read_start_request, safe_redirect, validate_form
+from .keys import new_job_id
 from .registry import HandlerSpec
 from .schema import F
 from .state import JobState
@@ -102,7 +103,7 @@ def start_import(spec: HandlerSpec, owner: str) -> Started:
             params=params,
             redirect_url=safe_redirect(redirect_url),
             job_id=job_id,
-            extra={F.UPLOAD_NAME: upload.filename},
+            extra={F.UPLOAD_NAME: upload.filename, **notify_fields()},
         )
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)

@@ -13,9 +13,10 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from .exceptions import InvalidParams
+from .schema import F
 
 #: Form fields that are not the handler's parameters.
-RESERVED_FIELDS = {"csrf_token", "ids", "ids[]", "redirect_url", "submit"}
+RESERVED_FIELDS = {"csrf_token", "ids", "ids[]", "redirect_url", "submit", "notify_email"}
 
 
 def safe_redirect(url: str | None) -> str | None:
@@ -63,6 +64,19 @@ def read_start_request() -> tuple[dict[str, Any], list[Any] | None, str | None]:
     ids = form.getlist("ids") or form.getlist("ids[]") or None
     params = {k: v for k, v in form.items() if k not in RESERVED_FIELDS}
     return params, ids, form.get("redirect_url") or request.args.get("redirect_url")
+
+
+def notify_fields() -> dict[str, str]:
+    """The job fields of a start request's ``notify_email`` (the start form's "Email me when it
+    is done" box, or ``"notify_email": true`` in JSON): the owner asks for an email."""
+    if request.is_json:
+        body = request.get_json(silent=True)
+        asked = body.get("notify_email", False) if isinstance(body, dict) else False
+        if not isinstance(asked, bool):
+            raise InvalidParams("notify_email must be true or false.")
+    else:
+        asked = request.form.get("notify_email", "") in ("1", "y", "on", "true")
+    return {F.NOTIFY_EMAIL: "1"} if asked else {}
 
 
 #: How deep a start request's JSON may nest (params are settings, not documents).

@@ -24,6 +24,8 @@ from .schema import F, Status, as_int, as_json
 from .sources import Entry
 
 #: ``load_user(owner) -> user or None``: the app's user loader (``BatchFlow(load_user=...)``).
+#: The most of ``error_detail`` kept (the latest text wins).
+DETAIL_LIMIT = 4000
 UserLoader = Callable[[str], Any] | None
 #: :attr:`Job.user` before its first use in a step.
 _NOT_LOADED = object()
@@ -275,6 +277,14 @@ class Job:
         """End the job as failed after this step, with ``message`` shown to the user as written
         (like a :class:`~batchflow.UserError`'s)."""
         self.buffer.end(Status.FAILED, str(message) or "The job failed.")
+
+    def keep_error_detail(self, detail: str | None) -> None:
+        """Add a failure's real text to the admin-only ``error_detail`` (its last
+        :data:`DETAIL_LIMIT` characters are kept; the log has everything)."""
+        if detail:
+            before = self.buffer.value(F.ERROR_DETAIL) or ""
+            joined = f"{before}\n{detail}" if before else detail
+            self.buffer.set(F.ERROR_DETAIL, joined[-DETAIL_LIMIT:])
 
     def defer(self, seconds: float) -> None:
         """Wait ``seconds`` before the next step runs, without holding a worker (throttling)."""

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+import secrets
+
+from .exceptions import JobNotFound
 
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 
@@ -11,6 +14,22 @@ JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 def valid_job_id(job_id: object) -> bool:
     """Whether ``job_id`` has the shape of an id batchflow issues; anything else is unknown."""
     return isinstance(job_id, str) and bool(JOB_ID_RE.match(job_id))
+
+
+def new_job_id() -> str:
+    """22 random URL-safe characters, never starting with "-" or "_" (a command line would take
+    ``-abc`` for an option: ``flask batchflow stop -abc`` must work)."""
+    while True:
+        job_id = secrets.token_urlsafe(16)
+        if job_id[0].isalnum():
+            return job_id
+
+
+def checked_job_id(job_id: str) -> str:
+    """``job_id`` if it has the shape of an id batchflow issues, else the unknown job's error."""
+    if not valid_job_id(job_id):
+        raise JobNotFound(str(job_id)[:80])
+    return job_id
 
 
 def _digest(name: str) -> str:
@@ -49,6 +68,10 @@ class Keys:
 
     def messages(self, job_id: str) -> str:
         return self._job_key(job_id, "messages")
+
+    def notifying(self, job_id: str) -> str:
+        """The lock held while a process delivers the job's notifications (it expires)."""
+        return self._job_key(job_id, "notifying")
 
     def channel(self, job_id: str) -> str:
         return self._job_key(job_id, "events")
@@ -94,6 +117,10 @@ class Keys:
         hashes of jobs it finds in an index: ``head .. id .. tail`` is :meth:`job`."""
         head, tail = self.job("\0").split("\0")
         return head, tail
+
+    def unseen(self, owner: str) -> str:
+        """The owner's ended jobs they have not seen yet, scored by when each ended."""
+        return f"{self.prefix}:unseen:{_digest(owner)}"
 
     def streams(self, identity: str) -> str:
         """The event streams ``identity`` holds open, scored by the end of their lease."""

@@ -5,7 +5,9 @@ the work per interval), ``flask batchflow maintain`` runs it by hand. It
 
 - re-enqueues a step whose worker died (it gave no sign of life for ``BATCHFLOW_WORKER_TTL``, or
   its lease expired) or that never reached a worker (``BATCHFLOW_QUEUE_TIMEOUT``);
-- moves jobs that ended out of the active index;
+- sends the ``notify`` task for a job that ended but whose notifications are still pending past
+  ``notify_due`` (its worker died before delivering them, or a channel waits for a retry), and
+  moves jobs that ended, told, out of the active index;
 - runs ``cleanup_job`` for jobs past ``BATCHFLOW_JOB_TTL`` and deletes their state.
 """
 
@@ -17,6 +19,7 @@ import time
 from collections.abc import Callable
 
 from .config import Settings
+from .inbox import Deliveries
 from .schema import Signal, SignalCode, Status, is_terminal, ms
 from .store import ActiveJob, Store
 
@@ -31,6 +34,7 @@ class Done:
     lost: int = 0  # ... of which a worker had claimed and lost
     cleaned: int = 0  # expired jobs cleaned and deleted
     finished: int = 0  # ended (or vanished) jobs taken out of the active index
+    notified: int = 0  # ended jobs whose pending notifications were sent to a worker
 
     def as_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)
@@ -44,6 +48,7 @@ class Maintenance:
     :param enqueue_step: sends step ``seq`` of a job to the workers.
     :param cleanup: runs an expired job's ``cleanup_job`` (once); returns the job's owner, or None
         if its state is gone.
+    :param notify: sends an ended job's pending notifications to a worker.
     """
 
     def __init__(
@@ -52,11 +57,14 @@ class Maintenance:
         store: Store,
         enqueue_step: Callable[[str, int], None],
         cleanup: Callable[[str], str | None],
+        notify: Callable[[str], None],
     ) -> None:
         self.settings = settings
         self.store = store
         self.enqueue_step = enqueue_step
         self.cleanup = cleanup
+        self.notify = notify
+        self.deliveries = Deliveries(store.client, store.keys)
 
     def run(self, now: float | None = None, *, force: bool = False) -> Done:
         """One round; unless ``force``, only the first caller per interval (across every worker)
@@ -75,6 +83,9 @@ class Maintenance:
         jobs = self.store.active_jobs()
         dead = self._dead_workers(jobs, now)
         for job in jobs:
+            if job.status is not None and is_terminal(job.status) and job.notify_due_ms:
+                self._notify(job.id, job.notify_due_ms, now, done)
+                continue
             if job.status is None or is_terminal(job.status):
                 self.store.finish(job.id, now if job.status is None else now + s.job_ttl)
                 done.finished += 1
@@ -107,6 +118,20 @@ class Maintenance:
             if job.lease_owner and ms(now) < job.deadline_ms <= settled
         }
         return holders - self.store.living(holders)
+
+    def _notify(self, job_id: str, due_ms: int, now: float, done: Done) -> None:
+        """Send the ``notify`` task for an ended job whose notifications are due; ``notify_due``
+        moves on by ``BATCHFLOW_QUEUE_TIMEOUT`` meanwhile, so the task is sent again only if it
+        was lost (the task's lock keeps two deliveries apart anyway)."""
+        if due_ms > ms(now):
+            return
+        self.deliveries.postpone(job_id, ms(now + self.settings.queue_timeout))
+        try:
+            self.notify(job_id)
+        except Exception:  # noqa: BLE001 - tried again after the lock expires
+            log.exception("job %s: could not send its pending notifications to a worker", job_id)
+            return
+        done.notified += 1
 
     def _discard(self, job_id: str, now: float, done: Done) -> None:
         """Cancel a preview nobody confirmed in time; nothing was changed."""

@@ -1,5 +1,6 @@
 """Two pages that help a person find their way: the catalogue of the jobs they may start, and a
-job's per-id outcomes (failed ids and their messages, or results) as a page instead of JSON.
+job's per-id outcomes (failed ids and their messages, or results) as a page instead of JSON, or
+as a CSV download.
 
 :mod:`.views` owns the routes (``/catalogue``, and ``/<job_id>/results`` handing a browser's request
 here); this module builds the pages and imports no other web module but :mod:`.context`.
@@ -7,15 +8,20 @@ here); this module builds the pages and imports no other web module but :mod:`.c
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+from collections.abc import Iterator
 from typing import Any
 
-from flask import Response, jsonify, render_template, request, url_for
+from flask import Response, jsonify, render_template, request, stream_with_context, url_for
 
 from .context import get_state, permission_subject
 from .display import labels_for
 from .engine import Page
 from .exceptions import InvalidParams
+from .files import neutralize_cell
+from .state import JobState
 
 #: How many earlier pages' cursors a results page keeps in its "Previous" link (``back``); from
 #: further on, Previous leads to the first page.
@@ -96,3 +102,27 @@ def _results_url(
     if back:
         query["back"] = ".".join(map(str, back[-BACK_KEPT:]))
     return url_for("batchflow.results", job_id=job_id, **query)
+
+
+def csv_report(state: JobState) -> Response:
+    """Every per-id outcome of ``state``'s job as a CSV download, streamed."""
+    engine = get_state().engine
+
+    def rows() -> Iterator[str]:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["id", "outcome", "detail"])
+        for row in engine.report_rows(state.id):
+            writer.writerow([neutralize_cell(cell) for cell in row])
+            if buffer.tell() > 64_000:
+                yield buffer.getvalue()
+                buffer.seek(0)
+                buffer.truncate()
+        yield buffer.getvalue()
+
+    name = f"{state.fields.get('handler', 'job')}-{state.id[:8]}-report.csv"
+    return Response(
+        stream_with_context(rows()),
+        mimetype="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )

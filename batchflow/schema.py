@@ -188,6 +188,11 @@ class F:
     FILE_SIZE = "file_size"  # bytes written as of the last commit
     UPLOAD_NAME = "upload_name"  # an import job's upload, as the person's computer named it
     ASSESSMENT = "assessment"  # JSON: what a preview found (see steps.py), shown until confirmed
+    # Notifications of the job's ending (see notify.py).
+    NOTIFY_EMAIL = "notify_email"  # "1": the owner asked to be emailed when the job ends
+    NOTIFY_DUE = "notify_due"  # ms: the ending's notifications are pending, due from then
+    NOTIFIED = "notified"  # JSON: how each channel's delivery of the ending went
+    SEEN = "seen"  # the seq of the ending its owner has seen (opened its page, dismissed it)
     # Times (seconds since the epoch).
     CREATED_AT = "created_at"
     STARTED_AT = "started_at"

@@ -404,3 +404,22 @@ redis.call('HSET', active, ARGV[1], ARGV[5] .. ' ' .. pool .. ' ' .. fingerprint
 return {'ok'}
 """
 )
+
+# -- notifications (see inbox.py) ---------------------------------------------------------------
+
+# KEYS[1] = job hash. ARGV[1] = a field to delete ('' for none), ARGV[2...] = field, value pairs
+# to set. Only while the job exists: a job that expired meanwhile is not brought back as a hash
+# without a TTL. Returns 1 when the job exists.
+HSET_IF_EXISTS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if ARGV[1] ~= '' then redis.call('HDEL', KEYS[1], ARGV[1]) end
+if #ARGV > 1 then redis.call('HSET', KEYS[1], unpack(ARGV, 2)) end
+return 1
+"""
+
+# KEYS[1] = a lock. ARGV[1] = the token its holder set. Deletes the lock only if that holder still
+# holds it (a lock that expired and was taken by another is left to the other).
+UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""

@@ -38,8 +38,9 @@ from .formats import format_count
 from .handlers import ASSESSMENT_KEY, Handler, StepResult
 from .heartbeat import Heartbeat, worker_id
 from .job import Job, StepResponse, UserLoader
+from .notify import Notifier
 from .registry import HandlerSpec, Registry
-from .schema import ClaimCode, F, Kind, Phase, Status, as_json, ms
+from .schema import ClaimCode, F, Kind, Phase, Status, as_json, is_terminal, ms
 from .sources import Entry, Source
 from .store import Store
 
@@ -65,6 +66,8 @@ class Dispatcher(Protocol):
     def enqueue_step(self, job_id: str, seq: int, countdown: float = 0.0) -> None: ...
 
     def enqueue_cleanup(self, job_id: str) -> None: ...
+
+    def enqueue_notify(self, job_id: str) -> None: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +106,7 @@ class StepRunner:
     :param store: job state.
     :param registry: the handlers jobs name.
     :param dispatcher: returns the dispatcher that enqueues the next step.
+    :param notifier: tells the owner when a job ends.
     :param load_user: the app's user loader, for ``job.user``.
     """
 
@@ -112,12 +116,14 @@ class StepRunner:
         store: Store,
         registry: Registry,
         dispatcher: Callable[[], Dispatcher],
+        notifier: Notifier,
         load_user: UserLoader = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.registry = registry
         self.dispatcher = dispatcher
+        self.notifier = notifier
         self.load_user = load_user
         self.heartbeat = Heartbeat(store, settings.lease_seconds, settings.worker_ttl)
 
@@ -157,6 +163,8 @@ class StepRunner:
                 elapsed = time.monotonic() - started
                 updates[F.BATCH_SIZE] = self._next_batch(spec, batch, elapsed)
         now = time.time()
+        if is_terminal(updates.get(F.STATUS)):  # its notifications are pending from the commit on
+            updates[F.NOTIFY_DUE] = self.notifier.due_ms(now)
         deferred = job.buffer.deferred
         # A preview waits for its Confirm until the deadline; then maintenance discards it.
         awaiting = updates.get(F.STATUS) == Status.AWAITING
@@ -173,7 +181,7 @@ class StepRunner:
             return StepOutcome(lost=True, handler=job.handler)
         new_seq, status = committed[0], Status(committed[1])
         if status.terminal:
-            self.store.finish(job_id, now + s.job_ttl)
+            self._notify(job_id, now)
         elif status not in (Status.PAUSED, Status.AWAITING):
             try:
                 self.dispatcher().enqueue_step(job_id, new_seq, deferred)
@@ -182,6 +190,12 @@ class StepRunner:
                     "could not enqueue step %s/%s; maintenance will retry", job_id, new_seq
                 )
         return StepOutcome(status=status, handler=job.handler)
+
+    def _notify(self, job_id: str, now: float) -> None:
+        try:
+            self.notifier.deliver(job_id, now)
+        except Exception:  # noqa: BLE001 - maintenance delivers them once notify_due passes
+            log.exception("job %s ended; its notifications wait for maintenance", job_id)
 
     def _commit(
         self,
@@ -231,7 +245,7 @@ class StepRunner:
     def _failed(self, job: Job, failure: Failure) -> None:
         """Fail the job showing ``failure.shown``; its detail is kept for admins."""
         job.fail(failure.shown)
-        _keep_detail(job, failure)
+        job.keep_error_detail(failure.detail)
 
     def _run_handler(
         self, spec: HandlerSpec, handler: Handler, job: Job, batch: int
@@ -419,7 +433,7 @@ class StepRunner:
             except Exception as exc:  # noqa: BLE001 - a callback cannot undo the ending
                 failure = describe_failure(exc, f"{hook.__name__} of job {job.id}")
                 job.add_message(f"{hook.__name__} failed: {failure.shown}")
-                _keep_detail(job, failure)
+                job.keep_error_detail(failure.detail)
 
     def _seal(self, job: Job) -> bool:
         """Record that this step ends the job, so that a cancel arriving from now on is refused
@@ -483,16 +497,3 @@ def _source_of(handler: Handler, job: Job) -> Source:
             "not a batchflow Source."
         )
     return source
-
-
-#: The most of ``error_detail`` kept (the latest text wins); the log has everything.
-DETAIL_LIMIT = 4000
-
-
-def _keep_detail(job: Job, failure: Failure) -> None:
-    """Add ``failure``'s real text to the job's admin-only ``error_detail`` field."""
-    if not failure.detail:
-        return
-    before = job.buffer.value(F.ERROR_DETAIL) or ""
-    joined = f"{before}\n{failure.detail}" if before else failure.detail
-    job.buffer.set(F.ERROR_DETAIL, joined[-DETAIL_LIMIT:])

@@ -51,7 +51,7 @@ Fn = TypeVar("Fn", bound=Callable[..., Any])
 _DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
-def _translating(method: Fn) -> Fn:
+def translating(method: Fn) -> Fn:
     """Turn redis-py's connection errors into :class:`Unavailable`, for plain methods and for
     generators alike (a generator's errors happen while it is iterated)."""
     if inspect.isgeneratorfunction(method):
@@ -94,6 +94,7 @@ class ActiveJob:
     status: str | None
     deadline_ms: int
     lease_owner: str
+    notify_due_ms: int = 0  # an ended job's notifications are pending, due from then (ms)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,7 +149,7 @@ class Store:
 
     # -- creating and reading ---------------------------------------------------------------
 
-    @_translating
+    @translating
     def create(
         self, job_id: str, fields: dict[str, Any], ids: Iterable[str] | None, created_ms: int
     ) -> None:
@@ -179,7 +180,7 @@ class Store:
                 pipe.persist(key)
             pipe.execute()
 
-    @_translating
+    @translating
     def snapshot(self, job_id: str) -> Snapshot:
         """The job hash and its latest messages, in one round trip.
 
@@ -193,7 +194,7 @@ class Store:
             raise JobNotFound(job_id)
         return fields, messages
 
-    @_translating
+    @translating
     def snapshots(self, job_ids: list[str]) -> list[Snapshot]:
         """Snapshots of many jobs in one round trip; jobs that are gone are left out."""
         with self.client.pipeline(transaction=False) as pipe:
@@ -203,7 +204,7 @@ class Store:
             replies = pipe.execute()
         return [(f, m) for f, m in zip(replies[::2], replies[1::2], strict=True) if f]
 
-    @_translating
+    @translating
     def job_ids(self, owner: str | None, offset: int, limit: int) -> list[str]:
         """Newest first: one owner's jobs, or everyone's when ``owner`` is None."""
         key = self.keys.all_jobs if owner is None else self.keys.owner(owner)
@@ -216,7 +217,7 @@ class Store:
     def _outcomes_key(self, job_id: str, which: str) -> str:
         return self._outcomes(job_id)[("results", "errors", "undo_errors").index(which)]
 
-    @_translating
+    @translating
     def results_page(
         self, job_id: str, which: str, cursor: int, count: int
     ) -> tuple[int, dict[str, str]]:
@@ -244,12 +245,12 @@ class Store:
             if not scan or not batch:
                 return (pack_cursor(scan, count, 0) if scan else 0), page
 
-    @_translating
+    @translating
     def iter_hash(self, job_id: str, which: str) -> Iterator[tuple[str, str]]:
         """Every (id, value) of a job's ``results``, ``errors`` or ``undo_errors``, in pages."""
         yield from self.client.hscan_iter(self._outcomes_key(job_id, which), count=1000)
 
-    @_translating
+    @translating
     def replace_items(self, job_id: str, ids: Iterable[str]) -> int:
         """Store the ids a handler produced server-side (``ItemsJob.items``) in place of any
         stored before (a create step run again); returns how many there are."""
@@ -260,7 +261,7 @@ class Store:
             length = self.client.rpush(key, *chunk)
         return length
 
-    @_translating
+    @translating
     def follow(self, job_id: str, timeout: float) -> Iterator[Snapshot | None]:
         """Yield the job's state now and after every commit, in commit order; None after
         ``timeout`` seconds of silence (then the state is read again, in case an event was lost
@@ -294,7 +295,7 @@ class Store:
         """The ARGV of a script that adds messages: ``head``, the channel, messages kept, shown."""
         return [*head, self.keys.channel(job_id), MESSAGES_KEPT, MESSAGES_SHOWN]
 
-    @_translating
+    @translating
     def claim(self, job_id: str, seq: int, worker: str, now_ms: int, lease_ms: int) -> Claim:
         """Take step ``seq``'s lease for ``worker`` if the step is due (see CLAIM)."""
         k = self.keys
@@ -308,7 +309,7 @@ class Store:
         ids = json.loads(reply[2])  # cjson writes an empty table as {}
         return Claim(code, flat_pairs(json.loads(reply[1])), ids or [], [bool(x) for x in reply[3]])
 
-    @_translating
+    @translating
     def commit(
         self,
         job_id: str,
@@ -329,7 +330,7 @@ class Store:
             return None
         return int(reply[1]), reply[2]
 
-    @_translating
+    @translating
     def renew(
         self,
         job_id: str,
@@ -350,7 +351,7 @@ class Store:
             return None
         return Seen(reply[1], reply[2])
 
-    @_translating
+    @translating
     def signal(
         self, job_id: str, what: Signal, now: float, deadline_ms: int
     ) -> tuple[SignalCode, str, int]:
@@ -362,7 +363,7 @@ class Store:
         )
         return SignalCode(code), status, int(seq or 0)
 
-    @_translating
+    @translating
     def reopen(
         self, job_id: str, now: float, deadline_ms: int, *, was: Status, message: str
     ) -> tuple[SignalCode, str, int]:
@@ -386,7 +387,7 @@ class Store:
                 pipe.execute()
         return SignalCode(code), status, int(seq or 0)
 
-    @_translating
+    @translating
     def recover(
         self, job_id: str, now_ms: int, deadline_ms: int, dead_worker: str = ""
     ) -> tuple[int, bool] | None:
@@ -397,7 +398,7 @@ class Store:
             return None
         return int(reply[1]), bool(reply[2])
 
-    @_translating
+    @translating
     def mark_cleaned(self, job_id: str) -> dict[str, str] | None:
         """Take the one right to run a job's cleanup; the job hash, or None if already taken."""
         reply = self._mark_cleaned(keys=[self.keys.job(job_id)])
@@ -405,7 +406,7 @@ class Store:
 
     # -- indexes and maintenance --------------------------------------------------------------
 
-    @_translating
+    @translating
     def finish(self, job_id: str, clean_at: float) -> None:
         """Move a terminal job from the active index to the expiring one."""
         with self.client.pipeline(transaction=False) as pipe:
@@ -413,7 +414,7 @@ class Store:
             pipe.zadd(self.keys.expiring, {job_id: clean_at})
             pipe.execute()
 
-    @_translating
+    @translating
     def active_jobs(self, page: int = 1000) -> list[ActiveJob]:
         """Every job not yet seen terminal: one ZRANGE and one pipelined HMGET per ``page`` jobs,
         however many there are."""
@@ -423,18 +424,20 @@ class Store:
             chunk = ids[start : start + page]
             with self.client.pipeline(transaction=False) as pipe:
                 for job_id in chunk:
-                    pipe.hmget(self.keys.job(job_id), F.STATUS, F.LEASE_UNTIL, F.LEASE_OWNER)
+                    fields = (F.STATUS, F.LEASE_UNTIL, F.LEASE_OWNER, F.NOTIFY_DUE)
+                    pipe.hmget(self.keys.job(job_id), *fields)
                 replies = pipe.execute()
-            for job_id, (status, until, owner) in zip(chunk, replies, strict=True):
-                found.append(ActiveJob(job_id, status, int(float(until or 0)), owner or ""))
+            for job_id, (status, until, owner, due) in zip(chunk, replies, strict=True):
+                deadline, due_ms = int(float(until or 0)), int(float(due or 0))
+                found.append(ActiveJob(job_id, status, deadline, owner or "", due_ms))
         return found
 
-    @_translating
+    @translating
     def mark_alive(self, worker: str, ttl: float) -> None:
         """Say that ``worker`` (a process running steps) is alive for ``ttl`` seconds more."""
         self.client.set(self.keys.worker(worker), "1", px=max(1, int(ttl * 1000)))
 
-    @_translating
+    @translating
     def living(self, workers: Iterable[str]) -> set[str]:
         """Which of ``workers`` said they are alive within their time to live."""
         names = sorted(set(workers))
@@ -446,14 +449,14 @@ class Store:
             replies = pipe.execute()
         return {worker for worker, found in zip(names, replies, strict=True) if found}
 
-    @_translating
+    @translating
     def due_for_cleaning(self, now: float, limit: int = 500) -> list[str]:
         """Terminal jobs whose time to be cleaned has come."""
         return cast(
             list[str], self.client.zrangebyscore(self.keys.expiring, 0, now, start=0, num=limit)
         )
 
-    @_translating
+    @translating
     def delete_job(self, job_id: str, owner: str | None = None) -> None:
         """Remove every key and index entry of a job."""
         with self.client.pipeline(transaction=False) as pipe:
@@ -463,14 +466,15 @@ class Store:
             pipe.zrem(self.keys.all_jobs, job_id)
             if owner is not None:
                 pipe.zrem(self.keys.owner(owner), job_id)
+                pipe.zrem(self.keys.unseen(owner), job_id)
             pipe.execute()
 
-    @_translating
+    @translating
     def try_lock(self, name: str, seconds: float) -> bool:
         """A lock that expires by itself: the first caller in each period gets True."""
         return bool(self.client.set(self.keys.lock(name), "1", nx=True, px=int(seconds * 1000)))
 
-    @_translating
+    @translating
     def ping(self) -> bool:
         return bool(self.client.ping())
 

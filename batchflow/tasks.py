@@ -24,6 +24,7 @@ log = logging.getLogger("batchflow")
 STEP_TASK = "batchflow.step"
 CLEANUP_TASK = "batchflow.cleanup"
 MAINTAIN_TASK = "batchflow.maintain"
+NOTIFY_TASK = "batchflow.notify"
 
 # Publishing to a broker that is down fails fast instead of hanging the request that starts a job.
 _PUBLISH_RETRY = {
@@ -54,6 +55,11 @@ class CeleryDispatcher:
     def enqueue_cleanup(self, job_id: str) -> None:
         self.app.send_task(
             CLEANUP_TASK, args=(job_id,), queue=self.queue, retry=True, retry_policy=_PUBLISH_RETRY
+        )
+
+    def enqueue_notify(self, job_id: str) -> None:
+        self.app.send_task(
+            NOTIFY_TASK, args=(job_id,), queue=self.queue, retry=True, retry_policy=_PUBLISH_RETRY
         )
 
 
@@ -111,6 +117,12 @@ def make_celery(
         """Run a job's cleanup_job, once."""
         with enter():
             return engine.cleanup(job_id)
+
+    @app.task(name=NOTIFY_TASK, ignore_result=True, shared=False)  # type: ignore[untyped-decorator]
+    def notify(job_id: str) -> bool:
+        """Deliver an ended job's pending notifications (maintenance sends this task)."""
+        with enter():
+            return engine.notify(job_id)
 
     @app.task(name=MAINTAIN_TASK, ignore_result=True, shared=False)  # type: ignore[untyped-decorator]
     def maintain() -> dict[str, int]:

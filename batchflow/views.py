@@ -7,8 +7,6 @@ that is not yours is the same 404 as an unknown one; state changes only on POST,
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import math
@@ -44,14 +42,14 @@ from .exceptions import (
     Unavailable,
     UnknownHandler,
 )
-from .files import neutralize_cell
 from .importing import protect_csrf, rejected_rows, start_import, takes_upload, upload_form
 from .imports import ImportJob
-from .intake import limit_body, read_start_request, safe_redirect, validate_form
-from .pages import catalogue_page, results_page, wants_page
+from .intake import limit_body, notify_fields, read_start_request, safe_redirect, validate_form
+from .pages import catalogue_page, csv_report, results_page, wants_page
 from .registry import HandlerSpec
 from .schema import F, Status
 from .state import JobState
+from .toasts import notifications, notifications_seen, seen_on_open, unseen_count
 
 log = logging.getLogger("batchflow")
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -71,7 +69,13 @@ ACTIONS = "stop, cancel, pause, resume, continue, confirm, cleanup, retry"
 #: The jobs list's last page number, and the most per-id outcomes one results page asks for.
 MAX_PAGE = 1_000_000
 MAX_RESULTS_COUNT = 1000
-_API_ENDPOINTS = {"batchflow.status", "batchflow.events", "batchflow.results"}
+_API_ENDPOINTS = {
+    "batchflow.status",
+    "batchflow.events",
+    "batchflow.results",
+    "batchflow.notifications",
+    "batchflow.notifications_seen",
+}
 
 
 def _wants_json() -> bool:
@@ -174,7 +178,10 @@ register_template_filters(blueprint)
 def template_globals() -> dict[str, Any]:
     # Any page of the app may use the widget; it finds the routes through this prefix.
     # url_for includes the script root, so this holds when the app is mounted under a path.
-    return {"batchflow_prefix": url_for("batchflow.jobs").rstrip("/")}
+    return {
+        "batchflow_prefix": url_for("batchflow.jobs").rstrip("/"),
+        "batchflow_unseen_count": unseen_count,
+    }
 
 
 @blueprint.before_request
@@ -220,6 +227,8 @@ def security_headers(response: Response) -> Response:
 def batchflow_error(exc: BatchflowError) -> Any:
     code = exc.http_status
     message = str(exc)
+    if isinstance(exc, Unavailable):
+        g.batchflow_unavailable = True  # the error page asks Redis nothing more (unseen_count)
     if isinstance(exc, (UnknownHandler, Unavailable)):
         # The end user learns only what is wrong for them; the cause and fix are the developer's.
         log.warning("%s (requested at %s)", exc.developer_message, request.path)
@@ -313,6 +322,7 @@ def start(handler: str) -> Any:
                 params=params,
                 ids=ids,
                 redirect_url=safe_redirect(redirect_url),
+                extra=notify_fields(),
             )
     except InvalidParams as exc:
         if form_class is None or _wants_json():
@@ -325,19 +335,26 @@ def start(handler: str) -> Any:
 
 def _start_page(handler: str, labels: dict[str, str], form: Any, **context: Any) -> str:
     """The start page of ``handler``: its parameters form (or a Start button)."""
+    asks = get_state().engine.registry.get(handler).handler_class.notify_email is None
     return render_template(
         "batchflow/start.html",
         handler_name=handler,
         labels=labels,
         form=form,
         action_url=url_for("batchflow.start", handler=handler),
+        offer_email=asks and get_state().settings.notify_email,
         **context,
     )
+
+
+blueprint.add_url_rule("/notifications", view_func=notifications)
+blueprint.add_url_rule("/notifications/seen", view_func=notifications_seen, methods=["POST"])
 
 
 @blueprint.get("/<job_id>")
 def progress(job_id: str) -> Any:
     state = _visible(job_id)
+    seen_on_open(state)
     return render_template("batchflow/progress.html", job=status_json(state))
 
 
@@ -444,7 +461,7 @@ def results(job_id: str) -> Any:
     if request.args.get("format") == "csv":
         if which == "errors" and F.UPLOAD_NAME in state.fields:
             return rejected_rows(state)
-        return _csv_report(state)
+        return csv_report(state)
     if which not in ("results", "errors"):
         raise InvalidParams("which must be 'results' or 'errors'.")
     cursor = request.args.get("cursor", 0, type=int) or 0
@@ -456,30 +473,6 @@ def results(job_id: str) -> Any:
     if wants_page():  # a browser: the same page as a table, with links (see pages.py)
         return results_page(status_json(state), which, page, cursor, count)
     return jsonify({"which": which, "items": page.items, "cursor": page.cursor})
-
-
-def _csv_report(state: JobState) -> Response:
-    """Every per-id outcome of ``state``'s job as a CSV download, streamed."""
-    engine = get_state().engine
-
-    def rows() -> Iterator[str]:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(["id", "outcome", "detail"])
-        for row in engine.report_rows(state.id):
-            writer.writerow([neutralize_cell(cell) for cell in row])
-            if buffer.tell() > 64_000:
-                yield buffer.getvalue()
-                buffer.seek(0)
-                buffer.truncate()
-        yield buffer.getvalue()
-
-    name = f"{state.fields.get('handler', 'job')}-{state.id[:8]}-report.csv"
-    return Response(
-        stream_with_context(rows()),
-        mimetype="text/csv",
-        headers={"Content-Disposition": f'attachment; filename="{name}"'},
-    )
 
 
 def _blank_form(form_class: type | None) -> Any:

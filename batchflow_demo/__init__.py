@@ -33,6 +33,7 @@ from __future__ import annotations
 import os
 import secrets
 import tempfile
+import types
 from collections.abc import Mapping
 from typing import Any
 
@@ -43,9 +44,14 @@ from batchflow import BatchFlow, ConfigurationError
 from .icon import favicon
 from .importer import SAMPLE_FOLDER, SAMPLE_NAME, SAMPLE_ROWS, imported_contacts
 from .jobs import LOCKED_EVERY, posts, registry
+from .outbox import read_outbox
+
+#: The demo's one person, as the worker sees a job's owner: the demo has no sign-in, and its
+#: notification emails go to this address (into the outbox folder, not over SMTP).
+DEMO_USER = types.SimpleNamespace(email="you@demo.invalid")
 
 #: The demo's extension, with the demo's own registry (not the global one).
-batchflow = BatchFlow(registry=registry)
+batchflow = BatchFlow(registry=registry, load_user=lambda owner: DEMO_USER)
 
 DEMO_DEFAULTS: dict[str, Any] = {
     "BATCHFLOW_KEY_PREFIX": "batchflow-demo",
@@ -55,10 +61,19 @@ DEMO_DEFAULTS: dict[str, Any] = {
     "BATCHFLOW_DEMO_POSTS": 5_000,
     "BATCHFLOW_DEMO_ITEM_DELAY": 0.002,
     "BATCHFLOW_DEMO_IMPORT_ROW_COST": 0.05,
+    # Email when a job ends, written to the outbox folder (shown at /outbox), not sent.
+    "BATCHFLOW_NOTIFY_EMAIL": True,
+    "BATCHFLOW_BASE_URL": "http://127.0.0.1:5000",
+    "MAIL_DEFAULT_SENDER": "batchflow demo <demo@demo.invalid>",
 }
 # Read from the environment here because the demo derives other settings from them; init_app
 # reads every other BATCHFLOW_* key from the environment itself.
-_FROM_ENVIRONMENT = (*DEMO_DEFAULTS, "BATCHFLOW_FILES_DIR", "BATCHFLOW_QUEUE")
+_FROM_ENVIRONMENT = (
+    *DEMO_DEFAULTS,
+    "BATCHFLOW_FILES_DIR",
+    "BATCHFLOW_QUEUE",
+    "BATCHFLOW_MAIL_OUTBOX",
+)
 _NUMBERS = {
     "BATCHFLOW_DEMO_CONTACTS": (int, 0),
     "BATCHFLOW_DEMO_ROW_COST": (float, 0.0),
@@ -81,6 +96,9 @@ def _settings(config: Mapping[str, Any] | None) -> dict[str, Any]:
         if values[name] < minimum:
             raise ConfigurationError(f"{name} must be at least {minimum}.")
     values.setdefault("BATCHFLOW_FILES_DIR", os.path.join(values["BATCHFLOW_DEMO_DATA"], "files"))
+    values.setdefault(
+        "BATCHFLOW_MAIL_OUTBOX", os.path.join(values["BATCHFLOW_DEMO_DATA"], "outbox")
+    )
     prefix = str(values["BATCHFLOW_KEY_PREFIX"])
     # The demo's Celery queue and broker keys live under its key prefix too, so that it shares a
     # Redis with other apps without touching their keys (it never flushes anything).
@@ -129,6 +147,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         return send_from_directory(
             SAMPLE_FOLDER, SAMPLE_NAME, mimetype="text/csv", as_attachment=True
         )
+
+    @app.get("/outbox")
+    def outbox() -> str:
+        folder = app.config["BATCHFLOW_MAIL_OUTBOX"]
+        return render_template("demo/outbox.html", mails=read_outbox(folder), folder=folder)
 
     @app.get("/")
     def index() -> str:

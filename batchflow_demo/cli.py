@@ -230,8 +230,10 @@ class Demo:
             self._start_redis()
             config = self._config()
             self._prepare_data(config)
+            self._start_web(config)  # first: its address goes into the links of the demo's emails
             self._start_worker(config)
-            self._start_web(config)
+            click.echo(f"\n  batchflow demo running at {config['BATCHFLOW_BASE_URL']}/")
+            click.echo("  Press Ctrl-C to stop it; that stops everything it started.\n")
             code = self._wait()
         except KeyboardInterrupt:
             code = 0
@@ -367,22 +369,22 @@ class Demo:
             port, reason = 0, None
         if reason:
             raise DemoError(f"Cannot serve on {self.host}:{port}: {reason}. Try another --port.")
-        app = create_app(config)
+        app: Any = None  # created once the address is known (it is in the emails' links)
         try:
-            self.server = make_server(self.host, port, app, threaded=True)
+            self.server = make_server(self.host, port, lambda *a: app(*a), threaded=True)
         except SystemExit:  # werkzeug's answer to a port taken since the check above
             raise DemoError(f"Cannot serve on {self.host}:{port}. Try another --port.") from None
-        self._server_thread = threading.Thread(
-            target=self.server.serve_forever, name="batchflow-demo-web", daemon=True
-        )
-        self._server_thread.start()
         host = self.host
         if host in ("0.0.0.0", "::", ""):
             host = "127.0.0.1"
         elif ":" in host:
             host = f"[{host}]"
-        click.echo(f"\n  batchflow demo running at http://{host}:{self.server.server_port}/")
-        click.echo("  Press Ctrl-C to stop it; that stops everything it started.\n")
+        config.setdefault("BATCHFLOW_BASE_URL", f"http://{host}:{self.server.server_port}")
+        app = create_app(config)
+        self._server_thread = threading.Thread(
+            target=self.server.serve_forever, name="batchflow-demo-web", daemon=True
+        )
+        self._server_thread.start()
 
     def _wait(self) -> int:
         while True:

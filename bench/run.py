@@ -128,6 +128,9 @@ class InlineDispatcher:
     def enqueue_cleanup(self, job_id: str) -> None:
         pass
 
+    def enqueue_notify(self, job_id: str) -> None:
+        pass
+
     def drain(self, engine: Engine) -> int:
         ran = 0
         while self.steps:

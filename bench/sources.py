@@ -30,9 +30,9 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from batchflow.engine import new_job_id
 from batchflow.files import neutralize_cell as cell
 from batchflow.imports import upload_path
+from batchflow.keys import new_job_id
 from batchflow.schema import is_terminal
 from bench.harness import ROOT, Context, wait_for
 from bench.source_handlers import (

@@ -100,12 +100,16 @@ class ListDispatcher:
     def __init__(self) -> None:
         self.steps: list[tuple[str, int, float]] = []
         self.cleanups: list[str] = []
+        self.notifies: list[str] = []
 
     def enqueue_step(self, job_id: str, seq: int, countdown: float = 0.0) -> None:
         self.steps.append((job_id, seq, countdown))
 
     def enqueue_cleanup(self, job_id: str) -> None:
         self.cleanups.append(job_id)
+
+    def enqueue_notify(self, job_id: str) -> None:
+        self.notifies.append(job_id)
 
     def drain(self, engine: Engine, limit: int = 100_000) -> int:
         """Run queued steps inline until none are left; returns how many ran."""

@@ -98,6 +98,29 @@ def test_the_home_page_starts_each_job_with_a_form_or_the_widget(demo_app):
     assert "Export 2,600 contacts" in html and "Archive 300 posts" in html
 
 
+def test_a_job_asked_to_email_lands_in_the_demos_outbox_page(demo_app):
+    client = demo_app.test_client()
+    assert "No email yet" in client.get("/outbox").get_data(as_text=True)
+    home = client.get("/").get_data(as_text=True)
+    assert home.count('name="notify_email"') == 2  # the export and the archive offer it
+    emailed = client.post("/jobs/start/export-contacts", data={"notify_email": "1"})
+    job_id = emailed.headers["Location"].rsplit("/", 1)[1]
+    quiet = _start(client, "export-contacts")
+    assert _finished(client, job_id)["status"] == "completed"
+    _finished(client, quiet)
+    engine = BatchFlow.state(demo_app).engine
+    wait_for(lambda: "notify_due" not in engine.state(job_id).fields, timeout=30)
+    page = client.get("/outbox").get_data(as_text=True)
+    assert page.count("<article") == 1
+    assert "Exporting contacts: Report ready" in page and "you@demo.invalid" in page
+    assert f"See the job: http://127.0.0.1:5000/jobs/{job_id}" in page
+    # Every page of the demo counts the endings not seen yet; opening the job's page sees one.
+    home = client.get("/").get_data(as_text=True)
+    assert 'data-batchflow-unseen data-hide-zero title="Ended jobs you have not seen">2<' in home
+    client.get(f"/jobs/{job_id}")
+    assert client.get("/jobs/notifications").get_json()["unseen"] == 1
+
+
 def test_the_demo_has_its_own_registry(demo_app):
     names = BatchFlow.state(demo_app).registry.names()
     assert names == [
@@ -288,6 +311,7 @@ def test_the_demo_pages_ship_in_the_wheel(built_wheel):
         "batchflow_demo/jobs.py",
         "batchflow_demo/contacts.py",
         "batchflow_demo/templates/demo/index.html",
+        "batchflow_demo/templates/demo/outbox.html",
         "batchflow/templates/batchflow/base.html",
     ):
         assert name in names, f"{name} is missing from the wheel (setup.cfg package data?)"

@@ -1272,8 +1272,8 @@ def test_sigkill_mid_import_loses_no_row_and_counts_each_once(engine, workers, p
     committed cursor; every row is applied, each counted once, and only rows of the step that
     was cut off (after its last checkpoint) are applied again: an upsert keyed by the row, as
     ``apply`` should be, leaves each contact once."""
-    from batchflow.engine import new_job_id
     from batchflow.imports import upload_path
+    from batchflow.keys import new_job_id
 
     emails = [f"p{n}@example.com" for n in range(3000)]
     job_id = new_job_id()

@@ -13,8 +13,9 @@ import pytest
 
 from batchflow import BatchFlow, InvalidTransition, Status
 from batchflow.config import Settings
-from batchflow.engine import Engine, new_job_id
+from batchflow.engine import Engine
 from batchflow.imports import upload_path
+from batchflow.keys import new_job_id
 from tests.handlers import HOOKS, Crash, make_registry, side
 from tests.helpers import make_config, wait_for
 from tests.test_sources import counts

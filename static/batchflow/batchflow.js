@@ -20,6 +20,14 @@
  * event (a refusal looks the same to EventSource) means polling, and SSE again sseRetryMs later.
  * A page that only loads this script works too: the routes' prefix and batchflow.css come from the
  * script's own URL, a CSRF token from <prefix>/csrf-token when the page carries none.
+ *
+ * Notifications: on any page that loads it, this script polls <prefix>/notifications (every
+ * notifyPollMs while the page is visible, and when it becomes visible again) and shows a toast
+ * for each ending of the person's jobs they have not seen (once per browser); dismissing one, or
+ * following its link, marks it seen. Elements with data-batchflow-unseen show how many are
+ * unseen (hidden at 0 with data-hide-zero). A job's view marks its own ending seen and, if the
+ * person asked with its "Notify me when done" button, shows a browser notification when the job
+ * ends while the tab is in the background.
  */
 (function () {
   'use strict';
@@ -36,7 +44,8 @@
     sseRetryMs: 30000,       // after falling back to polling, try SSE again this much later
     sseFailures: 3,          // streams in a row that fail before their first event, then poll for good
     maxSse: 3,               // browsers allow ~6 connections per host: leave room for polls and actions
-    redirectDelayMs: 2000    // a completion seen live goes back to redirect_url after this
+    redirectDelayMs: 2000,   // a completion seen live goes back to redirect_url after this
+    notifyPollMs: 15000      // any page: look for the person's unseen job endings this often (0: never)
   };
   function configure(options) {
     Object.keys(options || {}).forEach((k) => {
@@ -338,6 +347,7 @@
       this.handle = { element: root, promise: this.promise, stop: () => this.stop(), get status() { return view.status; } };
       if (urls.initial) this.update(urls.initial, true);
       if (this.done) return;
+      this.offerNotify();
       this.feed = new Feed(urls, {
         status: (s) => this.update(s), connection: (ok) => this.connection(ok), gone: (r) => this.gone(r)
       });
@@ -603,6 +613,13 @@
       this.connection(true);
       this.resolve(s);
       if (!s) return;
+      const notify = part(this.root, 'notify');
+      if (notify) notify.remove();
+      // Seen here: a page the server rendered ended already counts as seen (the server said so).
+      if (!initial || !this.options.documentTitle) markSeen([s.id], this.options.prefix);
+      // In the background: another tab in front, or another window (the person is elsewhere).
+      const away = document.visibilityState === 'hidden' || !document.hasFocus();
+      if (!initial && this.notifyMe && away) browserNotice(s);
       emit(this.root, 'batchflow:complete', s);
       call(this.options.onComplete, s);
       // Only a completion seen live goes back by itself, so a reload or the back button never loops.
@@ -613,6 +630,25 @@
         const delay = this.options.redirectDelay != null ? this.options.redirectDelay : SETTINGS.redirectDelayMs;
         this.redirectTimer = setTimeout(() => location.assign(back), delay);
       }
+    }
+
+    // "Notify me when done": asks for the browser's permission on click only, where it can be given.
+    offerNotify() {
+      const actions = part(this.root, 'actions');
+      if (!('Notification' in window) || Notification.permission === 'denied' || !actions || part(this.root, 'notify')) return;
+      const words = ui;
+      const note = el('span', { class: 'bf-subtle', 'data-bf': 'notify-note', role: 'status' });
+      const btn = el('button', { type: 'button', class: 'bf-button bf-button--quiet', text: words.notify_me || 'Notify me when done' });
+      const box = el('p', { class: 'bf-notify', 'data-bf': 'notify' }, [btn, note]);
+      const granted = () => { this.notifyMe = true; btn.remove(); setText(note, words.notify_on); };
+      btn.addEventListener('click', () => {
+        if (Notification.permission === 'granted') return granted();
+        Promise.resolve(Notification.requestPermission()).then((answer) => {
+          if (answer === 'granted') granted();
+          else { btn.remove(); setText(note, words.notify_blocked); }
+        });
+      });
+      actions.after(box);
     }
 
     // After a download, leaving the page (or hiding it) tells the server it may delete the file.
@@ -766,6 +802,66 @@
       localise(started.querySelector('time'));
     }
   }
+  // ---------------------------------------------------------------- notifications
+  function browserNotice(s) {
+    const t = textOf(s);
+    try {
+      const n = new Notification(t.title || '', { body: [t.outcome_title, t.outcome].filter(Boolean).join(' — '), tag: 'batchflow-' + s.id });
+      n.onclick = () => { window.focus(); n.close(); };
+    } catch (e) { /* a browser that only notifies from a service worker */ }
+  }
+  const TOASTED = 'batchflow:toasted';  // the endings this browser has toasted already
+  function toasted(key) {
+    let keys = [];
+    try { keys = JSON.parse(localStorage.getItem(TOASTED) || '[]'); } catch (e) { keys = []; }
+    if (key == null) return keys;
+    try { localStorage.setItem(TOASTED, JSON.stringify(keys.concat([key]).slice(-200))); } catch (e) { /* private mode */ }
+  }
+  function showUnseen(count) {
+    document.querySelectorAll('[data-batchflow-unseen]').forEach((node) => {
+      node.textContent = String(count);
+      if (node.hasAttribute('data-hide-zero')) node.hidden = count === 0;
+    });
+  }
+  async function markSeen(ids, prefix) {
+    document.querySelectorAll('.bf-toast').forEach((node) => { if (ids.indexOf(node.getAttribute('data-job')) >= 0) node.remove(); });
+    try {
+      const r = await requestJSON('POST', jobPrefix(prefix) + '/notifications/seen', { ids: ids }, prefix);
+      if (r.ok && r.data) showUnseen(r.data.unseen);
+    } catch (e) { /* offline: the toast comes back, and can be dismissed again */ }
+  }
+  function showToast(n, words) {
+    let region = document.querySelector('.bf-toasts');
+    if (!region) document.body.append(region = el('div', { class: 'bf-toasts', role: 'region', 'aria-label': words.region, 'aria-live': 'polite' }));
+    const link = safeUrl(n.action_url, true);
+    const close = el('button', { type: 'button', class: 'bf-toast__close', 'aria-label': words.dismiss, title: words.dismiss, text: '×' });
+    const action = link ? el('a', { class: 'bf-toast__action', href: link, text: n.action }) : null;
+    region.append(el('div', { class: 'bf-toast bf-toast--' + n.state, 'data-job': n.job_id }, [
+      el('p', { class: 'bf-toast__title', text: n.title }),
+      el('p', { class: 'bf-toast__text', text: [n.headline, n.summary].filter(Boolean).join(' — ') }), action, close]));
+    [close, action].forEach((node) => node && node.addEventListener('click', () => markSeen([n.job_id])));
+  }
+  let notifyTimer = null;
+  let notifyOff = false;
+  async function pollNotifications() {
+    clearTimeout(notifyTimer);
+    if (notifyOff || !SETTINGS.notifyPollMs) return;
+    const r = await requestJSON('GET', jobPrefix() + '/notifications').catch(() => null);
+    if (r && [401, 403, 404].indexOf(r.status) >= 0) { notifyOff = true; return; }  // nobody to tell here
+    if (r && r.ok && r.data) {
+      showUnseen(r.data.unseen);
+      const shown = toasted();
+      r.data.notifications.slice().reverse().forEach((n) => {
+        // A job on this very page tells its own ending; each ending is toasted once per browser.
+        if (document.querySelector('[data-batchflow-job="' + n.job_id + '"]') || shown.indexOf(n.key) >= 0) return;
+        toasted(n.key);
+        showToast(n, r.data.text || {});
+      });
+    }
+    if (document.visibilityState === 'visible') notifyTimer = setTimeout(pollNotifications, SETTINGS.notifyPollMs);
+  }
+  document.addEventListener('visibilitychange', () => { if (document.visibilityState === 'visible') pollNotifications(); });
+
   function init(scope) {
     scope = scope || document;
     scope.querySelectorAll('time[data-bf-local]').forEach(localise);
@@ -811,8 +907,9 @@
     onStartClick(btn);
   });
   addStyles();
-  if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', () => init());
-  else init();
+  const ready = () => { init(); pollNotifications(); };
+  if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', ready);
+  else ready();
 
   window.batchflow = { progress, start, init, configure, version: '0.2.0' };
 })();
