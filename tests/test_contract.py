@@ -399,7 +399,9 @@ class TestEngineContract:
         self.assert_exact(engine, job_id, kind, prefix)
         repeated = {unit for unit, n in self.marks(prefix).items() if n > 1}
         assert repeated == {str(unit) for unit in range(committed, 10)}
-        assert len(repeated) <= 4, repeated  # at most about 0.1 s of 30 ms units
+        # At most about 0.1 s of 30 ms units: four, and a fifth when the checkpointing thread
+        # is a unit late on a loaded machine (seen once in CI, with three test processes).
+        assert len(repeated) <= 5, repeated
 
     def test_a_checkpoint_redis_lost_after_applying_it_fails_the_step_not_the_counts(
         self, engine, manual, kind, prefix
