@@ -38,6 +38,7 @@ from .exceptions import (
 from .extension import BatchFlow
 from .files import FileJob
 from .handlers import Handler, ItemsJob, TaskJob
+from .i18n import Message
 from .imports import ImportJob
 from .job import Job, StepResponse
 from .notices import Notice
@@ -63,6 +64,7 @@ __all__ = [
     "JobNotFound",
     "JobState",
     "LimitReached",
+    "Message",
     "Notice",
     "PermissionDenied",
     "Plan",

@@ -13,11 +13,13 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
-from flask import Flask, current_app, session
+from flask import Flask, current_app, has_app_context, has_request_context, session
 
 from .config import Settings
 from .engine import Engine
 from .exceptions import ConfigurationError, PermissionDenied
+from .i18n import connect
+from .i18n import gettext as _
 from .registry import Registry
 
 #: ``identity() -> str | None``: the current user's id, called in requests; None means "not
@@ -133,8 +135,31 @@ def current_identity() -> str:
     """
     user = get_state().identity()
     if not user:
-        raise PermissionDenied("Sign in to use jobs.")
+        raise PermissionDenied(_("Sign in to use jobs."))
     return str(user)
+
+
+def connect_translations() -> None:
+    """Give :mod:`batchflow.i18n` the request's locale and the app's own translations from
+    Flask-Babel, for an app that set it up (``Babel(app)``); English otherwise."""
+    try:
+        import flask_babel
+    except ImportError:
+        return
+
+    def request_locale() -> str | None:
+        if not has_request_context() or "babel" not in current_app.extensions:
+            return None
+        found = flask_babel.get_locale()
+        return str(found) if found else None
+
+    def app_gettext(text: str, code: str) -> str:
+        if not has_app_context() or "babel" not in current_app.extensions:
+            return text
+        with flask_babel.force_locale(code):  # a worker has no request to select one
+            return str(flask_babel.gettext(text))
+
+    connect(request_locale, app_gettext)
 
 
 def existing_identity() -> str | None:

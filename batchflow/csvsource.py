@@ -27,7 +27,19 @@ from typing import IO, Any
 
 from .exceptions import ConfigurationError, InvalidParams
 from .files import neutralize_cell
+from .i18n import N_, Message, shown
+from .i18n import gettext as _
 from .sources import Entry, Plan, Source
+
+#: What a row's problems say, kept as messages (shown in each reader's language).
+NOT_VALID = N_("is not valid %(encoding)s (byte %(byte)s at position %(where)s)")
+ROW_PROBLEM = N_("Row %(row)s %(problem)s.")
+
+
+def kept(text: str, **args: Any) -> str:
+    """``text`` with ``args`` as a job keeps it: a message id with its arguments."""
+    return Message(text, **args).stored()
+
 
 #: The column :func:`rejected_rows_csv` adds, with each row's message.
 ERROR_COLUMN = "error"
@@ -36,7 +48,7 @@ DIALECT_FIELDS = "delimiter quotechar escapechar doublequote skipinitialspace qu
 #: A row may take this many times ``max_field`` bytes (all its lines), then it is one bad row
 #: and the walk skips to the next line: no runaway quote or newline-free file fills the memory.
 ROW_BYTES_PER_FIELD_LIMIT = 16
-XLSX_EXTRA = "XLSX uploads need the xlsx extra: pip install batchflow[xlsx]"
+XLSX_EXTRA = N_("XLSX uploads need the xlsx extra: pip install batchflow[xlsx]")
 
 
 class CsvRow(dict[str, str]):
@@ -104,12 +116,11 @@ class _LineFeed:
             if self.problem is None:
                 where = self.row_bytes - len(line) + exc.start + 1
                 name = _encoding_name(self.encoding)
-                self.problem = (
-                    f"is not valid {name} (byte 0x{line[exc.start]:02x} at position {where})"
-                )
+                byte = f"0x{line[exc.start]:02x}"
+                self.problem = kept(NOT_VALID, encoding=name, byte=byte, where=str(where))
         if "\x00" in text:
             if self.problem is None:
-                self.problem = "contains a NUL byte (binary data, not text)"
+                self.problem = kept(N_("contains a NUL byte (binary data, not text)"))
             text = text.replace("\x00", "\ufffd")
         self.text.append(text)
         return text
@@ -139,26 +150,37 @@ def _quoting_message(exc: csv.Error, delimiter: str) -> str:
     text = str(exc)
     if "field larger than field limit" in text:
         limit = csv.field_size_limit()
-        return f"has a value longer than {limit} characters (a quote never closed?)"
+        return kept(
+            N_("has a value longer than %(most)s characters (a quote never closed?)"), most=limit
+        )
     if "expected after" in text:
-        return (
-            f"has a badly quoted value: a closing quote must be followed by {delimiter!r} "
-            "or the end of the line"
+        return kept(
+            N_(
+                "has a badly quoted value: a closing quote must be followed by %(delimiter)r "
+                "or the end of the line"
+            ),
+            delimiter=delimiter,
         )
     if "unexpected end of data" in text:
-        return "has a quote that is never closed"
+        return kept(N_("has a quote that is never closed"))
     if "new-line character" in text:
-        return "has a line break inside a value without quotes"
-    return f"could not be read ({text})"
+        return kept(N_("has a line break inside a value without quotes"))
+    return kept(N_("could not be read (%(why)s)"), why=text)
 
 
 def _row_problem(values: list[str], max_field: int, width: int | None) -> str | None:
     long = next((n for n, value in enumerate(values) if len(value) > max_field), None)
     if long is not None:
-        return f"has a value longer than {max_field} characters (value {long + 1})"
+        return kept(
+            N_("has a value longer than %(most)s characters (value %(which)s)"),
+            most=max_field,
+            which=str(long + 1),
+        )
     if width is not None and len(values) != width:
-        some = "value" if len(values) == 1 else "values"
-        return f"has {len(values)} {some}; the header has {width} columns"
+        text = N_("has %(count)s value; the header has %(width)s columns")
+        if len(values) != 1:
+            text = N_("has %(count)s values; the header has %(width)s columns")
+        return kept(text, count=len(values), width=width)
     return None
 
 
@@ -182,7 +204,7 @@ def _walk(
         except csv.Error as exc:
             problem = _quoting_message(exc, dialect["delimiter"])
         except _RowTooLong:
-            problem = f"is longer than {limit} bytes"
+            problem = kept(N_("is longer than %(most)s bytes"), most=limit)
         if problem is not None:
             values = ["".join(feed.text).rstrip("\r\n")[:max_field]]
         elif not values and feed.problem is None:
@@ -215,15 +237,18 @@ def _first_record(file: IO[bytes], state: Mapping[str, Any]) -> _Record:
         start = 0  # a BOM in a file said to be in another encoding: let the header show it
     record = next(_walk(file, start, 0, state, None), None)
     if record is None:
-        raise InvalidParams("The file is empty.")
+        raise InvalidParams(_("The file is empty."))
     if record.row != 1:
-        raise InvalidParams("The first line is blank: it must name the columns.")
-    if record.problem and record.problem.startswith("is not valid"):
+        raise InvalidParams(_("The first line is blank: it must name the columns."))
+    if record.problem and NOT_VALID in record.problem:
         raise InvalidParams(
-            f"The header row {record.problem}: save the file as CSV UTF-8, or set the encoding."
+            _(
+                "The header row %(problem)s: save the file as CSV UTF-8, or set the encoding.",
+                problem=shown(record.problem),
+            )
         )
     if record.problem:
-        raise InvalidParams(f"The header row {record.problem}.")
+        raise InvalidParams(_("The header row %(problem)s.", problem=shown(record.problem)))
     return record
 
 
@@ -245,8 +270,11 @@ def check_header(
     blank = [str(n + 1) for n, name in enumerate(names) if not name]
     if blank:
         raise InvalidParams(
-            f"Column(s) {', '.join(blank)} of the header have no name: name them, or delete "
-            "the empty columns."
+            _(
+                "Column(s) %(columns)s of the header have no name: name them, or delete the "
+                "empty columns.",
+                columns=", ".join(blank),
+            )
         )
     expected = {name.casefold(): name for name in [*required, *(optional or ())]}
     names = [expected.get(name.casefold(), name) for name in names]
@@ -314,7 +342,7 @@ class CsvSource(Source):
         with open(self.path, "rb") as file:
             first = _first_record(file, self.reading)
             header = check_header(first.values, self.columns)
-            total = sum(1 for _ in _walk(file, first.end, 1, self.reading, len(header)))
+            total = sum(1 for _row in _walk(file, first.end, 1, self.reading, len(header)))
         return Plan(state={**self.reading, "header": header, "offset": first.end}, total=total)
 
     def read(self, state: dict[str, Any], cursor: Any, limit: int) -> list[Entry]:
@@ -327,7 +355,11 @@ class CsvSource(Source):
             for record in _walk(file, offset, row, state, len(header)):
                 if len(entries) >= limit:
                     break
-                error = f"Row {record.row} {record.problem}." if record.problem else None
+                error = (
+                    kept(ROW_PROBLEM, row=str(record.row), problem=record.problem)
+                    if record.problem
+                    else None
+                )
                 item = CsvRow(header, record.values, record.row)
                 after = {"offset": record.end, "row": record.row}
                 entries.append(Entry(str(record.row), item, after, error))
@@ -338,18 +370,22 @@ def _sniff(chunk: bytes, encoding: str, complete: bool) -> None:
     """InvalidParams if the file's first bytes are not CSV text in ``encoding``."""
     if chunk.startswith(b"PK\x03\x04"):
         raise InvalidParams(
-            "This is an Excel workbook (XLSX) or another zip file, not a CSV file: save it as "
-            "CSV UTF-8 (in Excel: File > Save As), or upload it where XLSX is accepted (that "
-            "needs the xlsx extra: pip install batchflow[xlsx])."
+            _(
+                "This is an Excel workbook (XLSX) or another zip file, not a CSV file: save it "
+                "as CSV UTF-8 (in Excel: File > Save As), or upload it where XLSX is accepted "
+                "(that needs the xlsx extra: pip install batchflow[xlsx])."
+            )
         )
     if chunk.startswith(b"\xd0\xcf\x11\xe0"):
-        raise InvalidParams("This is an old Excel workbook (XLS): save it as CSV UTF-8.")
+        raise InvalidParams(_("This is an old Excel workbook (XLS): save it as CSV UTF-8."))
     if chunk.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        raise InvalidParams("This file is UTF-16 text: save it as CSV UTF-8.")
+        raise InvalidParams(_("This file is UTF-16 text: save it as CSV UTF-8."))
     if b"\x00" in chunk:
         raise InvalidParams(
-            "This does not look like a CSV file (it holds binary data: NUL bytes): "
-            "upload a CSV file, saved as CSV UTF-8."
+            _(
+                "This does not look like a CSV file (it holds binary data: NUL bytes): "
+                "upload a CSV file, saved as CSV UTF-8."
+            )
         )
     try:
         codecs.getincrementaldecoder(encoding)().decode(chunk, final=complete)
@@ -357,9 +393,14 @@ def _sniff(chunk: bytes, encoding: str, complete: bool) -> None:
         line = chunk.count(b"\n", 0, exc.start) + 1
         where = exc.start - chunk.rfind(b"\n", 0, exc.start)
         raise InvalidParams(
-            f"The file is not valid {_encoding_name(encoding)} (line {line}: byte "
-            f"0x{chunk[exc.start]:02x} at position {where}): save it as CSV UTF-8, or set the "
-            "encoding."
+            _(
+                "The file is not valid %(encoding)s (line %(line)s: byte %(byte)s at position "
+                "%(where)s): save it as CSV UTF-8, or set the encoding.",
+                encoding=_encoding_name(encoding),
+                line=line,
+                byte=f"0x{chunk[exc.start]:02x}",
+                where=where,
+            )
         ) from None
 
 
@@ -386,7 +427,7 @@ def check_csv(
     with open(path, "rb") as file:
         chunk = file.read(sniff_bytes)
         if not chunk.removeprefix(codecs.BOM_UTF8).strip():
-            raise InvalidParams("The file is empty.")
+            raise InvalidParams(_("The file is empty."))
         _sniff(chunk, state["encoding"], len(chunk) < sniff_bytes)
         first = _first_record(file, state)
     return check_header(first.values, required, optional)
@@ -429,4 +470,4 @@ def rejected_rows_csv(
                 wanted.discard(key)
                 values, width = record.values, len(header)
                 padded = [*values[:width], *[""] * (width - len(values))]
-                yield line([*padded, errors[key], *values[width:]])
+                yield line([*padded, shown(errors[key]), *values[width:]])

@@ -24,136 +24,31 @@ from .formats import (
     format_percent,
     format_rate,
 )
-
-#: The words for every state and action; a handler's ``labels`` override any of them. A state's
-#: label (the status line, the outcome's title) starts with its :data:`STATE_WORDS` word.
-DEFAULT_LABELS: dict[str, str] = {
-    "title": "Working",
-    "pending": "Waiting for a worker…",
-    "running": "Running",
-    "pausing": "Pausing after the current step…",
-    "paused": "Paused",
-    "awaiting_confirmation": "Awaiting confirmation: check the preview, then confirm or cancel",
-    "stopping": "Stopping after the current step…",
-    "canceling": "Canceling: undoing the work done so far…",
-    "completed": "Completed",
-    "completed_with_failures": "Completed with failures",
-    "failed": "Failed",
-    "stalled": "Stalled: the job kept losing its worker",
-    "stopped": "Stopped. The work done so far was kept.",
-    "canceled": "Canceled. The work done was undone.",
-    "good": "done",
-    "bad": "failed",
-    "skipped": "not reached",
-    "stop": "Stop",
-    "cancel": "Cancel",
-    "pause": "Pause",
-    "resume": "Resume",
-    "retry": "Retry failed",
-    "continue": "Continue",
-    "confirm": "Confirm",
-    # A preview's summary; {changes}, {assessed}, {rejected} and {unchanged} are its counts.
-    "preview": "{changes} of {assessed} would change.",
-}
-
-#: A state in a word or two: badges, the jobs list, the status filter, the CLI. Not per handler,
-#: so the same state reads the same everywhere.
-STATE_WORDS: dict[str, str] = {
-    "pending": "Waiting",
-    "running": "Running",
-    "paused": "Paused",
-    "awaiting_confirmation": "Awaiting confirmation",
-    "stopping": "Stopping",
-    "canceling": "Canceling",
-    "completed": "Completed",
-    "completed_with_failures": "Completed with failures",
-    "failed": "Failed",
-    "stalled": "Stalled",
-    "stopped": "Stopped",
-    "canceled": "Canceled",
-}
-
-#: What each action does, as a button's tooltip.
-ACTION_TIPS: dict[str, str] = {
-    "stop": "Stop after the current step. Work already done is kept.",
-    "cancel": "Stop and undo every change this job has made.",
-    "pause": "Pause after the current step. You can resume later.",
-    "resume": "Continue where the job left off.",
-    "retry": "Start a new job for the items that failed.",
-    "continue": "Go on from where the job stopped, as the same job.",
-    "confirm": "Run the job over the items the preview went through.",
-}
-
-#: A resume offered while a pause is still pending cancels that pause.
-CANCEL_PAUSE_TIP = "Cancel the pending pause: the job keeps running."
-#: Seconds a job may wait for its first step before its view says no worker has taken it.
-NO_WORKER_AFTER = 30.0
-#: The status line of a job no worker has taken after :data:`NO_WORKER_AFTER` seconds.
-NO_WORKER = (
-    "No worker has taken this job yet. Check that a worker is running "
-    "(celery -A worker worker) and that it uses the same Redis broker and queue as this app."
+from .i18n import N_, locale, number, shown, stored
+from .i18n import gettext as _
+from .words import (
+    ACTION_HINTS,
+    ACTION_TIPS,
+    CANCEL_PAUSE_TIP,
+    DEFAULT_LABELS,
+    FILE_DELETED,
+    FILE_STOPPED,
+    FILE_STOPPED_NOTE,
+    NO_WORKER,
+    NO_WORKER_AFTER,
+    PREVIEW_HINT,
+    SIGNAL_ECHOES,
+    STATE_WORDS,
+    UI_TEXTS,
 )
 
-#: What a stopped export's outcome says about its file (the file is never trimmed to its last
-#: row, so it is not offered; maintenance deletes it when the job expires).
-FILE_STOPPED = "Stopped before the file was finished."
-FILE_STOPPED_NOTE = (
-    "The unfinished file is not offered for download and is deleted when the job expires. "
-    "Start a new export to get the whole file."
-)
-#: What a finished export whose file was cleaned up says instead of its download link.
-FILE_DELETED = (
-    "The file was deleted from the server (after it was downloaded, or when it expired). "
-    "Start a new export to get a fresh one."
-)
 
-#: Lines under the buttons, for the actions whose effect on the work done is worth saying.
-ACTION_HINTS: dict[str, str] = {
-    "stop": "Stop keeps the work done so far.",
-    "cancel": "Cancel undoes everything done so far.",
-}
-
-#: What a preview's buttons do, under them.
-PREVIEW_HINT = (
-    "Confirm runs the job over these items; Cancel discards the preview. "
-    "Nothing has been changed yet."
-)
-
-#: The fixed words of a job's view (headings, links, the confirmation, connection trouble),
-#: sent in every status JSON so that the widget has no words of its own.
-UI_TEXTS: dict[str, str] = {
-    "restarted": "This job was restarted after its worker was lost; its counts started again.",
-    "activity": "Activity",
-    "results": "Results",
-    "back": "Back",
-    "going_back": "Going back in a moment…",
-    "stay": "Stay here",
-    "downloaded": "Downloaded. The file was removed from the server.",
-    "confirm_yes": "Yes, cancel and undo",
-    "confirm_no": "Don't cancel",
-    "connection": "Connection problem. Retrying…",
-    "network": "Network error: the request did not reach the server. Please try again.",
-    "refused": "The server refused the request (HTTP {code}). Please try again.",
-    "close": "Close",
-    "close_tip": "Close (the job keeps running)",
-    "keeps_running": "The job keeps running if you close this window.",
-    "open_page": "Open the job page",
-    "new_export": "Start a new export",
-    "see_failed": "See the failed ids",
-    "preview_sample": "For example",
-    "preview_errors": "Would be rejected",
-    "rejected": "Download the rejected rows to fix (CSV)",
-    "notify_me": "Notify me when done",
-    "notify_on": "You will get a notification when the job ends.",
-    "notify_blocked": "This browser blocks notifications from this site.",
-}
-
-
-def labels_for(handler_name: str, handler_labels: Mapping[str, str]) -> dict[str, str]:
-    """The labels a job shows: the handler's own over the defaults; the title defaults to the
-    handler's name made readable ("contacts-report" -> "Contacts report")."""
-    title = handler_name.replace("-", " ").replace("_", " ").strip().capitalize() or "Job"
-    return {**DEFAULT_LABELS, "title": title, **handler_labels}
+def labels_for(handler_name: str, handler_labels: Mapping[str, Any]) -> dict[str, str]:
+    """The labels a job shows, as the job keeps them: the handler's own over the defaults (a
+    :class:`~batchflow.Message` kept as a message id with its arguments); the title defaults to
+    the handler's name made readable ("contacts-report" -> "Contacts report")."""
+    title = handler_name.replace("-", " ").replace("_", " ").strip().capitalize() or N_("Job")
+    return {**DEFAULT_LABELS, "title": title, **{k: stored(v) for k, v in handler_labels.items()}}
 
 
 # ------------------------------------------------------------------------------ formatting
@@ -161,7 +56,7 @@ def labels_for(handler_name: str, handler_labels: Mapping[str, str]) -> dict[str
 
 def state_word(state: str) -> str:
     """A state (a status or an outcome) in a word or two: ``"running"`` -> ``"Running"``."""
-    return STATE_WORDS.get(state, state.replace("_", " ").capitalize())
+    return _(STATE_WORDS.get(state, state.replace("_", " ").capitalize()))
 
 
 # ------------------------------------------------------------------------------ a job's view
@@ -195,10 +90,14 @@ def _bar(s: Mapping[str, Any], state: str) -> tuple[dict[str, Any], str]:
         of = s.get("good") or 0
         bar = {"value": min(done, of) if of else None, "max": of or None}
         bar["percent"] = 100.0 * done / of if of else None
-        return bar, f"Undoing… {format_count(done)} of {format_count(of)}"
+        return bar, _("Undoing… %(done)s of %(of)s", done=format_count(done), of=format_count(of))
     if total is not None:
         top = max(total, 1)
-        phase = f"{format_count(processed)} of {format_count(total)} processed"
+        phase = _(
+            "%(processed)s of %(total)s processed",
+            processed=format_count(processed),
+            total=format_count(total),
+        )
         if state == "completed":
             return {"value": top, "max": top, "percent": 100.0}, phase
         value = min(processed, total)
@@ -208,10 +107,14 @@ def _bar(s: Mapping[str, Any], state: str) -> tuple[dict[str, Any], str]:
         return {"value": value, "max": top, "percent": percent}, phase
     if s.get("terminal"):  # full when work was done, empty when nothing was
         value = 1 if processed or state == "completed" else 0
-        return {"value": value, "max": 1, "percent": None}, f"{format_count(processed)} processed"
-    idle = "Waiting for a worker…" if s.get("status") == "pending" else "Working…"
-    phase = f"{format_count(processed)} processed" if processed else idle
+        return {"value": value, "max": 1, "percent": None}, _processed(processed)
+    idle = _("Waiting for a worker…") if s.get("status") == "pending" else _("Working…")
+    phase = _processed(processed) if processed else idle
     return {"value": None, "max": None, "percent": None}, phase
+
+
+def _processed(n: Any) -> str:
+    return _("%(count)s processed", count=format_count(n))
 
 
 def _capital(text: str) -> str:
@@ -224,52 +127,60 @@ def _sentence(text: str) -> str:
 
 def _tally(s: Mapping[str, Any], labels: Mapping[str, str]) -> str:
     """ "409 archived, 11 failed" (the failed only when there are some)."""
-    good = f"{format_count(s.get('good'))} {labels['good']}"
-    return good + (f", {format_count(s.get('bad'))} {labels['bad']}" if s.get("bad") else "")
+    good = _("%(count)s %(label)s", count=format_count(s.get("good")), label=labels["good"])
+    if not s.get("bad"):
+        return good
+    bad = _("%(count)s %(label)s", count=format_count(s.get("bad")), label=labels["bad"])
+    return _("%(good)s, %(bad)s", good=good, bad=bad)
 
 
 def _counts(s: Mapping[str, Any], labels: Mapping[str, str]) -> str:
     """ "409 archived, 11 failed" for a job that tallies; "7 processed" for one that does not."""
-    return _tally(s, labels) if _tallied(s) else f"{format_count(s.get('processed'))} processed"
+    return _tally(s, labels) if _tallied(s) else _processed(s.get("processed"))
 
 
 def _undone(s: Mapping[str, Any]) -> str:
     """ "2,906" undone after a cancel, and ", 3 could not be undone" when some could not."""
-    failed = s.get("undo_failed")
-    tail = f", {format_count(failed)} could not be undone" if failed else ""
-    return f"{format_count(s.get('undone'))}{tail}"
+    failed, undone = s.get("undo_failed"), format_count(s.get("undone"))
+    if not failed:
+        return undone
+    return _(
+        "%(undone)s, %(failed)s could not be undone", undone=undone, failed=format_count(failed)
+    )
 
 
 def _outcome(s: Mapping[str, Any], labels: Mapping[str, str], state: str) -> str:
     """What the outcome box says under its title: the counts, and what became of the work."""
     counts = _counts(s, labels)
     if state in ("completed", "completed_with_failures"):
-        return f"{counts}."
-    if state == "failed" and s.get("outcome") == "completed_with_failures":
-        return f"{format_count(s.get('bad'))} {labels['bad']}."  # all of them: see _all_failed
+        return _("%(counts)s.", counts=counts)
+    if state == "failed" and s.get("outcome") == "completed_with_failures":  # all failed
+        return _("%(count)s %(label)s.", count=format_count(s.get("bad")), label=labels["bad"])
     if state in ("failed", "stalled"):
-        return f"Before it ended: {counts}." if s.get("processed") else "Nothing was processed."
+        if s.get("processed"):
+            return _("Before it ended: %(counts)s.", counts=counts)
+        return _("Nothing was processed.")
     if state == "stopped" and s.get("kind") == "file":
-        return f"{counts} before the stop. {FILE_STOPPED_NOTE}"
+        return _("%(counts)s before the stop.", counts=counts) + " " + _(FILE_STOPPED_NOTE)
     if state == "stopped":
-        return f"Kept: {counts}."
+        return _("Kept: %(counts)s.", counts=counts)
     if state == "canceled":
-        return f"Undone: {_undone(s)}."
+        return _("Undone: %(undone)s.", undone=_undone(s))
     return ""
 
 
 def _label(s: Mapping[str, Any], labels: Mapping[str, str], state: str) -> str:
     """The state's sentence: the status line while the job runs, the outcome's title after."""
-    default = DEFAULT_LABELS.get(state)
+    default = _(DEFAULT_LABELS[state]) if state in DEFAULT_LABELS else None
     label = labels.get(state) or state_word(state)
     if state == "pending" and (s.get("waiting_s") or 0) >= NO_WORKER_AFTER:
-        return NO_WORKER
+        return _(NO_WORKER)
     if state == "running" and s.get("pausing"):
-        return labels.get("pausing") or DEFAULT_LABELS["pausing"]
+        return labels.get("pausing") or _(DEFAULT_LABELS["pausing"])
     if state == "failed" and s.get("outcome") == "completed_with_failures":
-        return f"Failed: all {format_count(s.get('bad'))} failed"
+        return _("Failed: all %(count)s failed", count=format_count(s.get("bad")))
     if state == "stopped" and s.get("kind") == "file" and label == default:
-        return FILE_STOPPED
+        return _(FILE_STOPPED)
     return label
 
 
@@ -279,14 +190,6 @@ def _gist(text: str) -> str:
     return " ".join(re.findall(r"\w+", text.split(":", 1)[-1].lower()))
 
 
-#: Messages that only echo a signal; the status line says the same while that state lasts.
-SIGNAL_ECHOES: dict[str, str] = {
-    "stop requested": "stopping",
-    "pause requested": "pausing",
-    "paused": "paused",
-}
-
-
 def _message(s: Mapping[str, Any], label: str, badge: str, state: str) -> str:
     """The latest message, or ``""`` when it only repeats the badge or the status line."""
     message = str(s.get("message") or "")
@@ -294,22 +197,23 @@ def _message(s: Mapping[str, Any], label: str, badge: str, state: str) -> str:
     if not message or gist in (_gist(label), _gist(badge)):
         return ""
     current = "pausing" if s.get("pausing") and state == "running" else state
-    return "" if SIGNAL_ECHOES.get(gist) == current else message
+    echoes = {_gist(_(text)): echoed for text, echoed in SIGNAL_ECHOES.items()}
+    return "" if echoes.get(gist) == current else message
 
 
 def _summary(s: Mapping[str, Any], labels: Mapping[str, str], state: str) -> str:
     """What the job counted, in a few words (the jobs list, the CLI): undone after a cancel."""
     if state == "canceled":
         if not _tallied(s):
-            return f"Undone: {format_count(s.get('processed'))} processed"
-        return f"Undone {_undone(s)}"
+            return _("Undone: %(processed)s", processed=_processed(s.get("processed")))
+        return _("Undone %(undone)s", undone=_undone(s))
     return _counts(s, labels)
 
 
 def _value(value: Any) -> str:
     """A result's value as shown: numbers with separators, anything else but text as JSON."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return f"{value:,}"
+        return number(value)
     return value if isinstance(value, str) else json.dumps(value)
 
 
@@ -317,8 +221,8 @@ def _actions(s: Mapping[str, Any], labels: Mapping[str, str]) -> dict[str, dict[
     actions = [a for a in s.get("actions") or [] if a in ACTION_TIPS]
     tips = {**ACTION_TIPS, **({"resume": CANCEL_PAUSE_TIP} if s.get("pausing") else {})}
     if s.get("status") == "awaiting_confirmation":
-        tips["cancel"] = "Discard the preview: nothing is changed."
-    return {a: {"label": labels.get(a) or a, "tip": tips[a]} for a in actions}
+        tips["cancel"] = N_("Discard the preview: nothing is changed.")
+    return {a: {"label": labels.get(a) or a, "tip": _(tips[a])} for a in actions}
 
 
 def status_view(status: Mapping[str, Any]) -> dict[str, Any]:
@@ -332,23 +236,24 @@ def status_view(status: Mapping[str, Any]) -> dict[str, Any]:
     lists: "100,000 processed", "Undone 2,906"), ``file_note``, ``retry_of`` and ``log`` (the last
     eight messages, newest first, a run of identical ones as one line).
     """
-    labels = {**DEFAULT_LABELS, **{k: v for k, v in (status.get("labels") or {}).items() if v}}
+    own = {k: v for k, v in (status.get("labels") or {}).items() if v}
+    labels = {k: shown(v) for k, v in {**DEFAULT_LABELS, **own}.items()}  # in the reader's words
     state = display_state(status)
     terminal = bool(status.get("terminal"))
     running = status.get("status") == "running"
     bar, phase = _bar(status, state)
     percent = format_percent(bar["percent"])
     label = _label(status, labels, state)
-    badge = "Pausing…" if running and status.get("pausing") else state_word(state)
-    own_title = (status.get("labels") or {}).get("title")
+    badge = _("Pausing…") if running and status.get("pausing") else state_word(state)
+    own_title = own.get("title")
     if own_title == DEFAULT_LABELS["title"]:
         own_title = None  # the default says nothing the handler's name does not say better
-    title = own_title or status.get("handler") or DEFAULT_LABELS["title"]
+    title = shown(own_title) if own_title else status.get("handler") or labels["title"]
     good = labels["good"]
     started, finished = status.get("started_at"), status.get("finished_at")
     end = finished or status.get("updated_at")
     duration = format_duration(end - started if started and end else None)
-    took = f"Took {duration}" if terminal and started and finished else ""
+    took = _("Took %(duration)s", duration=duration) if terminal and started and finished else ""
     rate = format_rate(status.get("rate"))
     outcome = _outcome(status, labels, state) if terminal else ""
     if terminal:
@@ -359,7 +264,7 @@ def status_view(status: Mapping[str, Any]) -> dict[str, Any]:
     counts = {k: format_count(status.get(k)) for k in ("good", "bad", "skipped", "processed")}
     count_labels = {k: _capital(labels[k]) for k in ("good", "bad", "skipped")}
     if state == "canceled":  # the work done is undone now: the first box counts the undone
-        counts["good"], count_labels["good"] = format_count(status.get("undone")), "Undone"
+        counts["good"], count_labels["good"] = format_count(status.get("undone")), _("Undone")
     results = status.get("results")
     text = {
         "title": title,
@@ -385,18 +290,28 @@ def status_view(status: Mapping[str, Any]) -> dict[str, Any]:
         "live": live,
         "tab": f"{badge if terminal or not percent else percent} · {title}",
         **_action_texts(status, state, actions, good),
-        "download": f"Download {status.get('file_name') or 'the file'}",
-        "file_note": FILE_DELETED if status.get("file_deleted") else "",
-        "report": f"Download the {'error report' if status.get('bad') else 'results'} (CSV)",
-        "retry_of": f"Retry of job {status['retry_of']}" if status.get("retry_of") else "",
+        **_link_texts(status),
         "results": {str(k): _value(v) for k, v in results.items()}
         if isinstance(results, Mapping)
         else {},
         "log": _log(status),
         "preview": _preview(status, labels),
-        "ui": dict(UI_TEXTS),
+        "ui": {key: _(text) for key, text in UI_TEXTS.items()},
     }
     return {"state": state, "tallied": _tallied(status), "bar": bar, "text": text}
+
+
+def _link_texts(s: Mapping[str, Any]) -> dict[str, str]:
+    """The download's and the report's links, why a file is gone, what a retry retries."""
+    name = s.get("file_name")
+    return {
+        "download": _("Download %(name)s", name=name) if name else _("Download the file"),
+        "file_note": _(FILE_DELETED) if s.get("file_deleted") else "",
+        "report": _("Download the error report (CSV)")
+        if s.get("bad")
+        else _("Download the results (CSV)"),
+        "retry_of": _("Retry of job %(job)s", job=s["retry_of"]) if s.get("retry_of") else "",
+    }
 
 
 def _action_texts(
@@ -404,11 +319,13 @@ def _action_texts(
 ) -> dict[str, Any]:
     """The buttons (``actions``), the ``hint`` under them, and the question Cancel asks."""
     if state == "awaiting_confirmation":
-        hint, question = PREVIEW_HINT, "Discard this preview? Nothing has been changed."
+        hint, question = _(PREVIEW_HINT), _("Discard this preview? Nothing has been changed.")
     else:
-        hint = " ".join(ACTION_HINTS[a] for a in actions if a in ACTION_HINTS)
-        done = f"{format_count(s.get('good'))} {good}"
-        question = f"Cancel this job and undo everything it has done so far ({done})?"
+        hint = " ".join(_(ACTION_HINTS[a]) for a in actions if a in ACTION_HINTS)
+        done = _("%(count)s %(label)s", count=format_count(s.get("good")), label=good)
+        question = _(
+            "Cancel this job and undo everything it has done so far (%(done)s)?", done=done
+        )
     return {"actions": actions, "hint": hint, "confirm_cancel": question}
 
 
@@ -425,12 +342,13 @@ def _preview(status: Mapping[str, Any], labels: Mapping[str, str]) -> dict[str, 
     try:
         summary = labels["preview"].format(**counts)
     except (KeyError, IndexError, ValueError):  # a handler's label with other placeholders
-        summary = DEFAULT_LABELS["preview"].format(**counts)
+        summary = _(DEFAULT_LABELS["preview"]).format(**counts)
+    rejected = _("%(count)s would be rejected.", count=counts["rejected"])
     return {
         "summary": summary,
-        "rejected": f"{counts['rejected']} would be rejected." if found.get("rejected") else "",
+        "rejected": rejected if found.get("rejected") else "",
         "sample": [str(text) for text in found.get("sample") or []],
-        "errors": [[str(i), str(m)] for i, m in found.get("errors") or []],
+        "errors": [[str(i), shown(m)] for i, m in found.get("errors") or []],
     }
 
 
@@ -477,7 +395,8 @@ TEMPLATE_FILTERS: dict[str, Callable[..., Any]] = {
 
 
 def register_template_filters(target: Any) -> None:
-    """Register :data:`TEMPLATE_FILTERS` on a Flask blueprint (for every template of the app it
+    """Register :data:`TEMPLATE_FILTERS`, and the globals ``_bf`` (a text in the reader's
+    language) and ``batchflow_locale()``, on a Flask blueprint (for every template of the app it
     is registered on) or on a Flask app.
 
     :param target: a ``flask.Blueprint`` or a ``flask.Flask``; taken loosely so this module
@@ -486,3 +405,7 @@ def register_template_filters(target: Any) -> None:
     add = getattr(target, "add_app_template_filter", None) or target.add_template_filter
     for name, function in TEMPLATE_FILTERS.items():
         add(function, name)
+    # The pages' other words go through _bf, in the reader's language; <html lang> through this.
+    add_global = getattr(target, "add_app_template_global", None) or target.add_template_global
+    add_global(_, "_bf")
+    add_global(locale, "batchflow_locale")

@@ -32,6 +32,8 @@ from .exceptions import (
 )
 from .failures import describe_failure
 from .handlers import Handler, ItemsJob
+from .i18n import N_, shown
+from .i18n import gettext as _
 from .ids import check_ids
 from .job import Job, UserLoader
 from .keys import checked_job_id, new_job_id, valid_job_id
@@ -43,6 +45,7 @@ from .state import JobState
 from .steps import CLEANUP_GRACE, Dispatcher, StepOutcome, StepRunner
 from .store import Store
 from .streams import StreamSlots
+from .words import HANDLER_LIMIT_REACHED, LIMIT_REACHED
 
 __all__ = ["CLEANUP_GRACE", "Dispatcher", "Engine", "Page", "Started", "StepOutcome"]
 
@@ -54,12 +57,12 @@ REOPENINGS = {
     Signal.CONTINUE: (
         Status.STOPPED,
         "Continued from where it stopped",
-        "Only a stopped job can continue",
+        N_("Only a stopped job can continue; this one is %(status)s."),
     ),
     Signal.CONFIRM: (
         Status.AWAITING,
         "Confirmed: running",
-        "Only a job awaiting confirmation can be confirmed",
+        N_("Only a job awaiting confirmation can be confirmed; this one is %(status)s."),
     ),
 }
 #: Seconds a start refused for the owner's limit is told to wait (``Retry-After``).
@@ -180,7 +183,7 @@ class Engine:
         try:
             params_json = json.dumps(params)
         except (TypeError, ValueError) as exc:
-            raise InvalidParams(f"Job parameters must be JSON data: {exc}") from None
+            raise InvalidParams(_("Job parameters must be JSON data: %(why)s", why=exc)) from None
         id_list, source = self._check_ids(spec, instance, ids)
         job_id = checked_job_id(job_id) if job_id is not None else new_job_id()
         now = time.time()
@@ -194,7 +197,7 @@ class Engine:
             kind=spec.kind,
             owner=owner,
             params_json=params_json,
-            labels=labels_for(spec.name, instance.labels),
+            labels=labels_for(spec.name, instance.job_labels(params)),
             capabilities=instance.capabilities(),
             sensitive=instance.sensitive_params,
             total=len(id_list) if id_list is not None else None,
@@ -215,7 +218,7 @@ class Engine:
             if isinstance(exc, BatchflowError):
                 raise
             raise Unavailable(
-                "The job queue does not answer; nothing was started.",
+                N_("The job queue does not answer; nothing was started."),
                 f"The job queue does not answer ({exc}); nothing was started. "
                 "Check that the Celery broker (BATCHFLOW_BROKER_URL) runs.",
             ) from exc
@@ -248,10 +251,9 @@ class Engine:
             return admitted.job_ids[0]
         if admitted.code is AdmitCode.FULL:
             running = admitted.job_ids
-            which = "" if own_limit is None else f"{spec.name!r} "
+            text = LIMIT_REACHED if own_limit is None else HANDLER_LIMIT_REACHED
             raise LimitReached(
-                f"You already have {len(running)} active {which}job(s), the most one person may "
-                f"run at once ({limit}). Wait for one to finish, or stop one, then try again.",
+                _(text, count=len(running), handler=repr(spec.name), limit=limit),
                 retry_after=LIMIT_RETRY_AFTER,
                 details={"active_jobs": running},
             )
@@ -262,14 +264,16 @@ class Engine:
     ) -> tuple[list[str] | None, str]:
         if spec.kind is not Kind.ITEMS:
             if ids is not None:
-                raise InvalidParams(f"Handler {spec.name!r} does not take ids.")
+                raise InvalidParams(_("Handler %(name)r does not take ids.", name=spec.name))
             return None, "source" if handler.walks_source() else ""
         if ids is None:
             if handler.walks_source():
                 return None, "source"
             if isinstance(handler, ItemsJob) and type(handler).items is not ItemsJob.items:
                 return None, "handler"
-            raise InvalidParams(f"Handler {spec.name!r} needs a list of ids to work on.")
+            raise InvalidParams(
+                _("Handler %(name)r needs a list of ids to work on.", name=spec.name)
+            )
         return check_ids(ids, self.settings.max_ids), "request"
 
     def retry_failed(self, job_id: str, owner: str) -> str:
@@ -291,10 +295,10 @@ class Engine:
         """
         state = self.state(job_id)
         if state.kind != Kind.ITEMS.value or not state.status.terminal:
-            raise InvalidTransition("Only a finished item job can retry its failed ids.")
-        failed = [item for item, _ in self.store.iter_hash(job_id, "errors")]
+            raise InvalidTransition(_("Only a finished item job can retry its failed ids."))
+        failed = [item for item, _message in self.store.iter_hash(job_id, "errors")]
         if not failed:
-            raise InvalidTransition("This job has no failed ids to retry.")
+            raise InvalidTransition(_("This job has no failed ids to retry."))
         return self.submit(
             state.fields[F.HANDLER],
             owner=owner,
@@ -352,13 +356,13 @@ class Engine:
     ) -> Page:
         """A page of per-id results or errors (``which`` is ``"results"`` or ``"errors"``)."""
         if which not in ("results", "errors"):
-            raise InvalidParams("which must be 'results' or 'errors'.")
+            raise InvalidParams(_("which must be 'results' or 'errors'."))
         next_cursor, raw = self.store.results_page(
             checked_job_id(job_id), which, cursor, max(1, min(count, 1000))
         )
         if which == "results":
             return Page({k: json.loads(v) for k, v in raw.items()}, next_cursor)
-        return Page(dict(raw), next_cursor)
+        return Page({k: shown(v) for k, v in raw.items()}, next_cursor)  # in the reader's words
 
     def report_rows(self, job_id: str) -> Iterator[tuple[str, str, str]]:
         """Every per-id outcome as ``(id, "good" | "bad" | "undo failed", detail)``."""
@@ -366,9 +370,9 @@ class Engine:
         for item, value in self.store.iter_hash(job_id, "results"):
             yield item, "good", value
         for item, message in self.store.iter_hash(job_id, "errors"):
-            yield item, "bad", message
+            yield item, "bad", shown(message)
         for item, message in self.store.iter_hash(job_id, "undo_errors"):
-            yield item, "undo failed", message
+            yield item, "undo failed", shown(message)
 
     # -- signals -------------------------------------------------------------------------------
 
@@ -385,11 +389,11 @@ class Engine:
         try:
             signal = Signal(what)
         except ValueError:
-            raise InvalidTransition(f"Unknown request {what!r}.") from None
+            raise InvalidTransition(_("Unknown request %(what)r.", what=what)) from None
         state = self.state(job_id)
         discard = signal is Signal.CANCEL and state.status is Status.AWAITING
         if signal.capability not in state.capabilities and not discard:
-            raise InvalidTransition(f"This job does not support {signal.value}.")
+            raise InvalidTransition(_("This job does not support %(what)s.", what=signal.value))
         if signal in REOPENINGS:
             return self._reopen(state, signal)
         now = time.time()
@@ -415,16 +419,18 @@ class Engine:
         the user confirmed."""
         was, message, refusal = REOPENINGS[signal]
         if state.status is not was:
-            raise InvalidTransition(f"{refusal}; this one is {state.status.value}.")
+            raise InvalidTransition(_(refusal, status=state.status.value))
         now = time.time()
         if signal is Signal.CONTINUE:
             self._admit(self.registry.get(state.fields[F.HANDLER]), state.owner, state.id, "", now)
         deadline = ms(now + self.settings.queue_timeout)
         code, status, seq = self.store.reopen(state.id, now, deadline, was=was, message=message)
         if code is SignalCode.CLEANED:
-            raise InvalidTransition("This job's output was already cleaned up: it cannot continue.")
+            raise InvalidTransition(
+                _("This job's output was already cleaned up: it cannot continue.")
+            )
         if code is SignalCode.REFUSED:
-            raise InvalidTransition(f"{refusal}; this one is {status}.")
+            raise InvalidTransition(_(refusal, status=status))
         refuse(code, state.id, status, signal.value)
         try:
             self._dispatch().enqueue_step(state.id, seq)
@@ -453,7 +459,7 @@ class Engine:
         """
         state = self.state(job_id)
         if not state.status.terminal:
-            raise InvalidTransition("The job is still running; stop it before cleaning up.")
+            raise InvalidTransition(_("The job is still running; stop it before cleaning up."))
         if state.fields.get(F.CLEANED) != "1":
             self._dispatch().enqueue_cleanup(job_id)
 

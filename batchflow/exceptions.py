@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from werkzeug.exceptions import NotFound
 
+from .i18n import N_
+from .i18n import gettext as _
 from .schema import SignalCode
 
 
@@ -38,7 +40,7 @@ class UnknownHandler(BatchflowError):
     http_status = 404
 
     def __init__(self, name: str, worker_knows: list[str] | None = None) -> None:
-        super().__init__("This job is not available.")
+        super().__init__(_("This job is not available."))
         self.name = name
         #: How to fix it: for the log and the developer's debug page, never for an end user.
         self.developer_message = (
@@ -87,8 +89,9 @@ class JobNotFound(BatchflowError, NotFound):
     http_status = 404
 
     def __init__(self, job_id: str = "") -> None:
-        BatchflowError.__init__(self, "No such job. It may have expired, or the link is wrong.")
-        NotFound.__init__(self, "No such job. It may have expired, or the link is wrong.")
+        text = _("No such job. It may have expired, or the link is wrong.")
+        BatchflowError.__init__(self, text)
+        NotFound.__init__(self, text)
         self.job_id = job_id
 
     def __str__(self) -> str:
@@ -130,12 +133,12 @@ class Unavailable(BatchflowError):
         """Redis failed with ``exc`` (a connection or timeout error of redis-py)."""
         if "No connection available" in str(exc) or "Too many connections" in str(exc):
             return cls(
-                "The server is too busy to answer; nothing was changed.",
+                N_("The server is too busy to answer; nothing was changed."),
                 "Every Redis connection of this process is busy. Raise the pool size with "
                 "?max_connections=N in BATCHFLOW_REDIS_URL.",
             )
         return cls(
-            "Redis does not answer; nothing was changed.",
+            N_("Redis does not answer; nothing was changed."),
             f"Redis does not answer ({exc}). Check that it runs and that "
             "BATCHFLOW_REDIS_URL points at it.",
         )
@@ -183,9 +186,17 @@ def refuse(code: SignalCode, job_id: str, status: str, what: str) -> None:
         raise JobNotFound(job_id)
     if code is SignalCode.TERMINAL:
         raise InvalidTransition(
-            f"The job has already ended ({status}); there is nothing to {what}."
+            _(
+                "The job has already ended (%(status)s); there is nothing to %(what)s.",
+                status=status,
+                what=what,
+            )
         )
     if code is SignalCode.REFUSED:
-        raise InvalidTransition(f"The job cannot {what} while it is {status}.")
+        raise InvalidTransition(
+            _("The job cannot %(what)s while it is %(status)s.", what=what, status=status)
+        )
     if code is SignalCode.ENDING:
-        raise InvalidTransition(f"The job is finishing its last step; it is too late to {what}.")
+        raise InvalidTransition(
+            _("The job is finishing its last step; it is too late to %(what)s.", what=what)
+        )

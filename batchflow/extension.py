@@ -16,6 +16,7 @@ from .context import (
     AdminCheck,
     Identity,
     State,
+    connect_translations,
     default_identity,
     default_load_user,
     forget_anonymous_identity_at_login,
@@ -128,6 +129,7 @@ class BatchFlow:
             app.config.setdefault("WTF_CSRF_CHECK_DEFAULT", False)
             CSRFProtect(app)
         app.cli.add_command(cli)
+        connect_translations()
         if settings.forget_anon_at_login:
             forget_anonymous_identity_at_login(app)
 

@@ -9,11 +9,12 @@ import logging
 import secrets
 
 from .exceptions import UserError
+from .i18n import N_, Message
 
 log = logging.getLogger("batchflow")
 
 #: What everyone but an admin sees for an exception that is not a UserError.
-GENERIC_ERROR = "Something went wrong (ref {ref})."
+GENERIC_ERROR = N_("Something went wrong (ref %(ref)s).")
 
 
 def error_message(exc: BaseException) -> str:
@@ -27,7 +28,8 @@ class Failure:
     """An exception a handler raised, as each audience sees it.
 
     :param shown: for everyone: a :class:`UserError`'s text as written, else
-        :data:`GENERIC_ERROR` with the reference.
+        :data:`GENERIC_ERROR` with the reference, kept as a :class:`~batchflow.i18n.Message`
+        (shown in each reader's language: see :func:`batchflow.i18n.shown`).
     :param detail: the real text, ``"ref <ref>: <Class>: <message>"``, for the log and for
         admins; empty for a UserError (nothing is hidden).
     :param ref: the reference that ties ``shown`` to the log entry; empty for a UserError.
@@ -52,4 +54,4 @@ def describe_failure(exc: BaseException, where: str, *, item: bool = False) -> F
     # its one line would only repeat the person's message under the real one.
     trace = exc if exc.__traceback__ is not None else None
     log.log(level, "%s raised (ref %s): %s", where, ref, detail, exc_info=trace)
-    return Failure(GENERIC_ERROR.format(ref=ref), f"ref {ref}: {detail}", ref)
+    return Failure(Message(GENERIC_ERROR, ref=ref).stored(), f"ref {ref}: {detail}", ref)

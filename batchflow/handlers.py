@@ -16,13 +16,15 @@ may repeat for the step that was cut off.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import json
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from .exceptions import UserError
 from .failures import describe_failure
+from .i18n import N_, Message
 from .job import Job, StepResponse
-from .schema import Kind
+from .schema import F, Kind, Phase, Status
 from .sources import Entry, Source, all_none, items_of
 
 StepResult = StepResponse | str | None
@@ -86,6 +88,13 @@ class Handler:
     deduplicate: ClassVar[bool] = False
     notify_email: ClassVar[bool | None] = None
     webhook_url: ClassVar[str | None] = None
+
+    def job_labels(self, params: dict[str, Any]) -> Mapping[str, str | Message]:
+        """The labels of a job started with ``params`` (as validated): :attr:`labels` unless
+        overridden. A label computed from the parameters is best a :class:`~batchflow.Message`,
+        shown in each reader's language: ``{"title": Message("Exporting %(count)s contacts from
+        %(city)s", count=n, city=city)}`` (mark the text for your catalogue)."""
+        return self.labels
 
     def validate_params(self, params: dict[str, Any]) -> dict[str, Any]:
         """Check and normalise the parameters a job is started with, in the starting request.
@@ -371,3 +380,39 @@ class TaskJob(Handler):
         if not job.ended:
             job.complete()
         return response
+
+
+def preview_ended(job: Job) -> dict[str, Any]:
+    """The fields that end a preview: the job waits for its Confirm, holding no worker, showing
+    what the preview found (``assessment``); its run starts from the first item, with the
+    number assessed as its total."""
+    found = job.data.pop(ASSESSMENT_KEY, {})
+    assessed, changes, rejected = job.units_processed, job.good_count, job.bad_count
+    assessment = {
+        "assessed": assessed,
+        "changes": changes,
+        "rejected": rejected,
+        "unchanged": assessed - changes - rejected,
+        "sample": found.get("sample", []),
+        "errors": found.get("errors", []),
+    }
+    if rejected:
+        ready = N_(
+            "Preview ready: %(changes)s of %(assessed)s would change, %(rejected)s would be "
+            "rejected. Waiting for confirmation."
+        )
+    else:
+        ready = N_(
+            "Preview ready: %(changes)s of %(assessed)s would change. Waiting for confirmation."
+        )
+    job.add_message(Message(ready, changes=changes, assessed=assessed, rejected=rejected))
+    reset = {name: 0 for name in (F.PROCESSED, F.GOOD, F.BAD, F.CAREFUL_UNTIL)}
+    return {
+        **reset,
+        F.STATUS: Status.AWAITING.value,
+        F.SIGNAL: "",
+        F.PHASE: Phase.RUN.value,
+        F.CURSOR: "",
+        F.TOTAL: assessed,
+        F.ASSESSMENT: json.dumps(assessment),
+    }

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from .exceptions import InvalidParams, TooManyItems
+from .i18n import gettext as _
 
 MAX_ID_LENGTH = 512
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -22,24 +23,29 @@ def check_ids(ids: Iterable[Any], limit: int) -> list[str]:
     :raises TooManyItems: more than ``limit`` ids (``BATCHFLOW_MAX_IDS``).
     """
     if isinstance(ids, (str, bytes, dict)):
-        raise InvalidParams("ids must be a list of strings or numbers.")
+        raise InvalidParams(_("ids must be a list of strings or numbers."))
     checked: list[str] = []
     for item in ids:
         if len(checked) >= limit:
             raise TooManyItems(
-                f"Too many ids: at most {limit} per job (BATCHFLOW_MAX_IDS). "
-                "Split the work, or let the handler produce its ids with items()."
+                _(
+                    "Too many ids: at most %(limit)s per job (BATCHFLOW_MAX_IDS). Split the "
+                    "work, or let the handler produce its ids with items().",
+                    limit=limit,
+                )
             )
         if isinstance(item, bool) or not isinstance(item, (str, int)):
-            raise InvalidParams("Each id must be a string or a whole number.")
+            raise InvalidParams(_("Each id must be a string or a whole number."))
         text = str(item)
         if not text or len(text) > MAX_ID_LENGTH:
-            raise InvalidParams(f"Each id must be 1 to {MAX_ID_LENGTH} characters long.")
+            raise InvalidParams(
+                _("Each id must be 1 to %(most)s characters long.", most=MAX_ID_LENGTH)
+            )
         if _CONTROL.search(text):
-            raise InvalidParams("Ids must not contain control characters.")
+            raise InvalidParams(_("Ids must not contain control characters."))
         if not text.isascii() and _SURROGATE.search(text):
-            raise InvalidParams("Ids must be valid Unicode text (a lone surrogate is not).")
+            raise InvalidParams(_("Ids must be valid Unicode text (a lone surrogate is not)."))
         checked.append(text)
     if not checked:
-        raise InvalidParams("The list of ids is empty: there is nothing to do.")
+        raise InvalidParams(_("The list of ids is empty: there is nothing to do."))
     return checked

@@ -22,8 +22,10 @@ from .context import get_state
 from .csvsource import rejected_rows_csv
 from .engine import Started
 from .exceptions import InvalidParams, JobNotFound
+from .i18n import gettext as _
+from .i18n import shown
 from .imports import ImportJob, upload_path
-from .intake import notify_fields, read_start_request, safe_redirect, validate_form
+from .intake import read_start_request, safe_redirect, start_fields, validate_form
 from .keys import new_job_id
 from .registry import HandlerSpec
 from .schema import F
@@ -59,11 +61,23 @@ def upload_form(spec: HandlerSpec) -> type:
     base = spec.handler_class.params_form or FlaskForm
     handler_class: type[ImportJob] = spec.handler_class  # type: ignore[assignment]
     columns, optional = ", ".join(handler_class.columns), handler_class.optional_columns
-    help_text = "A CSV file (UTF-8) or an Excel workbook (.xlsx)"
-    help_text += f" with the columns {columns}" if columns else ""
-    help_text += f" (and, if you like, {', '.join(optional)})." if optional else "."
+    more = ", ".join(optional or ())
+    if columns and optional:
+        help_text = _(
+            "A CSV file (UTF-8) or an Excel workbook (.xlsx) with the columns %(columns)s "
+            "(and, if you like, %(more)s).",
+            columns=columns,
+            more=more,
+        )
+    elif columns:
+        help_text = _(
+            "A CSV file (UTF-8) or an Excel workbook (.xlsx) with the columns %(columns)s.",
+            columns=columns,
+        )
+    else:
+        help_text = _("A CSV file (UTF-8) or an Excel workbook (.xlsx).")
     field = FileField(
-        "File",
+        _("File"),
         description=help_text,
         render_kw={"accept": ".csv,.xlsx,text/csv", "required": True},
     )
@@ -86,7 +100,7 @@ def start_import(spec: HandlerSpec, owner: str) -> Started:
         protect_csrf()
         params, ids, redirect_url = read_start_request()
         if ids is not None:
-            raise InvalidParams("An import takes its rows from the file: send no ids.")
+            raise InvalidParams(_("An import takes its rows from the file: send no ids."))
         target = upload_path(files_dir, job_id)
         if upload.path.endswith(WORKBOOK_SUFFIXES):
             xlsx_to_csv(upload.path, target)
@@ -103,7 +117,7 @@ def start_import(spec: HandlerSpec, owner: str) -> Started:
             params=params,
             redirect_url=safe_redirect(redirect_url),
             job_id=job_id,
-            extra={F.UPLOAD_NAME: upload.filename, **notify_fields()},
+            extra={F.UPLOAD_NAME: upload.filename, **start_fields()},
         )
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
@@ -121,8 +135,8 @@ def rejected_rows(state: JobState) -> Response:
         raise JobNotFound(state.id)  # cleaned up with the job
     plan = json.loads(state.fields.get(F.SOURCE_PLAN) or "{}")
     if not plan:
-        raise InvalidParams("This import has not read its file yet: nothing was rejected.")
-    errors = dict(get_state().engine.store.iter_hash(state.id, "errors"))
+        raise InvalidParams(_("This import has not read its file yet: nothing was rejected."))
+    errors = {k: shown(v) for k, v in get_state().engine.store.iter_hash(state.id, "errors")}
     stem = os.path.splitext(state.fields.get(F.UPLOAD_NAME) or "upload")[0]
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._") or "upload"
     chunks: Any = rejected_rows_csv(path, plan, errors)

@@ -13,6 +13,8 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from .exceptions import InvalidParams
+from .i18n import gettext as _
+from .i18n import locale
 from .schema import F
 
 #: Form fields that are not the handler's parameters.
@@ -30,14 +32,14 @@ def safe_redirect(url: str | None) -> str | None:
     if not url:
         return None
     if "\\" in url or any(ord(c) < 33 or ord(c) == 127 for c in url):
-        raise InvalidParams("redirect_url must point into this site.")
+        raise InvalidParams(_("redirect_url must point into this site."))
     parts = urlsplit(url)
     local = not parts.scheme and not parts.netloc and url.startswith("/") and url[1:2] != "/"
     server = current_app.config.get("SERVER_NAME")
     own = bool(server) and parts.scheme in ("http", "https") and parts.netloc == server
     if local or own:
         return url
-    raise InvalidParams("redirect_url must point into this site.")
+    raise InvalidParams(_("redirect_url must point into this site."))
 
 
 def read_start_request() -> tuple[dict[str, Any], list[Any] | None, str | None]:
@@ -52,13 +54,13 @@ def read_start_request() -> tuple[dict[str, Any], list[Any] | None, str | None]:
         _check_json(body)
         params = body.get("params", {})
         if not isinstance(params, dict):
-            raise InvalidParams("params must be a JSON object.")
+            raise InvalidParams(_("params must be a JSON object."))
         ids = body.get("ids")
         if ids is not None and not isinstance(ids, list):
-            raise InvalidParams("ids must be a JSON array.")
+            raise InvalidParams(_("ids must be a JSON array."))
         redirect_url = body.get("redirect_url")
         if redirect_url is not None and not isinstance(redirect_url, str):
-            raise InvalidParams("redirect_url must be a string.")
+            raise InvalidParams(_("redirect_url must be a string."))
         return params, ids, redirect_url
     form = request.form
     ids = form.getlist("ids") or form.getlist("ids[]") or None
@@ -66,17 +68,19 @@ def read_start_request() -> tuple[dict[str, Any], list[Any] | None, str | None]:
     return params, ids, form.get("redirect_url") or request.args.get("redirect_url")
 
 
-def notify_fields() -> dict[str, str]:
-    """The job fields of a start request's ``notify_email`` (the start form's "Email me when it
+def start_fields() -> dict[str, str]:
+    """The job fields a start request brings besides its parameters: the starter's locale (the
+    language of their notifications), and ``notify_email`` (the start form's "Email me when it
     is done" box, or ``"notify_email": true`` in JSON): the owner asks for an email."""
     if request.is_json:
         body = request.get_json(silent=True)
         asked = body.get("notify_email", False) if isinstance(body, dict) else False
         if not isinstance(asked, bool):
-            raise InvalidParams("notify_email must be true or false.")
+            raise InvalidParams(_("notify_email must be true or false."))
     else:
         asked = request.form.get("notify_email", "") in ("1", "y", "on", "true")
-    return {F.NOTIFY_EMAIL: "1"} if asked else {}
+    fields = {F.LOCALE: locale()}
+    return {**fields, F.NOTIFY_EMAIL: "1"} if asked else fields
 
 
 #: How deep a start request's JSON may nest (params are settings, not documents).
@@ -87,7 +91,7 @@ def _check_json(body: Any) -> None:
     """InvalidParams unless ``body`` nests at most :data:`MAX_JSON_DEPTH` levels and all its text
     is valid Unicode (JSON may carry a lone surrogate such as ``"\\ud800"``; Redis may not)."""
     level = [body]
-    for _ in range(MAX_JSON_DEPTH + 1):
+    for _depth in range(MAX_JSON_DEPTH + 1):
         level = [
             child
             for value in level
@@ -97,12 +101,14 @@ def _check_json(body: Any) -> None:
         if not level:
             break
     else:
-        raise InvalidParams(f"The JSON nests too deeply: at most {MAX_JSON_DEPTH} levels.")
+        raise InvalidParams(
+            _("The JSON nests too deeply: at most %(most)s levels.", most=MAX_JSON_DEPTH)
+        )
     try:
         json.dumps(body, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
         raise InvalidParams(
-            "The request carries text that is not valid Unicode (a lone surrogate)."
+            _("The request carries text that is not valid Unicode (a lone surrogate).")
         ) from None
 
 
@@ -110,7 +116,7 @@ def validate_form(form_class: type, params: dict[str, Any]) -> dict[str, Any]:
     """Typed parameters from a handler's Flask-WTF form, or InvalidParams with field errors."""
     form = form_class(formdata=MultiDict(params), meta={"csrf": False})
     if not form.validate():
-        raise InvalidParams("Some fields need attention.", errors=dict(form.errors))
+        raise InvalidParams(_("Some fields need attention."), errors=dict(form.errors))
     data = {k: v for k, v in form.data.items() if k not in RESERVED_FIELDS}
     return json.loads(json.dumps(data, default=str))  # type: ignore[no-any-return]
 

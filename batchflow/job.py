@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .buffer import StepBuffer
+from .i18n import N_, Message, stored
 from .schema import F, Status, as_int, as_json
 from .sources import Entry
 
@@ -228,17 +229,19 @@ class Job:
         self._add(F.BAD, n)
         self._add(F.PROCESSED, n)
 
-    def add_message(self, text: str) -> None:
-        """Show a line of text on the progress page (it is always shown as text, never HTML)."""
-        self.buffer.add_message(str(text))
+    def add_message(self, text: str | Message) -> None:
+        """Show a line of text on the progress page (it is always shown as text, never HTML). A
+        :class:`~batchflow.Message` is shown in each reader's language."""
+        self.buffer.add_message(stored(text))
 
     def record_result(self, item_id: str, result: Any) -> None:
         """Keep ``result`` (JSON-serialisable) as the outcome of ``item_id``."""
         self.buffer.add_result(str(item_id), json.dumps(result, default=str))
 
-    def record_error(self, item_id: str, message: str) -> None:
-        """Record why ``item_id`` failed; it is listed in the job's error report as written."""
-        self.buffer.add_error(str(item_id), str(message))
+    def record_error(self, item_id: str, message: str | Message) -> None:
+        """Record why ``item_id`` failed; it is listed in the job's error report as written (a
+        :class:`~batchflow.Message` in each reader's language)."""
+        self.buffer.add_error(str(item_id), stored(message))
 
     def record_undone(self, passed: int, undone: int, failed: list[list[str]]) -> None:
         """While undoing: ``passed`` ids were gone through, ``undone`` of them reversed, and
@@ -273,10 +276,11 @@ class Job:
             self.add_message(message)
         self.buffer.end(Status.COMPLETED)
 
-    def fail(self, message: str) -> None:
+    def fail(self, message: str | Message) -> None:
         """End the job as failed after this step, with ``message`` shown to the user as written
-        (like a :class:`~batchflow.UserError`'s)."""
-        self.buffer.end(Status.FAILED, str(message) or "The job failed.")
+        (like a :class:`~batchflow.UserError`'s; a :class:`~batchflow.Message` in each reader's
+        language)."""
+        self.buffer.end(Status.FAILED, stored(message) or N_("The job failed."))
 
     def keep_error_detail(self, detail: str | None) -> None:
         """Add a failure's real text to the admin-only ``error_detail`` (its last

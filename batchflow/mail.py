@@ -14,6 +14,7 @@ import tempfile
 import urllib.parse
 
 from .config import Mail
+from .i18n import gettext as _
 from .notices import Notice
 
 
@@ -39,7 +40,7 @@ def build_email(
     lines = [notice.title, "", f"{notice.headline}. {notice.summary}".strip()]
     if notice.message:
         lines += ["", notice.message]
-    lines += ["", f"See the job: {notice.url}"]
+    lines += ["", _("See the job: %(url)s", url=notice.url)]
     if notice.action_url != notice.url:
         lines.append(f"{notice.action}: {notice.action_url}")
     msg.set_content("\n".join(lines) + "\n")

@@ -6,14 +6,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from .i18n import N_
+from .i18n import gettext as _
+
 #: What the notification's link does, by what the ending left to look at.
-DOWNLOAD, SEE_WHY, OPEN = "Download", "See why", "Open"
+DOWNLOAD, SEE_WHY, OPEN = N_("Download"), N_("See why"), N_("Open")
 #: The fixed words of the toasts that batchflow.js shows on any page of the app.
-TOAST_TEXTS = {
-    "region": "Job notifications",
-    "dismiss": "Dismiss",
-    "unseen": "{count} ended jobs you have not seen",
-}
+TOAST_TEXTS = {"region": N_("Job notifications"), "dismiss": N_("Dismiss")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +70,7 @@ def notice_of(status: dict[str, Any], seq: str, links: dict[str, str | None]) ->
         headline=text["outcome_title"] or text["badge"],
         summary=text["outcome"],
         message=text["message"] or status.get("error") or "",
-        action=action,
+        action=_(action),
         action_url=action_url,
         url=page,
         key=f"{status['id']}.{seq}",

@@ -29,12 +29,13 @@ from typing import Any
 
 from .config import Settings
 from .exceptions import ConfigurationError, JobNotFound
+from .i18n import using
 from .inbox import Deliveries, Inbox
 from .job import UserLoader
 from .mail import build_email, send_email
 from .notices import Notice, notice_of
 from .registry import Registry
-from .schema import F, ms
+from .schema import F, Status, ms
 from .state import JobState
 from .store import Store
 from .webhooks import PermanentFailure, post
@@ -135,18 +136,19 @@ class Notifier:
         except JobNotFound:
             self.store.finish(job_id, now)
             return True
-        state = JobState.from_stored(fields, messages)
-        if not state.status.terminal:
+        if not Status(fields.get(F.STATUS, "")).terminal:
             return True  # continued since it ended: its next ending will be told
         record = Deliveries.record_of(fields)
-        notice = notice_of(state.to_dict(now), fields.get(F.SEQ, ""), self._links(job_id))
-        for channel, send in self._channels(state).items():
-            entry = record.get(channel) or {}
-            if entry.get("done") or entry.get("at", 0) > ms(now):
-                continue
-            record[channel] = self._attempt(channel, send, notice, entry, now)
-            # Kept at once: a send recorded is not repeated, even if a later channel crashes.
-            self.deliveries.save(job_id, record, self.due_ms(now))
+        with using(fields.get(F.LOCALE)):  # the texts in the language of the one who started it
+            state = JobState.from_stored(fields, messages)
+            notice = notice_of(state.to_dict(now), fields.get(F.SEQ, ""), self._links(job_id))
+            for channel, send in self._channels(state).items():
+                entry = record.get(channel) or {}
+                if entry.get("done") or entry.get("at", 0) > ms(now):
+                    continue
+                record[channel] = self._attempt(channel, send, notice, entry, now)
+                # Kept at once: a send recorded is not repeated, even if a later channel crashes.
+                self.deliveries.save(job_id, record, self.due_ms(now))
         waiting = [e["at"] for e in record.values() if isinstance(e, dict) and not e.get("done")]
         due = min(waiting) if waiting else None
         self.deliveries.save(job_id, record, due)

@@ -21,6 +21,8 @@ from .display import labels_for
 from .engine import Page
 from .exceptions import InvalidParams
 from .files import neutralize_cell
+from .i18n import gettext as _
+from .i18n import shown
 from .state import JobState
 
 #: How many earlier pages' cursors a results page keeps in its "Previous" link (``back``); from
@@ -34,8 +36,8 @@ def catalogue_entries() -> list[dict[str, str]]:
     return [
         {
             "name": spec.name,
-            "title": labels_for(spec.name, spec.handler_class.labels)["title"],
-            "description": spec.handler_class.summary(),
+            "title": shown(labels_for(spec.name, spec.handler_class.labels)["title"]),
+            "description": shown(spec.handler_class.summary()),
             "url": url_for("batchflow.start", handler=spec.name),
         }
         for spec in get_state().registry.allowed(permission_subject())
@@ -63,7 +65,7 @@ def _cursors(text: str) -> list[int]:
     """The ``back`` trail: earlier pages' cursors, oldest first, as dot-separated numbers."""
     parts = text.split(".") if text else []
     if not all(p.isascii() and p.isdigit() and len(p) <= 20 and int(p) < 2**64 for p in parts):
-        raise InvalidParams("back must be the cursors of earlier pages, as this page gave them.")
+        raise InvalidParams(_("back must be the cursors of earlier pages, as this page gave them."))
     return [int(p) for p in parts][-BACK_KEPT:]
 
 

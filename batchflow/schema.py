@@ -190,6 +190,7 @@ class F:
     ASSESSMENT = "assessment"  # JSON: what a preview found (see steps.py), shown until confirmed
     # Notifications of the job's ending (see notify.py).
     NOTIFY_EMAIL = "notify_email"  # "1": the owner asked to be emailed when the job ends
+    LOCALE = "locale"  # the starter's locale: the language of the job's notifications
     NOTIFY_DUE = "notify_due"  # ms: the ending's notifications are pending, due from then
     NOTIFIED = "notified"  # JSON: how each channel's delivery of the ending went
     SEEN = "seen"  # the seq of the ending its owner has seen (opened its page, dismissed it)

@@ -40,7 +40,8 @@ class Entry(NamedTuple):
     :param item: what the handler receives (a row, a dict of a CSV row's columns, an id).
     :param cursor: JSON data: the position just past this entry, where the walk resumes.
     :param error: set when the source could not read this entry (a malformed CSV row): the
-        entry is counted bad with this message, and the handler never sees it.
+        entry is counted bad with this message, and the handler never sees it. batchflow's own
+        are kept messages (:func:`batchflow.i18n.shown` gives their text in a locale).
     """
 
     id: str

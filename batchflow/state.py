@@ -7,8 +7,10 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from .display import DEFAULT_LABELS, status_view
+from .display import status_view
+from .i18n import shown
 from .schema import Status, as_float, as_int, as_json
+from .words import DEFAULT_LABELS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,7 +26,8 @@ class JobState:
         for raw in messages if isinstance(messages, list) else []:
             entry = raw if isinstance(raw, dict) else as_json(raw, None)
             if isinstance(entry, dict):
-                parsed.append({"at": entry.get("at"), "text": str(entry.get("text", ""))})
+                # In the current locale: a kept Message is a message id and its arguments.
+                parsed.append({"at": entry.get("at"), "text": shown(entry.get("text", ""))})
         return cls(dict(fields), parsed)
 
     @property
@@ -113,6 +116,7 @@ class JobState:
     def to_dict(self, now: float | None = None) -> dict[str, Any]:
         """The status JSON of the HTTP API, without URLs (the web layer adds those).
 
+        Its texts (messages, ``text``) are in the current locale (:mod:`batchflow.i18n`).
         Besides the job's fields it carries ``state``, ``bar`` and ``text``: what every view of
         the job shows, ready-made by :func:`batchflow.display.status_view`. ``message`` is the
         latest message unless it only repeats the status line (then None); ``waiting_s`` the
@@ -156,11 +160,11 @@ class JobState:
             "percent": percent,
             "rate": rate,
             "eta_s": eta,
-            "message": f.get("message") or None,
+            "message": shown(f.get("message")) or None,
             "messages": self.messages,
             "labels": labels,
             "actions": self.actions(),
-            "error": f.get("error") or None,
+            "error": shown(f.get("error")) or None,
             "results": as_json(f.get("results"), None),
             "response": as_json(f.get("response"), None),
             "params": params,

@@ -34,9 +34,9 @@ from typing import Any, Protocol
 from .config import Settings
 from .exceptions import Unavailable, UnknownHandler
 from .failures import Failure, describe_failure
-from .formats import format_count
-from .handlers import ASSESSMENT_KEY, Handler, StepResult
+from .handlers import Handler, StepResult, preview_ended
 from .heartbeat import Heartbeat, worker_id
+from .i18n import N_, Message, stored
 from .job import Job, StepResponse, UserLoader
 from .notify import Notifier
 from .registry import HandlerSpec, Registry
@@ -55,7 +55,7 @@ CLEANUP_GRACE = 3600
 #: is slow after all costs at most a few times the target.
 GROWTH = 4
 #: The error of an id a retry looked up in the job's source and did not find.
-GONE = "This item no longer exists."
+GONE = N_("This item no longer exists.")
 #: Seconds before a commit Redis did not answer is sent again, doubling up to the maximum.
 COMMIT_RETRY_FIRST, COMMIT_RETRY_MAX = 0.25, 2.0
 
@@ -255,7 +255,7 @@ class StepRunner:
         if status is Status.STOPPING and not settling:
             return self._end(handler, job, Status.STOPPED)
         if job.lease.signal == "pause":
-            job.add_message("Paused")
+            job.add_message(N_("Paused"))
             return {F.STATUS: Status.PAUSED.value, F.SIGNAL: ""}
         if job.attempt > self.settings.max_attempts:
             return self._give_up(handler, job, phase)
@@ -283,7 +283,7 @@ class StepRunner:
             self._respond(job, handler.assess_job(job, batch))  # type: ignore[attr-defined]
             if job.buffer.ending is Status.COMPLETED and not job.lease_lost:
                 job.buffer.ending = None
-                updates.update(_awaiting(job))
+                updates.update(preview_ended(job))
         else:
             self._feed(handler, job, batch, keep_ids=handler.can_cancel)
             self._respond(job, handler.continue_job(job, batch))
@@ -370,16 +370,23 @@ class StepRunner:
         if job.buffer.ending is not Status.COMPLETED or job.buffer.value(F.SOURCE_PLAN) is None:
             return
         if planned is not None and met < planned:
-            gone, counted = format_count(planned - met), format_count(planned)
-            job.add_message(f"{gone} of the {counted} counted at the start were gone when reached.")
+            gone = Message(
+                N_("%(gone)s of the %(counted)s counted at the start were gone when reached."),
+                gone=planned - met,
+                counted=planned,
+            )
+            job.add_message(gone)
         job.set_total(met)
 
     def _give_up(self, handler: Handler, job: Job, phase: str) -> dict[str, Any]:
         lost = job.attempt - 1
-        reason = f"The worker was lost {lost} times while working on this item; it was skipped."
+        reason = Message(
+            N_("The worker was lost %(count)s times while working on this item; it was skipped."),
+            count=lost,
+        )
         in_items = job.buffer.committed(F.KIND) == Kind.ITEMS and phase != Phase.CREATE
         if in_items and job.status is Status.CANCELING and job.items:
-            job.record_undone(1, 0, [[job.items[0], reason]])
+            job.record_undone(1, 0, [[job.items[0], stored(reason)]])
             return {}
         if in_items and job.status is not Status.CANCELING:
             self._feed(handler, job, 1)
@@ -388,10 +395,11 @@ class StepRunner:
                 job.bad()
                 job.advance(job.entries[0])
                 return {}
-        job.fail(
-            f"The worker running this job was lost {lost} times in a row; batchflow stopped "
+        lost_text = N_(
+            "The worker running this job was lost %(count)s times in a row; batchflow stopped "
             "retrying so that it cannot loop forever."
         )
+        job.fail(Message(lost_text, count=lost))
         return {**self._end(handler, job, Status.FAILED), F.STALLED: 1}
 
     # -- the job's ending --------------------------------------------------------------------
@@ -407,17 +415,21 @@ class StepRunner:
         if status in (Status.STOPPED, Status.CANCELED) and total is not None:
             updates[F.SKIPPED] = max(0, total - job.units_processed)
         if status is Status.STOPPED and job.buffer.committed(F.PHASE) == Phase.ASSESS:
-            job.add_message("Stopped during the preview; nothing was changed.")
+            job.add_message(N_("Stopped during the preview; nothing was changed."))
         elif status is Status.STOPPED:
-            done = f"Stopped after {format_count(job.units_processed)} processed"
+            done = job.units_processed
             if job.buffer.committed(F.KIND) == Kind.FILE:
-                job.add_message(f"{done}; the unfinished file is not offered for download.")
+                text = N_(
+                    "Stopped after %(count)s processed; "
+                    "the unfinished file is not offered for download."
+                )
             else:
-                job.add_message(f"{done}; the work done is kept.")
+                text = N_("Stopped after %(count)s processed; the work done is kept.")
+            job.add_message(Message(text, count=done))
         elif status is Status.CANCELED and not job.units_processed:
-            job.add_message("Canceled; nothing had been changed.")
+            job.add_message(N_("Canceled; nothing had been changed."))
         elif status is Status.CANCELED:
-            job.add_message("Canceled; the work done was undone.")
+            job.add_message(N_("Canceled; the work done was undone."))
         if handler is not None:
             self._run_callbacks(handler, job, status)
         return updates
@@ -432,7 +444,8 @@ class StepRunner:
                 hook(job)
             except Exception as exc:  # noqa: BLE001 - a callback cannot undo the ending
                 failure = describe_failure(exc, f"{hook.__name__} of job {job.id}")
-                job.add_message(f"{hook.__name__} failed: {failure.shown}")
+                failed = N_("%(hook)s failed: %(error)s")
+                job.add_message(Message(failed, hook=hook.__name__, error=failure.shown))
                 job.keep_error_detail(failure.detail)
 
     def _seal(self, job: Job) -> bool:
@@ -456,37 +469,6 @@ class StepRunner:
             job.lease.mark_lost()
             return False
         return seen.status != Status.CANCELING.value
-
-
-def _awaiting(job: Job) -> dict[str, Any]:
-    """The fields that end a preview: the job waits for its Confirm, holding no worker, showing
-    what the preview found (``assessment``); its run starts from the first item, with the
-    number assessed as its total."""
-    found = job.data.pop(ASSESSMENT_KEY, {})
-    assessed, changes, rejected = job.units_processed, job.good_count, job.bad_count
-    assessment = {
-        "assessed": assessed,
-        "changes": changes,
-        "rejected": rejected,
-        "unchanged": assessed - changes - rejected,
-        "sample": found.get("sample", []),
-        "errors": found.get("errors", []),
-    }
-    job.add_message(
-        f"Preview ready: {format_count(changes)} of {format_count(assessed)} would change"
-        + (f", {format_count(rejected)} would be rejected" if rejected else "")
-        + ". Waiting for confirmation."
-    )
-    reset = {name: 0 for name in (F.PROCESSED, F.GOOD, F.BAD, F.CAREFUL_UNTIL)}
-    return {
-        **reset,
-        F.STATUS: Status.AWAITING.value,
-        F.SIGNAL: "",
-        F.PHASE: Phase.RUN.value,
-        F.CURSOR: "",
-        F.TOTAL: assessed,
-        F.ASSESSMENT: json.dumps(assessment),
-    }
 
 
 def _source_of(handler: Handler, job: Job) -> Source:

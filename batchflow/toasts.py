@@ -13,6 +13,7 @@ from flask import g, jsonify, request, url_for
 
 from .context import current_identity, existing_identity, get_state
 from .exceptions import InvalidParams, PermissionDenied, Unavailable
+from .i18n import gettext as _
 from .keys import valid_job_id
 from .notices import TOAST_TEXTS, notice_of
 from .schema import F
@@ -49,7 +50,7 @@ def notifications() -> Any:
             "unseen": len(found),
             "notifications": found,
             "seen_url": url_for("batchflow.notifications_seen"),
-            "text": TOAST_TEXTS,
+            "text": {key: _(text) for key, text in TOAST_TEXTS.items()},
         }
     )
 
@@ -60,15 +61,15 @@ def notifications_seen() -> Any:
     owner = current_identity()
     body = request.get_json(silent=True) if request.is_json else None
     if not isinstance(body, dict):
-        raise InvalidParams('Send a JSON object: {"ids": ["<job id>", ...]} or {"all": true}.')
+        raise InvalidParams(_('Send a JSON object: {"ids": ["<job id>", ...]} or {"all": true}.'))
     inbox = get_state().engine.notifier.inbox
     ids: Any = body.get("ids")
     if body.get("all") is True:
         ids = [fields[F.ID] for fields in inbox.unseen(owner)]
     elif not isinstance(ids, list) or len(ids) > SEEN_MAX or not all(map(valid_job_id, ids)):
-        raise InvalidParams(f"ids must be a list of at most {SEEN_MAX} job ids.")
+        raise InvalidParams(_("ids must be a list of at most %(most)s job ids.", most=SEEN_MAX))
     inbox.mark_seen(owner, ids)
-    return jsonify({"unseen": len(inbox.unseen(owner))})
+    return jsonify({"unseen": inbox.count(owner)})
 
 
 def seen_on_open(state: JobState) -> None:
@@ -90,7 +91,7 @@ def unseen_count() -> int:
     if not owner or g.get("batchflow_unavailable"):
         return 0  # nobody to count for, or Redis did not answer this request already
     try:
-        return len(get_state().engine.notifier.inbox.unseen(owner))
+        return get_state().engine.notifier.inbox.count(owner)
     except Unavailable:
         g.batchflow_unavailable = True
         log.warning("batchflow_unseen_count(): Redis does not answer")

@@ -24,14 +24,16 @@ from werkzeug.wrappers import Request
 from werkzeug.wsgi import get_content_length, get_input_stream
 
 from .exceptions import ConfigurationError, InvalidParams
+from .i18n import N_
+from .i18n import gettext as _
 
 if TYPE_CHECKING:
     from werkzeug.formparser import TStreamFactory
 
 #: The parts of the body that are not files (the start form's fields) may take this much memory.
 MAX_FORM_MEMORY = 500_000
-CHOOSE_A_FILE = "Choose a file to upload, then send the form again."
-CUT_OFF = "The upload was cut off before it ended: send the file again."
+CHOOSE_A_FILE = N_("Choose a file to upload, then send the form again.")
+CUT_OFF = N_("The upload was cut off before it ended: send the file again.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,10 +109,12 @@ def receive_upload(
         )
     mimetype, options = parse_options_header(environ.get("CONTENT_TYPE"))
     if mimetype != "multipart/form-data":
-        raise InvalidParams(f"{CHOOSE_A_FILE} (The form must be sent as multipart/form-data.)")
+        raise InvalidParams(
+            _(CHOOSE_A_FILE) + " " + _("(The form must be sent as multipart/form-data.)")
+        )
     length = get_content_length(environ)
     if length is None and not environ.get("wsgi.input_terminated"):
-        raise InvalidParams("Send the upload with a Content-Length header.")
+        raise InvalidParams(_("Send the upload with a Content-Length header."))
     os.makedirs(dest_dir, mode=0o700, exist_ok=True)
     parts: list[tuple[str, IO[bytes]]] = []
 
@@ -132,11 +136,13 @@ def receive_upload(
         request.form = ImmutableMultiDict(form)
         request.files = ImmutableMultiDict()  # the file is on disk; nothing reads the body again
         done = {id(storage.stream) for storage in files.values()}
-        if any(id(file) not in done for _, file in parts):
-            raise InvalidParams(CUT_OFF)  # a file part that never ended: the form's end is missing
+        if any(id(file) not in done for _name, file in parts):
+            raise InvalidParams(
+                _(CUT_OFF)
+            )  # a file part that never ended: the form's end is missing
         storage = files.get(field)
         if storage is None or not display_name(storage.filename):
-            raise InvalidParams(CHOOSE_A_FILE)
+            raise InvalidParams(_(CHOOSE_A_FILE))
         kept = next(path for path, file in parts if file is storage.stream)
         size = storage.stream.seek(0, os.SEEK_END)
     finally:
@@ -160,15 +166,17 @@ def _parse(
     )
     try:
         stream = _CountingStream(get_input_stream(request.environ, max_content_length=max_bytes))
-        _, form, files = parser.parse(stream, "multipart/form-data", length, options)  # type: ignore[arg-type]
+        _stream, form, files = parser.parse(stream, "multipart/form-data", length, options)  # type: ignore[arg-type]
     except RequestEntityTooLarge:
         raise RequestEntityTooLarge(
             f"The file is too large: uploads may take at most {_limit_text(max_bytes)}."
         ) from None
     except (ClientDisconnected, OSError):  # the client went away; a chunked body broke off
-        raise InvalidParams(CUT_OFF) from None
+        raise InvalidParams(_(CUT_OFF)) from None
     except ValueError as exc:  # the multipart parser's: no boundary, a malformed part
-        raise InvalidParams(f"The upload is not a valid form ({exc}): send it again.") from None
+        raise InvalidParams(
+            _("The upload is not a valid form (%(why)s): send it again.", why=exc)
+        ) from None
     if length is not None and stream.count < length:
-        raise InvalidParams(CUT_OFF)
+        raise InvalidParams(_(CUT_OFF))
     return form, files

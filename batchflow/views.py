@@ -42,9 +42,11 @@ from .exceptions import (
     Unavailable,
     UnknownHandler,
 )
+from .i18n import gettext as _
+from .i18n import shown
 from .importing import protect_csrf, rejected_rows, start_import, takes_upload, upload_form
 from .imports import ImportJob
-from .intake import limit_body, notify_fields, read_start_request, safe_redirect, validate_form
+from .intake import limit_body, read_start_request, safe_redirect, start_fields, validate_form
 from .pages import catalogue_page, csv_report, results_page, wants_page
 from .registry import HandlerSpec
 from .schema import F, Status
@@ -170,7 +172,8 @@ blueprint = Blueprint(
     static_folder=STATIC,
     static_url_path="/static",
 )
-# The pages format every number, time and word through display.py, as the status JSON does.
+# The pages format every number, time and word through display.py, as the status JSON does, and
+# say every other word through _bf (batchflow's catalogue, in the reader's language).
 register_template_filters(blueprint)
 
 
@@ -226,7 +229,7 @@ def security_headers(response: Response) -> Response:
 @blueprint.errorhandler(BatchflowError)
 def batchflow_error(exc: BatchflowError) -> Any:
     code = exc.http_status
-    message = str(exc)
+    message = shown(str(exc))  # in the reader's language (most are already, from where raised)
     if isinstance(exc, Unavailable):
         g.batchflow_unavailable = True  # the error page asks Redis nothing more (unseen_count)
     if isinstance(exc, (UnknownHandler, Unavailable)):
@@ -259,10 +262,10 @@ def jobs() -> Any:
     admin = is_admin(user)
     status_filter = request.args.get("status") or None
     if status_filter and status_filter not in {s.value for s in Status}:
-        raise InvalidParams(f"Unknown status {status_filter!r}.")
+        raise InvalidParams(_("Unknown status %(status)r.", status=status_filter))
     page = max(1, request.args.get("page", 1, type=int) or 1)
     if page > MAX_PAGE:
-        raise InvalidParams(f"page must be at most {MAX_PAGE}.")
+        raise InvalidParams(_("page must be at most %(most)s.", most=MAX_PAGE))
     per_page = max(1, min(100, request.args.get("per_page", 25, type=int) or 25))
     states = get_state().engine.jobs(
         None if admin else user,
@@ -296,7 +299,7 @@ def _require_permission(handler: str) -> HandlerSpec:
     to be created (a fresh start or a retry: every route that creates a job asks this)."""
     spec = get_state().registry.get(handler)
     if not spec.allows(permission_subject()):
-        raise PermissionDenied("You are not allowed to start this job.")
+        raise PermissionDenied(_("You are not allowed to start this job."))
     return spec
 
 
@@ -322,7 +325,7 @@ def start(handler: str) -> Any:
                 params=params,
                 ids=ids,
                 redirect_url=safe_redirect(redirect_url),
-                extra=notify_fields(),
+                extra=start_fields(),
             )
     except InvalidParams as exc:
         if form_class is None or _wants_json():
@@ -339,7 +342,7 @@ def _start_page(handler: str, labels: dict[str, str], form: Any, **context: Any)
     return render_template(
         "batchflow/start.html",
         handler_name=handler,
-        labels=labels,
+        labels={key: shown(text) for key, text in labels.items()},
         form=form,
         action_url=url_for("batchflow.start", handler=handler),
         offer_email=asks and get_state().settings.notify_email,
@@ -377,8 +380,11 @@ def events(job_id: str) -> Response:
     token = engine.streams.acquire(user, settings.streams_per_user)
     if token is None:
         raise LimitReached(
-            f"You have {settings.streams_per_user} live progress streams open already. Close a "
-            "progress page, or check this job's status URL instead.",
+            _(
+                "You have %(count)s live progress streams open already. Close a progress page, "
+                "or check this job's status URL instead.",
+                count=settings.streams_per_user,
+            ),
             retry_after=math.ceil(engine.streams.keepalive),  # a closed page: its next keep-alive
             details={"status_url": url_for("batchflow.status", job_id=job_id)},
         )
@@ -463,11 +469,11 @@ def results(job_id: str) -> Any:
             return rejected_rows(state)
         return csv_report(state)
     if which not in ("results", "errors"):
-        raise InvalidParams("which must be 'results' or 'errors'.")
+        raise InvalidParams(_("which must be 'results' or 'errors'."))
     cursor = request.args.get("cursor", 0, type=int) or 0
     count = request.args.get("count", 100, type=int) or 100
     if not 0 <= cursor < 2**64 or count < 1:
-        raise InvalidParams("cursor must be a cursor this route gave, and count >= 1.")
+        raise InvalidParams(_("cursor must be a cursor this route gave, and count >= 1."))
     count = min(count, MAX_RESULTS_COUNT)
     page = get_state().engine.results(job_id, which, cursor, count)
     if wants_page():  # a browser: the same page as a table, with links (see pages.py)

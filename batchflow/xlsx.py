@@ -11,6 +11,7 @@ from typing import Any
 
 from .csvsource import XLSX_EXTRA, column_names
 from .exceptions import InvalidParams
+from .i18n import gettext as _
 
 
 def _xlsx_text(value: Any) -> str:
@@ -42,19 +43,24 @@ def xlsx_to_csv(
     try:
         import openpyxl
     except ImportError:
-        raise InvalidParams(XLSX_EXTRA) from None
+        raise InvalidParams(_(XLSX_EXTRA)) from None
     try:
         book = openpyxl.load_workbook(src, read_only=True, data_only=True)
     except Exception:  # zipfile.BadZipFile, InvalidFileException, KeyError, XML errors
         raise InvalidParams(
-            "This is not a valid Excel workbook (XLSX): open it in Excel and save it again, "
-            "or save it as CSV UTF-8."
+            _(
+                "This is not a valid Excel workbook (XLSX): open it in Excel and save it again, "
+                "or save it as CSV UTF-8."
+            )
         ) from None
     try:
         if sheet is not None and sheet not in book.sheetnames:
             raise InvalidParams(
-                f"The workbook has no sheet named '{sheet}': "
-                f"it has {column_names(book.sheetnames)}."
+                _(
+                    "The workbook has no sheet named '%(sheet)s': it has %(sheets)s.",
+                    sheet=sheet,
+                    sheets=column_names(book.sheetnames),
+                )
             )
         rows = (book[sheet] if sheet is not None else book.worksheets[0]).iter_rows(
             values_only=True

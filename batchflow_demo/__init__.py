@@ -39,16 +39,20 @@ from typing import Any
 
 from flask import Flask, Response, render_template, send_from_directory, url_for
 
-from batchflow import BatchFlow, ConfigurationError
+from batchflow import BatchFlow, ConfigurationError, Message
 
 from .icon import favicon
 from .importer import SAMPLE_FOLDER, SAMPLE_NAME, SAMPLE_ROWS, imported_contacts
 from .jobs import LOCKED_EVERY, posts, registry
+from .lang import N_, set_up_languages
 from .outbox import read_outbox
 
 #: The demo's one person, as the worker sees a job's owner: the demo has no sign-in, and its
 #: notification emails go to this address (into the outbox folder, not over SMTP).
 DEMO_USER = types.SimpleNamespace(email="you@demo.invalid")
+
+#: The languages the demo's pages speak, as its navigation offers them.
+DEMO_LANGUAGES = (("en", "English"), ("de", "Deutsch"), ("fr", "Français"))
 
 #: The demo's extension, with the demo's own registry (not the global one).
 batchflow = BatchFlow(registry=registry, load_user=lambda owner: DEMO_USER)
@@ -113,9 +117,11 @@ def _settings(config: Mapping[str, Any] | None) -> dict[str, Any]:
     return values
 
 
-def _about(seconds: float) -> str:
-    """How long a job's pretend work takes, in words."""
-    return "a few seconds" if seconds < 3 else f"about {round(seconds)} seconds"
+def _about(seconds: float) -> Message:
+    """How long a job's pretend work takes, in words (in the reader's language, where shown)."""
+    if seconds < 3:
+        return Message(N_("a few seconds"))
+    return Message(N_("about %(count)s seconds"), count=round(seconds))
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
@@ -129,11 +135,16 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     if not app.config.get("SECRET_KEY"):
         app.config["SECRET_KEY"] = secrets.token_hex(32)
     batchflow.init_app(app)
+    speaks = set_up_languages(app, app.config["BATCHFLOW_DEMO_DATA"])
 
     @app.context_processor
     def home_link() -> dict[str, Any]:
         # The link back to the demo's home on batchflow's pages too (their base.html shows it).
-        return {"batchflow_home": {"url": url_for("index"), "text": "Demo"}}
+        return {
+            "batchflow_home": {"url": url_for("index"), "text": "Demo"},
+            # The languages to switch to (none without Flask-Babel: English only).
+            "demo_languages": DEMO_LANGUAGES if speaks else (),
+        }
 
     @app.get("/favicon.ico")
     def icon() -> Response:

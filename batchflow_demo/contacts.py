@@ -44,6 +44,8 @@ from typing import Any, ClassVar
 
 from batchflow import FileJob, Job, StepResponse
 
+from .lang import N_
+
 #: What a step may return: a message for the page, a StepResponse, or nothing.
 StepResult = StepResponse | str | None
 
@@ -102,9 +104,9 @@ class ContactsReport(FileJob):
 
     filename = "contact-list-report.csv"
     labels: ClassVar[dict[str, str]] = {
-        "title": "Contacts report",
-        "running": "Writing the report…",
-        "completed": "Report ready",
+        "title": N_("Contacts report"),
+        "running": N_("Writing the report…"),
+        "completed": N_("Report ready"),
     }
     contacts: ClassVar[int] = 100_000
 

@@ -29,6 +29,7 @@ from batchflow import ImportJob, Job
 
 from .contacts import StepResult
 from .jobs import pretend_work, registry
+from .lang import N_
 
 #: The sample file, in this package's ``data`` folder.
 SAMPLE_NAME = "contacts-with-mistakes.csv"
@@ -133,9 +134,9 @@ class ImportContacts(ImportJob):
     :class:`ContactRow` is rejected with its message and the rest go on."""
 
     labels: ClassVar[dict[str, str]] = {
-        "title": "Importing contacts",
-        "good": "imported",
-        "bad": "rejected",
+        "title": N_("Importing contacts"),
+        "good": N_("imported"),
+        "bad": N_("rejected"),
     }
     columns = ("name", "email")
     optional_columns = ("city",)

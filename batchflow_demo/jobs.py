@@ -33,6 +33,7 @@ from flask import current_app
 from batchflow import CallableSource, ItemsJob, Job, Registry, Source, TaskJob, UserError
 
 from .contacts import ContactsReport, StepResult
+from .lang import N_
 
 #: The demo's handlers. The demo app passes it to ``BatchFlow(registry=...)``; the global
 #: ``batchflow.registry`` stays untouched.
@@ -205,7 +206,7 @@ class ExportContacts(ContactsReport):
 
     labels: ClassVar[dict[str, str]] = {
         **ContactsReport.labels,
-        "title": "Exporting contacts",
+        "title": N_("Exporting contacts"),
     }
 
     def count_units_to_process(self, job: Job) -> int:
@@ -223,9 +224,9 @@ class ArchivePosts(ItemsJob):
     """Archives every post. Locked posts fail one by one; Cancel unarchives what this job did."""
 
     labels: ClassVar[dict[str, str]] = {
-        "title": "Archiving posts",
-        "good": "archived",
-        "bad": "could not archive",
+        "title": N_("Archiving posts"),
+        "good": N_("archived"),
+        "bad": N_("could not archive"),
     }
     # Cancel (undo) is offered; offering Stop as well would leave the user to guess the difference.
     can_stop = False
@@ -261,9 +262,9 @@ class RestorePosts(ItemsJob):
     many it would restore, with a few titles; nothing changes until you confirm."""
 
     labels: ClassVar[dict[str, str]] = {
-        "title": "Restoring archived posts",
-        "good": "restored",
-        "preview": "This will restore {changes} archived posts.",
+        "title": N_("Restoring archived posts"),
+        "good": N_("restored"),
+        "preview": N_("This will restore {changes} archived posts."),
     }
     preview = True
     can_stop = False
@@ -301,9 +302,9 @@ class RebuildSearchIndex(TaskJob):
     """Rebuilds the word index of every post in one call; posts without text are counted bad."""
 
     labels: ClassVar[dict[str, str]] = {
-        "title": "Rebuilding the search index",
-        "good": "posts indexed",
-        "bad": "posts without text",
+        "title": N_("Rebuilding the search index"),
+        "good": N_("posts indexed"),
+        "bad": N_("posts without text"),
     }
 
     def run(self, job: Job) -> StepResult:

@@ -12,6 +12,7 @@ import pytest
 
 from batchflow.csvsource import CsvRow, CsvSource, check_csv, rejected_rows_csv
 from batchflow.exceptions import ConfigurationError, InvalidParams
+from batchflow.i18n import shown
 from batchflow.xlsx import xlsx_to_csv
 
 # Every malformed case in one file, UTF-8 with a BOM and CRLF line ends, with a latin-1 line,
@@ -68,7 +69,7 @@ def test_every_row_is_an_entry_and_every_malformed_row_is_a_bad_one(mixed):
     assert plan.state["offset"] == len(b"\xef\xbb\xbfname, Email ,city\r\n")
     assert plan.total == 8
     entries = walk_all(source, plan.state)
-    assert {e.id: e.error for e in entries} == EXPECTED
+    assert {e.id: e.error and shown(e.error) for e in entries} == EXPECTED
     assert entries[0].item == {"name": "Ann", "email": "ann@example.com", "city": "Oslo"}
     assert entries[1].item["name"] == "Bob\r\nBobson" and entries[1].item["city"] == "Rome, IT"
     assert [e.item.row for e in entries] == [2, 3, 4, 6, 7, 8, 9, 10]
@@ -128,10 +129,10 @@ def test_an_overlong_value_is_a_bad_row_and_so_is_a_runaway_quote(tmp_path):
     source = CsvSource(path, max_field=100)
     plan = source.plan()
     entries = source.read(plan.state, None, 10)
-    assert [(e.id, e.error) for e in entries] == [
+    assert [(e.id, e.error and shown(e.error)) for e in entries] == [
         ("2", "Row 2 has a value longer than 100 characters (value 2)."),
         ("3", None),
-        ("4", "Row 4 is longer than 1600 bytes."),
+        ("4", "Row 4 is longer than 1,600 bytes."),
         ("5", None),  # the walk went on with the line after the runaway row
     ]
     assert entries[1].item == {"a": "2", "b": "ok"}
@@ -144,7 +145,10 @@ def test_a_quote_open_at_the_end_is_a_bad_last_row(tmp_path):
     path.write_bytes(b'a,b\n1,2\n3,"open\n')
     source = CsvSource(path)
     entries = source.read(source.plan().state, None, 10)
-    assert [e.error for e in entries] == [None, "Row 3 has a quote that is never closed."]
+    assert [e.error and shown(e.error) for e in entries] == [
+        None,
+        "Row 3 has a quote that is never closed.",
+    ]
 
 
 def test_the_encoding_is_a_setting_and_unusable_ones_are_refused(tmp_path):

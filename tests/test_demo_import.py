@@ -11,6 +11,7 @@ import io
 import os
 import re
 from collections.abc import Iterator
+from html import unescape
 from pathlib import Path
 from typing import Any
 
@@ -131,8 +132,9 @@ def test_the_home_page_links_the_start_page_and_a_sample_that_downloads(demo_app
     # With the default pretend cost (50 ms a row) the sample is there to watch for a while.
     data = Path(demo_app.config["BATCHFLOW_DEMO_DATA"])
     app = create_app({**demo_config(prefix, data), "BATCHFLOW_DEMO_IMPORT_ROW_COST": 0.05})
-    html = " ".join(app.test_client().get("/").get_data(as_text=True).split())
-    assert "Each row costs a pretend 50 ms of work, so the sample's 200 rows take about 10" in html
+    page = unescape(app.test_client().get("/").get_data(as_text=True))
+    text = " ".join(page.split())
+    assert "Each row costs a pretend 50 ms of work, so the sample's 200 rows take about 10" in text
 
 
 def test_the_sample_imports_but_six_rows_which_come_back_to_fix_and_go_in(demo_app):

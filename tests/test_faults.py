@@ -877,7 +877,7 @@ def test_a_poison_id_that_kills_its_worker_every_time_is_recorded_bad(engine, wo
         0,
         400,
     )
-    errors = dict(engine.store.iter_hash(job_id, "errors"))
+    errors = engine.results(job_id, "errors", 0, 1000).items  # as the report shows them
     assert list(errors) == ["poison"] and f"lost {max_attempts} times" in errors["poison"]
     assert set(dict(engine.store.iter_hash(job_id, "results"))) == set(ids) - {"poison"}
     kills = len(records(prefix, "fired:change"))
@@ -901,7 +901,7 @@ class TestMisbehavingHandlersOnASharedWorker(OnASharedWorker):
         d = state.to_dict()
         assert (d["status"], d["outcome"]) == ("completed", "completed_with_failures")
         assert (d["good"], d["bad"], d["skipped"], d["processed"]) == (499, 1, 0, 500)
-        errors = dict(engine.store.iter_hash(job_id, "errors"))
+        errors = engine.results(job_id, "errors", 0, 1000).items  # as the report shows them
         # Not a UserError: the report shows a reference, the log the real text.
         assert errors.keys() == {"raise-237"}
         assert errors["raise-237"].startswith("Something went wrong (ref ")

@@ -528,12 +528,12 @@ def test_a_worker_killed_between_the_last_commit_and_the_send_still_tells_once_o
 @pytest.mark.slow
 def test_many_endings_on_two_workers_send_each_email_exactly_once(prefix, files_dir, smtp):
     config = kill_config(prefix, files_dir, smtp.port)
-    config.update(BATCHFLOW_NOTIFY_TIMEOUT=0.2)  # a short lock: maintenance is quick to look
     engine = mail_engine(config)
     workers = [worker(config, "a"), worker(config, "b")]
     try:
         job_ids = [engine.start("mailed", owner=f"user:u{n}") for n in range(30)]
         for job_id in job_ids:
+            wait_terminal(engine, job_id, timeout=60)
             wait_for(lambda j=job_id: "notify_due" not in engine.state(j).fields, timeout=60)
         time.sleep(2 * config["BATCHFLOW_MAINTENANCE_INTERVAL"] + 1)  # maintenance went round
     finally:

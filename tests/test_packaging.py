@@ -150,7 +150,7 @@ LAYERS = [
     | {"sources", "sql", "csvsource", "xlsx"},
     {"store", "admission", "streams", "inbox", "keys", "scripts", "events", "paging"},  # store
     {"schema", "display", "formats", "config", "exceptions", "ids"}  # vocabulary
-    | {"notices", "mail", "webhooks"},
+    | {"notices", "mail", "webhooks", "words", "i18n"},
 ]
 
 
