@@ -45,8 +45,6 @@ MARK = "\ue0bf"
 
 _forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("bf_locale", default=None)
 _catalogues: dict[str, Any] = {}
-#: Set by :func:`connect`: the request's locale code (None outside a request, or without
-#: Flask-Babel), and the app's own translation of a text (Flask-Babel's ``gettext``).
 
 
 def _no_request_locale() -> str | None:
@@ -57,6 +55,8 @@ def _untranslated(text: str, code: str) -> str:
     return text
 
 
+#: Set by :func:`connect`: the request's locale code (None outside a request, or without
+#: Flask-Babel), and the app's own translation of a text (Flask-Babel's ``gettext``).
 _request_locale: Callable[[], str | None] = _no_request_locale
 _app_gettext: Callable[[str, str], str] = _untranslated
 
@@ -124,10 +124,12 @@ def render(text: str, args: dict[str, Any]) -> str:
     if not args:
         return translated
     values = {k: _argument(v) for k, v in args.items()}
-    try:
-        return translated % values
-    except (KeyError, ValueError, TypeError):  # a translation that lost a placeholder
-        return text % values
+    for template in (translated, text):  # the English if a translation lost a placeholder
+        try:
+            return template % values
+        except (KeyError, ValueError, TypeError):
+            continue
+    return text  # a message whose own placeholders do not match its arguments: as written
 
 
 def _argument(value: Any) -> Any:
