@@ -51,34 +51,38 @@ class Inbox:
 
     @translating
     def unseen(self, owner: str) -> list[dict[str, str]]:
-        """The owner's unseen ended jobs, newest first, as their job hashes; jobs seen or gone
-        are dropped from the inbox on the way."""
-        job_ids = self._unseen_ids(owner)
-        with self.client.pipeline(transaction=False) as pipe:
-            for job_id in job_ids:
-                pipe.hgetall(self.keys.job(job_id))
-            hashes = cast(list[dict[str, str]], pipe.execute())
-        return [fields for fields in hashes if fields]
+        """The owner's unseen ended jobs, newest first, as their job hashes (one round trip
+        for them all); jobs seen or gone are dropped from the inbox on the way."""
+        return self._sift(owner, None)
 
     @translating
-    def count(self, owner: str) -> int:
-        """How many ended jobs the owner has not seen (three fields read per job, not the
-        whole hash: cheap enough for every page of the app)."""
-        return len(self._unseen_ids(owner))
+    def unseen_ids(self, owner: str) -> list[str]:
+        """The ids of :meth:`unseen`, reading three fields a job, not the whole hash: cheap
+        enough for every page of the app."""
+        return [fields[F.ID] for fields in self._sift(owner, (F.ID, F.STATUS, F.SEQ, F.SEEN))]
 
-    def _unseen_ids(self, owner: str) -> list[str]:
-        """The ids in the owner's inbox that are still unseen endings, newest first; the others
-        (seen, continued, gone) leave the inbox."""
+    def count(self, owner: str) -> int:
+        """How many ended jobs the owner has not seen."""
+        return len(self.unseen_ids(owner))
+
+    def _sift(self, owner: str, names: tuple[str, ...] | None) -> list[dict[str, str]]:
+        """The inbox's jobs (``names`` of their fields, or whole hashes) that are still unseen
+        endings, newest first; the others (seen, continued, gone) leave the inbox."""
         key = self.keys.unseen(owner)
         job_ids = cast(list[str], self.client.zrevrange(key, 0, UNSEEN_KEPT - 1))
         with self.client.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
-                pipe.hmget(self.keys.job(job_id), F.STATUS, F.SEQ, F.SEEN)
+                if names:
+                    pipe.hmget(self.keys.job(job_id), *names)
+                else:
+                    pipe.hgetall(self.keys.job(job_id))
             replies = pipe.execute()
         kept, dropped = [], []
-        for job_id, (status, seq, seen) in zip(job_ids, replies, strict=True):
-            if status and Status(status).terminal and seen != seq:
-                kept.append(job_id)
+        for job_id, reply in zip(job_ids, replies, strict=True):
+            fields = dict(zip(names, reply, strict=True)) if names else reply
+            status = fields.get(F.STATUS)
+            if status and Status(status).terminal and fields.get(F.SEEN) != fields.get(F.SEQ):
+                kept.append(fields)
             else:
                 dropped.append(job_id)
         if dropped:

@@ -65,7 +65,7 @@ def notifications_seen() -> Any:
     inbox = get_state().engine.notifier.inbox
     ids: Any = body.get("ids")
     if body.get("all") is True:
-        ids = [fields[F.ID] for fields in inbox.unseen(owner)]
+        ids = inbox.unseen_ids(owner)
     elif not isinstance(ids, list) or len(ids) > SEEN_MAX or not all(map(valid_job_id, ids)):
         raise InvalidParams(_("ids must be a list of at most %(most)s job ids.", most=SEEN_MAX))
     inbox.mark_seen(owner, ids)

@@ -230,8 +230,6 @@ def security_headers(response: Response) -> Response:
 def batchflow_error(exc: BatchflowError) -> Any:
     code = exc.http_status
     message = shown(str(exc))  # in the reader's language (most are already, from where raised)
-    if isinstance(exc, Unavailable):
-        g.batchflow_unavailable = True  # the error page asks Redis nothing more (unseen_count)
     if isinstance(exc, (UnknownHandler, Unavailable)):
         # The end user learns only what is wrong for them; the cause and fix are the developer's.
         log.warning("%s (requested at %s)", exc.developer_message, request.path)
