@@ -3,8 +3,9 @@
 Each owner has a hash of their active jobs (``Keys.owner_active``), written by the ADMIT script
 (:mod:`batchflow.scripts`) in the same atomic step that checks it, so the limit holds across web
 processes and under concurrent starts, and two identical starts of a de-duplicated handler get
-one job. Entries are dropped by ADMIT itself once their job has ended or is gone (see the script),
-and by :meth:`Admission.release` when a job is deleted: the step path pays nothing for this.
+one job. Entries whose job has ended or is gone are found by reading their jobs' status just
+before (plain commands: each job hash is in its own Cluster slot) and dropped by ADMIT, and by
+:meth:`Admission.release` when a job is deleted: the step path pays nothing for this.
 """
 
 from __future__ import annotations
@@ -12,22 +13,20 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from typing import Any
+from typing import Any, cast
 
 import redis
-import redis.exceptions
 
 from .exceptions import Unavailable
 from .keys import Keys
-from .schema import AdmitCode
+from .redisconn import DOWN
+from .schema import AdmitCode, F, is_terminal
 from .scripts import ADMIT
 from .store import CREATE_GRACE_MS
 
 #: The pool of jobs that share the owner-wide limit (``BATCHFLOW_MAX_ACTIVE_JOBS``); a handler
 #: with its own ``max_active_jobs`` is its own pool, named after it (handler names have no "*").
 SHARED_POOL = "*"
-
-_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,13 +64,13 @@ class Admission:
 
         :raises Unavailable: Redis does not answer.
         """
-        head, tail = self.keys.job_around_id()
+        key = self.keys.owner_active(owner)
         try:
             reply = self._admit(
-                keys=[self.keys.owner_active(owner)],
-                args=[job_id, pool, fingerprint, limit, now_ms, CREATE_GRACE_MS, head, tail],
+                keys=[key],
+                args=[job_id, pool, fingerprint, limit, now_ms, *self._ended(key, now_ms)],
             )
-        except _DOWN as exc:
+        except DOWN as exc:
             raise Unavailable.redis(exc) from exc
         code = AdmitCode(reply[0])
         if code is AdmitCode.SAME:
@@ -80,6 +79,24 @@ class Admission:
             return Admitted(code, list(reply[1]))
         return Admitted(code)
 
+    def _ended(self, key: str, now_ms: int) -> list[str]:
+        """The entries of the owner's hash ``key`` whose job has ended (a terminal status) or is
+        gone (no hash, admitted longer ago than a create may take: expired, deleted, or never
+        written by a starter that died)."""
+        entries = cast(dict[str, str], self.client.hgetall(key))
+        if not entries:
+            return []
+        with self.client.pipeline(transaction=False) as pipe:
+            for job_id in entries:
+                pipe.hget(self.keys.job(job_id), F.STATUS)
+            statuses = pipe.execute()
+        ended = []
+        for (job_id, entry), status in zip(entries.items(), statuses, strict=True):
+            admitted_ms = int(entry.split(" ", 1)[0] or 0)
+            if is_terminal(status) or (status is None and admitted_ms + CREATE_GRACE_MS <= now_ms):
+                ended.append(job_id)
+        return ended
+
     def release(self, owner: str, job_id: str) -> None:
         """Give up ``job_id``'s place (it was deleted, or its start failed).
 
@@ -87,5 +104,5 @@ class Admission:
         """
         try:
             self.client.hdel(self.keys.owner_active(owner), job_id)
-        except _DOWN as exc:
+        except DOWN as exc:
             raise Unavailable.redis(exc) from exc

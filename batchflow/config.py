@@ -16,11 +16,22 @@ from collections.abc import Mapping
 from typing import Any
 
 from .exceptions import ConfigurationError
+from .redisurl import (
+    REDIS_SCHEMES,
+    SERVER,
+    SERVER_SCHEMES,
+    has_scheme,
+    parse_redis_url,
+    shown_url,
+)
 
 DEFAULTS: dict[str, Any] = {
     "BATCHFLOW_REDIS_URL": "redis://127.0.0.1:6379/0",
     "BATCHFLOW_BROKER_URL": None,  # None: the same Redis as BATCHFLOW_REDIS_URL
     "BATCHFLOW_REDIS_TIMEOUT": 2.0,
+    # Replicas that must have each step's commit before the next step starts (0: do not wait).
+    "BATCHFLOW_REDIS_WAIT_REPLICAS": 0,
+    "BATCHFLOW_REDIS_WAIT_TIMEOUT": 1.0,
     "BATCHFLOW_KEY_PREFIX": "batchflow",
     "BATCHFLOW_QUEUE": "batchflow",
     "BATCHFLOW_JOB_TTL": 24 * 3600,
@@ -77,42 +88,12 @@ MAIL_DEFAULTS: dict[str, Any] = {
 }
 
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-#: What redis-py connects to: the schemes it knows, and the forms the error message shows.
-REDIS_SCHEMES = ("redis", "rediss", "unix")
-REDIS_URL_FORMS = (
-    "redis://host:port/db (for example redis://127.0.0.1:6379/0), "
-    "rediss://host:port/db (TLS), or unix:///path/to/redis.sock?db=0"
-)
-_SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-_PASSWORD_RE = re.compile(r"(://[^:/@]*:)[^@/]*@")
-
-
-def shown_url(url: str) -> str:
-    """``url`` for an error message or a log: its password replaced by ``***``."""
-    return _PASSWORD_RE.sub(r"\1***@", url)
 
 
 def check_redis_url(key: str, url: str) -> str:
-    """``url`` if redis-py can connect with it, else a ConfigurationError naming ``key`` and
-    showing the expected forms (``localhost:6379`` is the usual mistake: it has no scheme)."""
-    hint = f"{key} must be a Redis URL: {REDIS_URL_FORMS}; not {shown_url(url)!r}."
-    if not _SCHEME_RE.match(url):
-        guess = shown_url(f"redis://{url}")
-        raise ConfigurationError(f"{hint} (It has no scheme: did you mean {guess!r}?)")
-    parsed = urllib.parse.urlsplit(url)
-    if parsed.scheme.lower() not in REDIS_SCHEMES:
-        raise ConfigurationError(f"{hint} ({parsed.scheme}:// is not a Redis scheme.)")
-    if parsed.scheme.lower() == "unix":
-        if not parsed.path:
-            raise ConfigurationError(f"{hint} (A unix:// URL needs the socket's path.)")
-        return url
-    try:
-        parsed.port  # noqa: B018 - raises ValueError for a port that is not a number
-    except ValueError:
-        raise ConfigurationError(f"{hint} (The port must be a number from 0 to 65535.)") from None
-    db = parsed.path.strip("/")
-    if db and not db.isdigit():
-        raise ConfigurationError(f"{hint} (The database after the / must be a number.)")
+    """``url`` if it is a Redis URL batchflow can connect with (see :mod:`batchflow.redisurl`),
+    else a ConfigurationError naming ``key`` and showing the expected forms."""
+    parse_redis_url(url, key)
     return url
 
 
@@ -121,14 +102,34 @@ def check_broker_url(key: str, url: str) -> str:
     separated by ``;`` for failover), else a ConfigurationError naming ``key``. A Redis broker
     URL is checked as :func:`check_redis_url` checks one."""
     for part in (p.strip() for p in url.split(";")):
-        if not _SCHEME_RE.match(part):
+        if not has_scheme(part):
             raise ConfigurationError(
                 f"{key} must be a Celery broker URL such as redis://host:port/db or "
                 f"amqp://user:password@host:5672//; not {shown_url(url)!r}. (It has no scheme.)"
             )
-        if part.split("://", 1)[0].lower() in REDIS_SCHEMES:
+        scheme = part.split("://", 1)[0].lower()
+        if scheme in REDIS_SCHEMES and scheme not in SERVER_SCHEMES:
+            raise ConfigurationError(
+                f"{key}: Celery's Redis broker cannot use a Redis Cluster or connect through "
+                f"Sentinel here; give it a Redis of its own (redis://host:port/db) or RabbitMQ "
+                f"(amqp://user:password@host:5672//), not {shown_url(part)!r}."
+            )
+        if scheme in SERVER_SCHEMES:
             check_redis_url(key, part)
     return url
+
+
+def _broker_url(configured: Any, redis_url: str) -> str:
+    """``BATCHFLOW_BROKER_URL`` checked; unset, the state's Redis when that is one server."""
+    if configured is not None and str(configured).strip():
+        return check_broker_url("BATCHFLOW_BROKER_URL", str(configured).strip())
+    if parse_redis_url(redis_url).kind != SERVER:
+        raise ConfigurationError(
+            "BATCHFLOW_REDIS_URL is a Redis Cluster or Sentinel URL, which Celery's Redis broker "
+            "cannot use: set BATCHFLOW_BROKER_URL to a Redis of its own (redis://host:port/db) "
+            "or to RabbitMQ (amqp://user:password@host:5672//)."
+        )
+    return check_broker_url("BATCHFLOW_BROKER_URL", redis_url)
 
 
 def check_http_url(key: str, url: str) -> str:
@@ -164,6 +165,8 @@ class Settings:
 
     redis_url: str
     redis_timeout: float
+    redis_wait_replicas: int
+    redis_wait_timeout: float
     broker_url: str
     key_prefix: str
     queue: str
@@ -219,9 +222,9 @@ class Settings:
         settings = cls(
             redis_url=redis_url,
             redis_timeout=number("BATCHFLOW_REDIS_TIMEOUT", float, 0.1),
-            broker_url=check_broker_url(
-                "BATCHFLOW_BROKER_URL", str(get("BATCHFLOW_BROKER_URL") or redis_url).strip()
-            ),
+            redis_wait_replicas=number("BATCHFLOW_REDIS_WAIT_REPLICAS", int, 0),
+            redis_wait_timeout=number("BATCHFLOW_REDIS_WAIT_TIMEOUT", float, 0.001),
+            broker_url=_broker_url(get("BATCHFLOW_BROKER_URL"), redis_url),
             key_prefix=prefix,
             queue=str(get("BATCHFLOW_QUEUE")),
             job_ttl=number("BATCHFLOW_JOB_TTL", int, 1),
@@ -256,6 +259,11 @@ class Settings:
             notify_backoff=number("BATCHFLOW_NOTIFY_BACKOFF", float, 0.01),
             mail=r.mail(),
         )
+        if settings.redis_wait_replicas and settings.redis_wait_timeout >= settings.redis_timeout:
+            raise ConfigurationError(
+                "BATCHFLOW_REDIS_WAIT_TIMEOUT must be shorter than BATCHFLOW_REDIS_TIMEOUT "
+                "(the wait for the replicas is one Redis command)."
+            )
         if settings.batch_min > settings.batch_max:
             raise ConfigurationError("BATCHFLOW_BATCH_MIN must not exceed BATCHFLOW_BATCH_MAX.")
         settings.check_notifications()

@@ -1,5 +1,5 @@
-"""Progress events: every job's events reach a process through one Redis subscription, fanned
-out to the streams that follow a job."""
+"""Progress events: a process subscribes to the channels of the jobs its streams follow, through
+one connection, and fans each event out to those streams."""
 
 from __future__ import annotations
 
@@ -9,20 +9,26 @@ import os
 import queue
 import threading
 import time
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, cast
 
 import redis
 import redis.exceptions
 
-from .schema import flat_pairs
+from .schema import F, flat_pairs
 
 log = logging.getLogger("batchflow")
 
 
-RESYNC = object()  # put in every inbox after the event connection came back: read the state anew
+RESYNC = object()  # put in an inbox whose events may have been missed: read the state anew
+POLL = 0.05  # seconds the subscriber thread waits for an event before it looks at joins and leaves
 
 
-def decode_event(raw: str) -> tuple[dict[str, str], list[str]]:
+#: A job's state as pages see it: its hash and its latest messages.
+Snapshot = tuple[dict[str, str], list[str]]
+
+
+def decode_event(raw: str) -> Snapshot:
     """A progress event as COMMIT, RENEW and SIGNAL publish it: the job hash and messages."""
     event = json.loads(raw)
     messages = event.get("messages")
@@ -30,36 +36,44 @@ def decode_event(raw: str) -> tuple[dict[str, str], list[str]]:
 
 
 class EventHub:
-    """Every job's progress events through one pattern subscription per process, fanned out to
-    the followers' queues: a web process serving many event streams holds one Redis connection
-    for all of them, not one each.
+    """The progress events of the jobs this process streams, through one subscriber connection
+    (one per shard on a Cluster), fanned out to the followers' queues: a web process serving many
+    event streams holds one Redis connection for all of them, not one each, and it subscribes to
+    exactly the channels its streams follow, so it receives no other job's events. The first
+    stream of a job subscribes to its channel; when the last one leaves, the channel goes.
+
+    One thread owns the subscriber connection and makes every change to it; it runs while some
+    stream follows a job, and stops when none does.
 
     :param client: the store's client.
-    :param pattern: the pattern of every job's event channel under the store's prefix.
+    :param sharded: subscribe with SSUBSCRIBE (a Cluster's sharded pub/sub), not SUBSCRIBE.
     """
 
-    def __init__(self, client: redis.Redis, pattern: str) -> None:
+    def __init__(self, client: redis.Redis, *, sharded: bool = False) -> None:
         self._client = client
-        self._pattern = pattern
+        self._sharded = sharded
         self._inboxes: dict[str, set[queue.Queue[Any]]] = {}
+        self._live: dict[str, threading.Event] = {}  # set once the channel's subscription is live
+        self._stale: set[str] = set()  # channels whose events may have been missed: RESYNC them
         self._lock = threading.Lock()
-        self._ready = threading.Event()
         self._thread: threading.Thread | None = None
         self._pid = 0
+        #: How many events this process has received (each delivered to every follower).
+        self.received = 0
 
     def join(self, channel: str, wait: float = 5.0) -> queue.Queue[Any]:
-        """A new inbox for ``channel``'s events, once the subscription is live (or ``wait``)."""
+        """A new inbox for ``channel``'s events, once its subscription is live (or ``wait``)."""
         inbox: queue.Queue[Any] = queue.Queue()
         with self._lock:
             self._inboxes.setdefault(channel, set()).add(inbox)
+            live = self._live.setdefault(channel, threading.Event())
             if self._thread is None or not self._thread.is_alive() or self._pid != os.getpid():
                 self._pid = os.getpid()
-                self._ready.clear()
                 self._thread = threading.Thread(
                     target=self._run, name="batchflow-events", daemon=True
                 )
                 self._thread.start()
-        self._ready.wait(wait)
+        live.wait(wait)
         return inbox
 
     def leave(self, channel: str, inbox: queue.Queue[Any]) -> None:
@@ -67,47 +81,119 @@ class EventHub:
             inboxes = self._inboxes.get(channel)
             if inboxes is not None:
                 inboxes.discard(inbox)
-                if not inboxes:
+                if not inboxes:  # the thread unsubscribes
                     del self._inboxes[channel]
+                    self._stale.discard(channel)
 
-    def _deliver(self, channel: str | None, item: Any) -> None:
+    def channels(self) -> set[str]:
+        """The channels some stream of this process follows (what it subscribes to)."""
         with self._lock:
-            targets = [
-                inbox
-                for name, inboxes in self._inboxes.items()
-                if channel is None or name == channel
-                for inbox in inboxes
-            ]
+            return set(self._inboxes)
+
+    def _deliver(self, channel: str, item: Any) -> None:
+        with self._lock:
+            targets = list(self._inboxes.get(channel, ()))
         for inbox in targets:
             inbox.put(item)
 
     def _run(self) -> None:
-        backoff, reconnecting = 0.1, False
+        backoff = 0.1
         while True:
             pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]
+            held: set[str] = set()
             try:
-                pubsub.psubscribe(self._pattern)
-                while True:
-                    message = pubsub.get_message(timeout=1.0)
-                    if message is None:
-                        with self._lock:
-                            if not self._inboxes:  # nobody follows: stop; the next join restarts
-                                self._thread = None
-                                return
-                        continue
-                    if message["type"] == "psubscribe":
-                        self._ready.set()
+                while self._change(pubsub, held):
+                    message = self._next(pubsub)
+                    if message is not None:
+                        self._handle(message, held)
                         backoff = 0.1
-                        if reconnecting:  # events may have been lost meanwhile
-                            self._deliver(None, RESYNC)
-                            reconnecting = False
-                    elif message["type"] == "pmessage":
-                        self._deliver(message["channel"], message["data"])
-            except redis.exceptions.RedisError:
+                return
+            except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException):
                 log.warning("the event connection to Redis broke; reconnecting", exc_info=True)
-                self._ready.clear()
-                reconnecting = True
+                with self._lock:  # events may be missed until each channel is subscribed again
+                    for live in self._live.values():
+                        live.clear()
+                    self._stale.update(self._inboxes)
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
             finally:
                 pubsub.close()
+
+    def _change(self, pubsub: Any, held: set[str]) -> bool:
+        """Subscribe to the channels newly followed and unsubscribe from those left; False when
+        no stream follows any job (the thread stops; the next join starts one)."""
+        with self._lock:
+            wanted = set(self._inboxes)
+            if not wanted:
+                self._thread = None
+                self._live.clear()
+                return False
+            new, gone = sorted(wanted - held), sorted(held - wanted)
+            for channel in gone:  # a join from now on waits for a new subscription
+                self._live.pop(channel, None)
+        if new:
+            (pubsub.ssubscribe if self._sharded else pubsub.subscribe)(*new)
+        if gone:
+            (pubsub.sunsubscribe if self._sharded else pubsub.unsubscribe)(*gone)
+        held.difference_update(gone)
+        held.update(new)
+        return True
+
+    def _next(self, pubsub: Any) -> dict[str, Any] | None:
+        if self._sharded:
+            message = pubsub.get_sharded_message(timeout=POLL)
+            if message is None and not pubsub.node_pubsub_mapping:
+                time.sleep(POLL)  # no shard subscribed: nothing to wait on
+            return cast("dict[str, Any] | None", message)
+        return cast("dict[str, Any] | None", pubsub.get_message(timeout=POLL))
+
+    def _handle(self, message: dict[str, Any], held: set[str]) -> None:
+        kind, channel = message["type"], message["channel"]
+        if kind in ("message", "smessage"):
+            self.received += 1
+            self._deliver(channel, message["data"])
+        elif kind in ("subscribe", "ssubscribe"):
+            with self._lock:
+                live, stale = self._live.get(channel), channel in self._stale
+                self._stale.discard(channel)
+            if live is not None:
+                live.set()
+            if stale:
+                self._deliver(channel, RESYNC)
+        elif kind == "sunsubscribe" and channel in held:
+            # The server dropped a channel this process still follows (its slot moved to
+            # another shard): subscribe again, where it lives now, and read the state anew.
+            held.discard(channel)
+            with self._lock:
+                if channel in self._inboxes:
+                    self._stale.add(channel)
+
+
+def follow(
+    hub: EventHub, channel: str, read: Callable[[], Snapshot], timeout: float
+) -> Iterator[Snapshot | None]:
+    """Yield a job's state (``read()``) now and after every event on ``channel``, in commit
+    order; None after ``timeout`` seconds of silence (then the state is read again, in case an
+    event was lost while the event connection reconnected). Never yields a state older than one
+    it yielded.
+    """
+    inbox = hub.join(channel)  # subscribed before the first read: no commit is missed
+    try:
+        last = (-1, -1.0)
+        snapshot: Snapshot | None = read()
+        while True:
+            if snapshot is not None:
+                fields = snapshot[0]
+                mark = (int(fields.get(F.SEQ) or 0), float(fields.get(F.UPDATED_AT) or 0))
+                if mark >= last:  # an event queued before a newer read is old news: drop it
+                    last = mark
+                    yield snapshot
+            try:
+                raw = inbox.get(timeout=timeout)
+            except queue.Empty:
+                yield None
+                snapshot = read()
+                continue
+            snapshot = read() if raw is RESYNC else decode_event(raw)
+    finally:
+        hub.leave(channel, inbox)

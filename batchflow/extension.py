@@ -11,7 +11,7 @@ from flask import Flask
 from flask_wtf.csrf import CSRFProtect
 
 from .cli import cli
-from .config import DEFAULTS, REDIS_URL_FORMS, Settings, shown_url
+from .config import DEFAULTS, Settings
 from .context import (
     AdminCheck,
     Identity,
@@ -26,6 +26,7 @@ from .engine import Engine
 from .exceptions import ConfigurationError
 from .job import UserLoader
 from .notify import EmailAddress, NotifyHooks, OnNotify, default_email_address
+from .redisurl import REDIS_URL_FORMS, shown_url
 from .registry import Registry
 from .registry import registry as default_registry
 from .store import Store
@@ -100,7 +101,13 @@ class BatchFlow:
         settings = Settings.from_mapping(app.config)
         self._check_secret_key(app)
         try:
-            store = Store.from_url(settings.redis_url, settings.key_prefix, settings.redis_timeout)
+            store = Store.from_url(
+                settings.redis_url,
+                settings.key_prefix,
+                settings.redis_timeout,
+                replicas=settings.redis_wait_replicas,
+                replica_timeout=settings.redis_wait_timeout,
+            )
         except ValueError as exc:  # what redis-py refuses beyond what Settings checks
             raise ConfigurationError(
                 f"BATCHFLOW_REDIS_URL {shown_url(settings.redis_url)!r} is not usable: {exc}. "

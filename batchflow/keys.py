@@ -76,10 +76,6 @@ class Keys:
     def channel(self, job_id: str) -> str:
         return self._job_key(job_id, "events")
 
-    def events_pattern(self) -> str:
-        """The pattern every job's event channel matches."""
-        return f"{self.prefix}:*:events"
-
     def all_of(self, job_id: str) -> list[str]:
         """Every key one job may own (the channel is not a key)."""
         return [
@@ -111,12 +107,6 @@ class Keys:
     def owner_active(self, owner: str) -> str:
         """The owner's active jobs as admission counts them (see :mod:`batchflow.admission`)."""
         return f"{self.prefix}:index:owner-active:{_digest(owner)}"
-
-    def job_around_id(self) -> tuple[str, str]:
-        """A job hash's key as the text before and after its id, for a script that reads the
-        hashes of jobs it finds in an index: ``head .. id .. tail`` is :meth:`job`."""
-        head, tail = self.job("\0").split("\0")
-        return head, tail
 
     def unseen(self, owner: str) -> str:
         """The owner's ended jobs they have not seen yet, scored by when each ended."""

@@ -1,10 +1,10 @@
 """The Lua scripts of the step protocol, registered on the store's client (see store.py), and
 ADMIT, the start's admission check (see admission.py).
 
-Each opens with its KEYS and ARGV slots. Every step-protocol script touches the keys of one job
-only (one Redis Cluster slot); global indexes are written by plain commands outside them. ADMIT
-is the exception: besides the owner's hash of active jobs it reads the status of each job listed
-there (keys it builds from ARGV, so it needs one Redis, not a Cluster). Field names are those of
+Each opens with its KEYS and ARGV slots, and touches the keys of one job only, or one owner's
+hash of active jobs (ADMIT): one Redis Cluster slot each, every key declared; global indexes are
+written by plain commands outside them. Events go out with PUBLISH, or SPUBLISH on a Cluster
+(:func:`sharded`), on the job's channel, which carries the job's hash tag. Field names are those of
 :class:`batchflow.schema.F`; the terminal statuses come from :class:`~batchflow.schema.Status`
 through ``TERMINAL`` below; return codes are :class:`~batchflow.schema.ClaimCode`,
 :class:`~batchflow.schema.SignalCode` and :class:`~batchflow.schema.AdmitCode`.
@@ -63,6 +63,13 @@ local function publish(job, msgs, channel, shown)
 end
 """
 )
+
+
+def sharded(script: str) -> str:
+    """``script`` publishing its events with SPUBLISH (sharded pub/sub, Redis 7): on a Cluster an
+    event then reaches only the shard holding its job, not every node."""
+    return script.replace("redis.call('PUBLISH', ", "redis.call('SPUBLISH', ")
+
 
 CLAIM = (
     _PRELUDE
@@ -367,43 +374,32 @@ return redis.call('HGETALL', KEYS[1])
 """
 )
 
-ADMIT = (
-    _PRELUDE
-    + """
+ADMIT = """
 -- KEYS[1] = the owner's active jobs: a hash, job id -> '<admitted at (ms)> <pool> <fingerprint>'
 -- ARGV[1] = the new job's id, ARGV[2] = its pool (the jobs that share its limit),
 -- ARGV[3] = its fingerprint ('' = not deduplicated), ARGV[4] = the pool's limit (0 = none),
--- ARGV[5] = now (ms), ARGV[6] = grace (ms): how long an admitted job may go without its hash,
--- ARGV[7], ARGV[8] = a job hash's key before and after the job's id
+-- ARGV[5] = now (ms), ARGV[6...] = ids of entries the caller found ended or gone
 -- Returns {'ok'} (admitted: the job's place is taken, create it), {'same', job id} (an active
 -- job of the owner's has the same fingerprint: that one is the answer), or {'full', ids} (the
 -- pool's active jobs fill the limit).
--- Self-healing: an entry whose job has ended (terminal), or whose hash is gone after the grace
--- (expired, deleted, or never written by a starter that died), is dropped here, so an entry that
--- no one removed never holds a place for good.
+-- The entries the caller found ended (a terminal status) or gone (no hash after the grace) are
+-- dropped first, so an entry that no one removed never holds a place for good. The caller read
+-- them just before: an entry admitted since is counted, which errs towards "full", never over it.
 local active, pool, fingerprint = KEYS[1], ARGV[2], ARGV[3]
-local now, grace = tonumber(ARGV[5]), tonumber(ARGV[6])
+for i = 6, #ARGV do redis.call('HDEL', active, ARGV[i]) end
 local entries = redis.call('HGETALL', active)
 local counted = {}
 for i = 1, #entries, 2 do
   local id = entries[i]
-  local at, its_pool, its_fingerprint = string.match(entries[i + 1], '^(%d+) (%S+) ?(%S*)$')
-  local status = redis.call('HGET', ARGV[7] .. id .. ARGV[8], 'status')
-  local live
-  if status then live = not TERMINAL[status] else live = (tonumber(at) or 0) + grace > now end
-  if not live then
-    redis.call('HDEL', active, id)
-  else
-    if fingerprint ~= '' and its_fingerprint == fingerprint then return {'same', id} end
-    if its_pool == pool then counted[#counted + 1] = id end
-  end
+  local its_pool, its_fingerprint = string.match(entries[i + 1], '^%d+ (%S+) ?(%S*)$')
+  if fingerprint ~= '' and its_fingerprint == fingerprint then return {'same', id} end
+  if its_pool == pool then counted[#counted + 1] = id end
 end
 local limit = tonumber(ARGV[4])
 if limit > 0 and #counted >= limit then return {'full', counted} end
 redis.call('HSET', active, ARGV[1], ARGV[5] .. ' ' .. pool .. ' ' .. fingerprint)
 return {'ok'}
 """
-)
 
 # -- notifications (see inbox.py) ---------------------------------------------------------------
 

@@ -42,7 +42,7 @@ from .notify import Notifier
 from .registry import HandlerSpec, Registry
 from .schema import ClaimCode, F, Kind, Phase, Status, as_json, is_terminal, ms
 from .sources import Entry, Source
-from .store import Store
+from .store import Committed, Store
 
 log = logging.getLogger("batchflow")
 
@@ -179,8 +179,17 @@ class StepRunner:
         if committed is None:
             log.warning("step %s/%s lost its lease before committing; discarded", job_id, seq)
             return StepOutcome(lost=True, handler=job.handler)
-        new_seq, status = committed[0], Status(committed[1])
-        if status.terminal:
+        new_seq, status = committed.seq, Status(committed.status)
+        if not committed.replicated:
+            # A failover now could lose this commit: what follows it waits for maintenance
+            # (after the deadline), by when the commit is on a replica or the step runs again.
+            log.warning(
+                "step %s/%s: the commit lacks the replicas' acknowledgement "
+                "(BATCHFLOW_REDIS_WAIT_REPLICAS); maintenance sends what follows it",
+                job_id,
+                seq,
+            )
+        elif status.terminal:
             self._notify(job_id, now)
         elif status not in (Status.PAUSED, Status.AWAITING):
             try:
@@ -207,7 +216,7 @@ class StepRunner:
         deadline_ms: int,
         *,
         patience: float,
-    ) -> tuple[int, str] | None:
+    ) -> Committed | None:
         """COMMIT, sent again while Redis does not answer, for ``patience`` seconds: up to the
         deadline the commit sets, after which maintenance would send the next step. A commit
         whose reply was lost (Redis stalled past the timeout, then carried it out) is recognised

@@ -22,20 +22,20 @@ import functools
 import inspect
 import itertools
 import json
-import queue
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar, cast
 
 import redis
-import redis.exceptions
 
 from .config import DEFAULTS
-from .events import RESYNC, EventHub, decode_event
+from .events import EventHub, Snapshot, follow
 from .exceptions import InvalidParams, JobNotFound, Unavailable
 from .keys import Keys
-from .paging import pack_cursor, unpack_cursor
+from .paging import read_page
+from .redisconn import DOWN, connect, wait_for_replicas
+from .redisurl import CLUSTER, SERVER
 from .schema import ClaimCode, F, Signal, SignalCode, Status, flat_pairs
-from .scripts import CLAIM, COMMIT, MARK_CLEANED, RECOVER, RENEW, REOPEN, SIGNAL
+from .scripts import CLAIM, COMMIT, MARK_CLEANED, RECOVER, RENEW, REOPEN, SIGNAL, sharded
 
 MESSAGES_KEPT = 100
 MESSAGES_SHOWN = 20
@@ -44,11 +44,7 @@ ITEM_CHUNK = 5000
 #: :meth:`Store.create`).
 CREATE_GRACE_MS = 60_000
 
-Snapshot = tuple[dict[str, str], list[str]]
 Fn = TypeVar("Fn", bound=Callable[..., Any])
-
-
-_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
 def translating(method: Fn) -> Fn:
@@ -60,7 +56,7 @@ def translating(method: Fn) -> Fn:
         def generator(self: Store, *args: Any, **kwargs: Any) -> Any:
             try:
                 yield from method(self, *args, **kwargs)
-            except _DOWN as exc:
+            except DOWN as exc:
                 raise Unavailable.redis(exc) from exc
 
         return cast(Fn, generator)
@@ -69,7 +65,7 @@ def translating(method: Fn) -> Fn:
     def wrapper(self: Store, *args: Any, **kwargs: Any) -> Any:
         try:
             return method(self, *args, **kwargs)
-        except _DOWN as exc:
+        except DOWN as exc:
             raise Unavailable.redis(exc) from exc
 
     return cast(Fn, wrapper)
@@ -98,6 +94,16 @@ class ActiveJob:
 
 
 @dataclasses.dataclass(frozen=True)
+class Committed:
+    """What COMMIT did: the job's new ``seq`` and ``status``; ``replicated`` is False when the
+    replicas the store waits for did not all acknowledge the commit in time."""
+
+    seq: int
+    status: str
+    replicated: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
 class Seen:
     """What a renewal of a step's lease saw of the job: its status and pending signal."""
 
@@ -112,40 +118,55 @@ class Store:
     :param prefix: the key prefix.
     """
 
-    def __init__(self, client: redis.Redis, prefix: str) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str,
+        *,
+        kind: str = SERVER,
+        replicas: int = 0,
+        replica_timeout: float = DEFAULTS["BATCHFLOW_REDIS_WAIT_TIMEOUT"],
+    ) -> None:
         self.client = client
         self.keys = Keys(prefix)
-        self._claim = client.register_script(CLAIM)
-        self._commit = client.register_script(COMMIT)
-        self._renew = client.register_script(RENEW)
-        self._signal = client.register_script(SIGNAL)
-        self._recover = client.register_script(RECOVER)
-        self._mark_cleaned = client.register_script(MARK_CLEANED)
-        self._reopen = client.register_script(REOPEN)
-        self.events = EventHub(client, self.keys.events_pattern())
+        self.kind = kind
+        self.replicas = replicas
+        self._replica_timeout_ms = max(1, int(replica_timeout * 1000))
+        # A Cluster's events go through sharded pub/sub: each reaches only its job's shard.
+        script = sharded if kind == CLUSTER else str
+        scripts = (CLAIM, COMMIT, RENEW, SIGNAL, RECOVER, MARK_CLEANED, REOPEN)
+        (
+            self._claim,
+            self._commit,
+            self._renew,
+            self._signal,
+            self._recover,
+            self._mark_cleaned,
+            self._reopen,
+        ) = (client.register_script(script(text)) for text in scripts)
+        self.events = EventHub(client, sharded=kind == CLUSTER)
 
     @classmethod
     def from_url(
-        cls, url: str, prefix: str, timeout: float = DEFAULTS["BATCHFLOW_REDIS_TIMEOUT"]
+        cls,
+        url: str,
+        prefix: str,
+        timeout: float = DEFAULTS["BATCHFLOW_REDIS_TIMEOUT"],
+        *,
+        replicas: int = 0,
+        replica_timeout: float = DEFAULTS["BATCHFLOW_REDIS_WAIT_TIMEOUT"],
     ) -> Store:
-        """A store on a new connection pool, where a Redis that does not answer fails fast.
+        """A store on a new connection to ``url``: one server, a master found through Sentinel,
+        or a Cluster (see :mod:`batchflow.redisurl`), where a Redis that does not answer fails
+        fast.
 
         :param timeout: seconds a connection or command may take before :class:`Unavailable`
             (``BATCHFLOW_REDIS_TIMEOUT``): a stalled Redis costs a request this, not a thread.
-
-        The pool blocks (up to 10 s) rather than failing when all its connections are busy, so a
-        burst of requests waits its turn; ``?max_connections=N`` in the URL sizes it (default 64).
+        :param replicas: replicas that must acknowledge each step's commit before its next step
+            is sent (``BATCHFLOW_REDIS_WAIT_REPLICAS``); they get ``replica_timeout`` seconds.
         """
-        pool = redis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=64,
-            timeout=10,
-            decode_responses=True,
-            socket_connect_timeout=timeout,
-            socket_timeout=timeout,
-            health_check_interval=15,
-        )
-        return cls(redis.Redis(connection_pool=pool), prefix)
+        client, kind = connect(url, timeout)
+        return cls(client, prefix, kind=kind, replicas=replicas, replica_timeout=replica_timeout)
 
     # -- creating and reading ---------------------------------------------------------------
 
@@ -230,20 +251,7 @@ class Store:
         """
         if not 0 <= cursor < 2**64 or not 0 < count <= 1000:
             raise InvalidParams("cursor must be a cursor this route gave, and count 1 to 1000.")
-        key = self._outcomes_key(job_id, which)
-        scan, batch, skip = unpack_cursor(cursor)
-        batch = batch if skip else count
-        page: dict[str, str] = {}
-        while True:
-            after, found = self.client.hscan(key, cursor=scan, count=batch)
-            entries = list(cast(dict[str, str], found).items())[skip:]
-            room = count - len(page)
-            page.update(entries[:room])
-            if len(entries) > room:  # the page ends inside this batch: read it again from there
-                return pack_cursor(scan, batch, skip + room), page
-            scan, batch, skip = int(after), count - len(page), 0
-            if not scan or not batch:
-                return (pack_cursor(scan, count, 0) if scan else 0), page
+        return read_page(self.client, self._outcomes_key(job_id, which), cursor, count)
 
     @translating
     def iter_hash(self, job_id: str, which: str) -> Iterator[tuple[str, str]]:
@@ -264,30 +272,9 @@ class Store:
     @translating
     def follow(self, job_id: str, timeout: float) -> Iterator[Snapshot | None]:
         """Yield the job's state now and after every commit, in commit order; None after
-        ``timeout`` seconds of silence (then the state is read again, in case an event was lost
-        while the event connection reconnected). Never yields a state older than one it yielded.
-        """
-        channel = self.keys.channel(job_id)
-        inbox = self.events.join(channel)  # subscribed before the first read: no commit is missed
-        try:
-            last = (-1, -1.0)
-            snapshot: Snapshot | None = self.snapshot(job_id)
-            while True:
-                if snapshot is not None:
-                    fields = snapshot[0]
-                    mark = (int(fields.get(F.SEQ) or 0), float(fields.get(F.UPDATED_AT) or 0))
-                    if mark >= last:  # an event queued before a newer read is old news: drop it
-                        last = mark
-                        yield snapshot
-                try:
-                    raw = inbox.get(timeout=timeout)
-                except queue.Empty:
-                    yield None
-                    snapshot = self.snapshot(job_id)
-                    continue
-                snapshot = self.snapshot(job_id) if raw is RESYNC else decode_event(raw)
-        finally:
-            self.events.leave(channel, inbox)
+        ``timeout`` seconds of silence (see :func:`batchflow.events.follow`)."""
+        read = functools.partial(self.snapshot, job_id)
+        yield from follow(self.events, self.keys.channel(job_id), read, timeout)
 
     # -- the step protocol ------------------------------------------------------------------
 
@@ -319,8 +306,12 @@ class Store:
         payload: dict[str, Any],
         deadline_ms: int,
         ttl: int,
-    ) -> tuple[int, str] | None:
-        """Apply one step's buffer; returns ``(new seq, status)``, or None if the fence broke."""
+    ) -> Committed | None:
+        """Apply one step's buffer; what it committed, or None if the fence broke.
+
+        With ``replicas``, then waits (WAIT) until that many replicas hold the commit, for at
+        most the replica timeout; :attr:`Committed.replicated` says whether they all did.
+        """
         k = self.keys
         reply = self._commit(
             keys=[k.job(job_id), k.items(job_id), *self._outcomes(job_id), k.messages(job_id)],
@@ -328,7 +319,13 @@ class Store:
         )
         if reply[0] != "ok":
             return None
-        return int(reply[1]), reply[2]
+        return Committed(int(reply[1]), reply[2], self._replicated(k.job(job_id)))
+
+    def _replicated(self, key: str) -> bool:
+        """Whether ``replicas`` replicas of the server holding ``key`` have all its writes."""
+        if not self.replicas:
+            return True
+        return wait_for_replicas(self.client, key, self.replicas, self._replica_timeout_ms)
 
     @translating
     def renew(

@@ -112,6 +112,18 @@ def built_wheel(tmp_path_factory: Any) -> Any:
     return wheel
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: Any) -> Iterator[Any]:
+    """A Redis Cluster of three masters of this test process's own, for the whole run."""
+    from tests.topologies import LocalCluster
+
+    cluster = LocalCluster(str(tmp_path_factory.mktemp("cluster")))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 @pytest.fixture
 def own_redis(tmp_path: Any) -> Iterator[Any]:
     """Start redis-servers of the test's own (``own_redis(appendonly=...)``), killed by pid at

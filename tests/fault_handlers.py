@@ -299,8 +299,8 @@ def instrument(engine: Engine, prefix: str) -> None:
             record = {
                 "job": job_id,
                 "seq": seq,
-                "new_seq": result[0],
-                "status": result[1],
+                "new_seq": result.seq,
+                "status": result.status,
                 "pid": os.getpid(),
                 "t": time.time(),
             }

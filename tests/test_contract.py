@@ -15,6 +15,7 @@ counted. Steps are driven by hand (a list dispatcher), against the real Redis:
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import threading
 import time
@@ -23,6 +24,7 @@ from typing import Any
 
 import pytest
 import redis
+import redis.cluster
 
 from batchflow import (
     FileJob,
@@ -166,14 +168,31 @@ def kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+@pytest.fixture(params=["server", pytest.param("cluster", marks=pytest.mark.slow)])
+def topology(request: pytest.FixtureRequest) -> str:
+    """Job state on one Redis server, or on a Redis Cluster of three masters."""
+    return str(request.param)
+
+
 @pytest.fixture
-def engine(settings: Settings) -> Iterator[Engine]:
+def engine(settings: Settings, topology: str, request: pytest.FixtureRequest) -> Iterator[Engine]:
     registry = Registry()
     for name, cls in {**KINDS, **ONE_STEP}.items():
         registry.add(name, cls)
+    if topology == "cluster":
+        url = request.getfixturevalue("redis_cluster").url
+        settings = dataclasses.replace(settings, redis_url=url)
     yield Engine(settings, Store.from_url(settings.redis_url, settings.key_prefix), registry)
     CRASH_AT.clear()
     AT_UNIT.clear()
+
+
+def raw_client(engine: Engine) -> Any:
+    """A client of the engine's Redis that leaves replies as bytes (for DUMP and RESTORE)."""
+    if engine.store.kind == "cluster":
+        node = engine.store.client.get_default_node()  # type: ignore[attr-defined]
+        return redis.cluster.RedisCluster(host=node.host, port=node.port)
+    return redis.Redis.from_url(REDIS_URL)
 
 
 class TestEngineContract:
@@ -411,7 +430,7 @@ class TestEngineContract:
         at unit 9, holds what came after them. The step must not commit on top of that: its next
         checkpoint and its commit are refused, and the step run again from what Redis has is
         exact."""
-        raw = redis.Redis.from_url(REDIS_URL)
+        raw = raw_client(engine)
         keys = engine.store.keys.all_of
         params = {"prefix": prefix, "sleep": 0.03}
         ids = [str(unit) for unit in range(UNITS)] if kind == "items" else None

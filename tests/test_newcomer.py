@@ -122,6 +122,18 @@ def _flask(prefix: str, files_dir: str, **config: Any) -> Flask:
         ("redis://localhost:port/0", "(The port must be a number from 0 to 65535.)"),
         ("redis://localhost:6379/zero", "(The database after the / must be a number.)"),
         ("unix://", "(A unix:// URL needs the socket's path.)"),
+        (
+            "redis+sentinel://h1,h2",
+            "(A Sentinel URL names the master after the hosts: .../mymaster/0.)",
+        ),
+        ("redis+sentinel://h1:x/m", "('h1:x' is not host or host:port.)"),
+        ("redis+sentinel://h1/m/one", "(The database after the / must be a number.)"),
+        ("redis+cluster://h1:7000/3", "(A Cluster has only database 0: leave the path empty.)"),
+        ("redis+cluster://h1:70000", "(The port must be a number from 1 to 65535.)"),
+        (
+            "redis+cluster://h1?max_connections=0",
+            "(max_connections must be a whole number of at least 1.)",
+        ),
     ],
 )
 def test_a_bad_redis_url_names_the_setting_and_the_forms(prefix, files_dir, url, why):
@@ -130,7 +142,9 @@ def test_a_bad_redis_url_names_the_setting_and_the_forms(prefix, files_dir, url,
         BatchFlow(app, registry=make_registry())
     message = str(raised.value)
     assert message.startswith("BATCHFLOW_REDIS_URL must be a Redis URL: redis://host:port/db ")
-    assert "rediss://host:port/db (TLS), or unix:///path/to/redis.sock?db=0" in message
+    assert "rediss://host:port/db (TLS), unix:///path/to/redis.sock?db=0, " in message
+    assert "redis+sentinel://host:26379,host:26379/mymaster/0 (Sentinel), " in message
+    assert "or redis+cluster://host:7000,host:7001 (Cluster); " in message
     assert message.endswith(f"; not {url!r}. {why}")
 
 

@@ -148,9 +148,10 @@ LAYERS = [
     # handlers
     {"registry", "imports", "files", "handlers", "failures", "job", "buffer", "state"}
     | {"sources", "sql", "csvsource", "xlsx"},
-    {"store", "admission", "streams", "inbox", "keys", "scripts", "events", "paging"},  # store
+    {"store", "admission", "streams", "inbox", "keys", "scripts", "events", "paging"}  # store
+    | {"redisconn"},
     {"schema", "display", "formats", "config", "exceptions", "ids"}  # vocabulary
-    | {"notices", "mail", "webhooks", "words", "i18n"},
+    | {"notices", "mail", "webhooks", "words", "i18n", "redisurl"},
 ]
 
 
