@@ -15,7 +15,7 @@ from typing import Any, cast
 import redis
 import redis.exceptions
 
-from .schema import F, flat_pairs
+from .schema import F
 
 log = logging.getLogger("batchflow")
 
@@ -26,13 +26,6 @@ POLL = 0.05  # seconds the subscriber thread waits for an event before it looks 
 
 #: A job's state as pages see it: its hash and its latest messages.
 Snapshot = tuple[dict[str, str], list[str]]
-
-
-def decode_event(raw: str) -> Snapshot:
-    """A progress event as COMMIT, RENEW and SIGNAL publish it: the job hash and messages."""
-    event = json.loads(raw)
-    messages = event.get("messages")
-    return flat_pairs(event["job"]), messages if isinstance(messages, list) else []
 
 
 class EventHub:
@@ -170,30 +163,50 @@ class EventHub:
 
 
 def follow(
-    hub: EventHub, channel: str, read: Callable[[], Snapshot], timeout: float
+    hub: EventHub, channel: str, read: Callable[[], Snapshot], timeout: float, shown: int
 ) -> Iterator[Snapshot | None]:
-    """Yield a job's state (``read()``) now and after every event on ``channel``, in commit
-    order; None after ``timeout`` seconds of silence (then the state is read again, in case an
-    event was lost while the event connection reconnected). Never yields a state older than one
-    it yielded.
+    """Yield a job's state (``read()``) now and after every event on ``channel``, in order; None
+    after ``timeout`` seconds of silence (then the state is read again, in case an event was lost
+    while the event connection reconnected).
+
+    An event carries what changed (:func:`apply_event`); each is numbered, so one that comes
+    twice or late (already in a newer read) is dropped, and a gap (one missed) reads the state
+    anew. ``shown``: how many of the latest messages a state holds.
     """
     inbox = hub.join(channel)  # subscribed before the first read: no commit is missed
     try:
-        last = (-1, -1.0)
-        snapshot: Snapshot | None = read()
+        snapshot = read()
         while True:
-            if snapshot is not None:
-                fields = snapshot[0]
-                mark = (int(fields.get(F.SEQ) or 0), float(fields.get(F.UPDATED_AT) or 0))
-                if mark >= last:  # an event queued before a newer read is old news: drop it
-                    last = mark
-                    yield snapshot
-            try:
-                raw = inbox.get(timeout=timeout)
-            except queue.Empty:
-                yield None
-                snapshot = read()
-                continue
-            snapshot = read() if raw is RESYNC else decode_event(raw)
+            yield snapshot
+            last = int(snapshot[0].get(F.EVENTS) or 0)
+            while True:
+                try:
+                    raw = inbox.get(timeout=timeout)
+                except queue.Empty:
+                    yield None
+                    snapshot = read()
+                    break
+                if raw is RESYNC:
+                    snapshot = read()
+                    break
+                event = json.loads(raw)
+                number = int(event["events"])
+                if number <= last:  # already in what was read
+                    continue
+                snapshot = apply_event(snapshot, event, shown) if number == last + 1 else read()
+                break
     finally:
         hub.leave(channel, inbox)
+
+
+def apply_event(snapshot: Snapshot, event: dict[str, Any], shown: int) -> Snapshot:
+    """``snapshot`` with ``event`` (as COMMIT, RENEW, CLAIM and SIGNAL publish it) applied: the
+    fields it set, its number as ``events``, and the messages it added (the latest ``shown``)."""
+    fields, messages = snapshot
+    changed = event.get("set")
+    added = event.get("messages")
+    fields = {**fields, **(changed if isinstance(changed, dict) else {})}
+    fields[F.EVENTS] = str(event["events"])
+    if isinstance(added, list) and added:
+        messages = [*messages, *added][-shown:]
+    return fields, messages

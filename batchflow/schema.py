@@ -164,6 +164,7 @@ class F:
     UNDO_CURSOR = "undo_cursor"  # while undoing: how many processed items are left to undo
     # The step protocol.
     SEQ = "seq"  # the step due next; each commit moves it on by one
+    EVENTS = "events"  # how many events the job has published: a follower that skips one re-reads
     ATTEMPTS = "attempts"  # claims of the current step
     RECOVERIES = "recoveries"  # steps whose worker was lost
     CAREFUL_UNTIL = "careful_until"  # after a lost step, go one unit at a time up to here

@@ -25,17 +25,34 @@ _PRELUDE = f"local TERMINAL = {LUA_TERMINAL}\n"
 _APPLY = (
     _PRELUDE
     + """
+-- What this script changed in the job hash, and the messages it added: its event (see publish).
+-- Every change to the job hash of a script that publishes goes through hset or hincrby.
+local CHANGED, ADDED = {}, {}
+
+local function hset(job, ...)
+  local args = {...}
+  for i = 1, #args, 2 do CHANGED[args[i]] = true end
+  return redis.call('HSET', job, ...)
+end
+
+local function hincrby(job, field, by)
+  CHANGED[field] = true
+  return redis.call('HINCRBY', job, field, by)
+end
+
 local function apply(job, msgs, p, now, cap)
-  if p.incr then for k, v in pairs(p.incr) do redis.call('HINCRBY', job, k, v) end end
-  if p.set then for k, v in pairs(p.set) do redis.call('HSET', job, k, v) end end
+  if p.incr then for k, v in pairs(p.incr) do hincrby(job, k, v) end end
+  if p.set then for k, v in pairs(p.set) do hset(job, k, v) end end
   if p.messages then
     for _, text in ipairs(p.messages) do
-      redis.call('RPUSH', msgs, cjson.encode({at = tonumber(now), text = text}))
-      redis.call('HSET', job, 'message', text)
+      local entry = cjson.encode({at = tonumber(now), text = text})
+      redis.call('RPUSH', msgs, entry)
+      ADDED[#ADDED + 1] = entry
+      hset(job, 'message', text)
     end
     redis.call('LTRIM', msgs, -tonumber(cap), -1)
   end
-  redis.call('HSET', job, 'updated_at', now)
+  hset(job, 'updated_at', now)
 end
 
 -- Per-id outcomes into their hashes (results, errors, undo errors); a source's ids to the list.
@@ -56,10 +73,19 @@ local function missing(have, n)
   return (n or 0) - (tonumber(have) or 0)
 end
 
-local function publish(job, msgs, channel, shown)
-  local event = {job = redis.call('HGETALL', job),
-                 messages = redis.call('LRANGE', msgs, -shown, -1)}
-  redis.call('PUBLISH', channel, cjson.encode(event))
+-- The job's event: the fields this script changed, with their values now, and the messages it
+-- added, numbered by `events` so that a follower that missed one reads the job anew. Built only
+-- when someone follows the job: a job nobody watches pays a count and a look at its channel.
+local function publish(job, channel)
+  local number = redis.call('HINCRBY', job, 'events', 1)
+  if redis.call('PUBSUB', 'NUMSUB', channel)[2] == 0 then return end
+  local fields, set = {}, {}
+  for field in pairs(CHANGED) do fields[#fields + 1] = field end
+  if #fields > 0 then
+    local values = redis.call('HMGET', job, unpack(fields))
+    for i, field in ipairs(fields) do set[field] = values[i] end
+  end
+  redis.call('PUBLISH', channel, cjson.encode({events = number, set = set, messages = ADDED}))
 end
 """
 )
@@ -68,14 +94,17 @@ end
 def sharded(script: str) -> str:
     """``script`` publishing its events with SPUBLISH (sharded pub/sub, Redis 7): on a Cluster an
     event then reaches only the shard holding its job, not every node."""
-    return script.replace("redis.call('PUBLISH', ", "redis.call('SPUBLISH', ")
+    return script.replace("redis.call('PUBLISH', ", "redis.call('SPUBLISH', ").replace(
+        "'PUBSUB', 'NUMSUB'", "'PUBSUB', 'SHARDNUMSUB'"
+    )
 
 
 CLAIM = (
-    _PRELUDE
+    _APPLY
     + """
 -- KEYS[1] = job hash, KEYS[2] = items list, KEYS[3] = errors hash
--- ARGV[1] = seq the step carries, ARGV[2] = worker id, ARGV[3] = now (ms), ARGV[4] = lease (ms)
+-- ARGV[1] = seq the step carries, ARGV[2] = worker id, ARGV[3] = now (ms), ARGV[4] = lease (ms),
+-- ARGV[5] = event channel
 -- Returns {code, job hash (flat, JSON), slice of ids (JSON), flags (1 = that id ended bad)};
 -- code is one of
 -- ok, missing, terminal, stale (seq moved on), busy (a live lease is held), paused.
@@ -92,18 +121,18 @@ if tonumber(seq) ~= tonumber(ARGV[1]) then return {'stale'} end
 local now = tonumber(ARGV[3])
 if owner ~= '' and tonumber(lease_until) > now then return {'busy'} end
 if status == 'paused' then return {'paused'} end
-local attempts = redis.call('HINCRBY', job, 'attempts', 1)
-redis.call('HSET', job, 'lease_owner', ARGV[2], 'lease_until', now + tonumber(ARGV[4]))
+local attempts = hincrby(job, 'attempts', 1)
+hset(job, 'lease_owner', ARGV[2], 'lease_until', now + tonumber(ARGV[4]))
 if status == 'pending' then
-  redis.call('HSET', job, 'status', 'running', 'started_at', now / 1000)
+  hset(job, 'status', 'running', 'started_at', now / 1000)
 end
 if kind == 'task' and phase == 'run' and attempts > 1 then
-  redis.call('HSET', job, 'restarted', 1)
+  hset(job, 'restarted', 1)
   if redis.call('HGET', job, 'checkpoints') == '0' then
     -- A one-shot job cut off mid-run without a checkpoint starts again from the beginning: its
     -- live counters go back. One that checkpointed resumes from its last checkpoint (its data
     -- and counters as committed with it).
-    redis.call('HSET', job, 'processed', 0, 'good', 0, 'bad', 0)
+    hset(job, 'processed', 0, 'good', 0, 'bad', 0)
   end
 end
 local processed = tonumber(redis.call('HGET', job, 'processed'))
@@ -114,7 +143,7 @@ if kind ~= 'task' and walking and attempts > 1 then
   -- given up after max attempts, not met again in batch after batch, each costing a lease.
   local lost_until = processed + tonumber(redis.call('HGET', job, 'batch_size'))
   if lost_until > (tonumber(redis.call('HGET', job, 'careful_until')) or 0) then
-    redis.call('HSET', job, 'careful_until', lost_until)
+    hset(job, 'careful_until', lost_until)
   end
 end
 local careful = tonumber(redis.call('HGET', job, 'careful_until')) or 0
@@ -125,7 +154,7 @@ local settling = kind ~= 'task' and walking and careful > processed
 if status == 'canceling' and phase ~= 'undo' and not settling then
   -- A preview changed nothing: there is nothing to undo.
   local done = phase == 'assess' and 0 or redis.call('HGET', job, 'processed')
-  redis.call('HSET', job, 'phase', 'undo', 'undo_cursor', done)
+  hset(job, 'phase', 'undo', 'undo_cursor', done)
   phase = 'undo'
 end
 local ids, flags = {}, {}
@@ -147,6 +176,8 @@ if kind == 'items' and phase ~= 'create' then
     ids = redis.call('LRANGE', KEYS[2], start, start + size - 1)
   end
 end
+-- A follower sees the job start, restart or turn to its undo at once (not at the next commit).
+if CHANGED.status or CHANGED.phase or CHANGED.restarted then publish(job, ARGV[5]) end
 -- JSON, not arrays: one string is far cheaper for the client to read than hundreds of items.
 return {'ok', cjson.encode(redis.call('HGETALL', job)), cjson.encode(ids), flags}
 """
@@ -159,8 +190,7 @@ COMMIT = (
 -- KEYS[5] = undo errors hash, KEYS[6] = messages list
 -- ARGV[1] = seq, ARGV[2] = worker id, ARGV[3] = now (s), ARGV[4] = payload (JSON),
 -- ARGV[5] = deadline for the next step to be claimed (ms),
--- ARGV[6] = TTL of a terminal job's keys (s), ARGV[7] = event channel, ARGV[8] = messages kept,
--- ARGV[9] = messages shown in an event
+-- ARGV[6] = TTL of a terminal job's keys (s), ARGV[7] = event channel, ARGV[8] = messages kept
 -- Returns {'ok', new seq, status} or {'lost'} when the step's fence no longer holds. The same
 -- commit sent again (its reply was lost) changes nothing and returns what the first one did.
 local job = KEYS[1]
@@ -192,24 +222,22 @@ if new_status == 'paused' and f[3] == 'running' and f[4] ~= 'pause' then
 end
 if p.unconfirmed and lacking == 1 then
   -- A checkpoint the heartbeat sent without learning whether it was applied: apply it once.
-  redis.call('HSET', job, 'checkpoints', p.unconfirmed.checkpoint)
+  hset(job, 'checkpoints', p.unconfirmed.checkpoint)
   apply(job, KEYS[6], p.unconfirmed, ARGV[3], ARGV[8])
   apply_outcomes(p.unconfirmed, KEYS[3], KEYS[4], KEYS[5], KEYS[2])
 end
 apply(job, KEYS[6], p, ARGV[3], ARGV[8])
 apply_outcomes(p, KEYS[3], KEYS[4], KEYS[5], KEYS[2])
-local seq = redis.call('HINCRBY', job, 'seq', 1)
-redis.call(
-  'HSET', job, 'attempts', 0, 'lease_owner', '', 'lease_until', ARGV[5], 'committed_by', me
-)
+local seq = hincrby(job, 'seq', 1)
+hset(job, 'attempts', 0, 'lease_owner', '', 'lease_until', ARGV[5], 'committed_by', me)
 local status = redis.call('HGET', job, 'status')
 if TERMINAL[status] then
-  redis.call('HSET', job, 'finished_at', ARGV[3], 'signal', '')
+  hset(job, 'finished_at', ARGV[3], 'signal', '')
   -- A stopped job may be continued: it keeps its ids until it expires.
   if status ~= 'stopped' then redis.call('DEL', KEYS[2]) end
   for i = 1, 6 do redis.call('EXPIRE', KEYS[i], ARGV[6]) end
 end
-publish(job, KEYS[6], ARGV[7], tonumber(ARGV[9]))
+publish(job, ARGV[7])
 return {'ok', seq, status}
 """
 )
@@ -220,8 +248,7 @@ RENEW = (
 -- KEYS[1] = job hash, KEYS[2] = messages list, KEYS[3] = results hash, KEYS[4] = errors hash,
 -- KEYS[5] = undo errors hash, KEYS[6] = items list
 -- ARGV[1] = seq, ARGV[2] = worker id, ARGV[3] = now (s), ARGV[4] = payload (JSON, '' = none),
--- ARGV[5] = new lease expiry (ms), ARGV[6] = channel, ARGV[7] = messages kept,
--- ARGV[8] = messages shown in an event
+-- ARGV[5] = new lease expiry (ms), ARGV[6] = channel, ARGV[7] = messages kept
 -- Renews a running step's lease (the heartbeat), and applies what the step reported up to its
 -- last checkpoint (or a one-shot job's live progress), or marks it as the step that ends the job
 -- (`ending`): fenced like COMMIT, but `seq` stays, for the step goes on.
@@ -232,14 +259,14 @@ if not f[1] or tonumber(f[1]) ~= tonumber(ARGV[1]) or f[2] ~= ARGV[2] then retur
 local p = ARGV[4] ~= '' and cjson.decode(ARGV[4]) or nil
 local lacking = (p and p.checkpoint) and missing(f[5], p.checkpoint) or 1
 if lacking > 1 then return {'lost'} end
-redis.call('HSET', job, 'lease_until', ARGV[5])
+hset(job, 'lease_until', ARGV[5])
 if p then
   if lacking == 1 then
-    if p.checkpoint then redis.call('HSET', job, 'checkpoints', p.checkpoint) end
+    if p.checkpoint then hset(job, 'checkpoints', p.checkpoint) end
     apply(job, KEYS[2], p, ARGV[3], ARGV[7])
     apply_outcomes(p, KEYS[3], KEYS[4], KEYS[5], KEYS[6])
   end
-  publish(job, KEYS[2], ARGV[6], tonumber(ARGV[8]))
+  publish(job, ARGV[6])
 end
 return {'ok', f[3], f[4]}
 """
@@ -250,7 +277,7 @@ SIGNAL = (
     + """
 -- KEYS[1] = job hash, KEYS[2] = messages list
 -- ARGV[1] = stop | cancel | pause | resume, ARGV[2] = now (s), ARGV[3] = deadline for the step
--- that a resume enqueues (ms), ARGV[4] = channel, ARGV[5] = messages kept, ARGV[6] = shown
+-- that a resume enqueues (ms), ARGV[4] = channel, ARGV[5] = messages kept
 -- Returns {code, status, seq}: code 'ok' (recorded), 'enqueue' (recorded; the job has no step in
 -- flight, so the caller must enqueue step `seq`), 'same' (already so), 'missing', 'terminal',
 -- 'refused' (not allowed in this state), 'ending' (a cancel, after the step in flight began to
@@ -263,15 +290,15 @@ if TERMINAL[status] then
   return {'terminal', status, seq}
 end
 local function set(new_status, new_signal, text)
-  redis.call('HSET', job, 'status', new_status, 'signal', new_signal)
+  hset(job, 'status', new_status, 'signal', new_signal)
   apply(job, KEYS[2], {messages = {text}}, ARGV[2], ARGV[5])
-  publish(job, KEYS[2], ARGV[4], tonumber(ARGV[6]))
+  publish(job, ARGV[4])
 end
 local code = 'ok'
 if status == 'awaiting_confirmation' and what ~= 'cancel' then return {'refused', status, seq} end
 if (status == 'paused' and what ~= 'pause') or status == 'awaiting_confirmation' then
   code = 'enqueue'
-  redis.call('HSET', job, 'lease_owner', '', 'lease_until', ARGV[3])
+  hset(job, 'lease_owner', '', 'lease_until', ARGV[3])
 end
 if what == 'stop' then
   if status == 'stopping' then return {'same', status, seq} end
@@ -289,16 +316,16 @@ elseif what == 'cancel' then
 elseif what == 'pause' then
   if status == 'paused' or signal == 'pause' then return {'same', status, seq} end
   if status ~= 'running' and status ~= 'pending' then return {'refused', status, seq} end
-  redis.call('HSET', job, 'signal', 'pause')
+  hset(job, 'signal', 'pause')
   apply(job, KEYS[2], {messages = {'Pause requested'}}, ARGV[2], ARGV[5])
-  publish(job, KEYS[2], ARGV[4], tonumber(ARGV[6]))
+  publish(job, ARGV[4])
 elseif what == 'resume' then
   if status == 'paused' then
     set('running', '', 'Resumed')
   elseif signal == 'pause' then
-    redis.call('HSET', job, 'signal', '')
+    hset(job, 'signal', '')
     apply(job, KEYS[2], {messages = {'Resumed'}}, ARGV[2], ARGV[5])
-    publish(job, KEYS[2], ARGV[4], tonumber(ARGV[6]))
+    publish(job, ARGV[4])
   else
     return {'same', status, seq}
   end
@@ -312,8 +339,8 @@ REOPEN = (
     + """
 -- KEYS[1] = job hash, KEYS[2] = messages list, KEYS[3..] = the job's other keys
 -- ARGV[1] = now (s), ARGV[2] = deadline for the step the caller enqueues (ms), ARGV[3] = channel,
--- ARGV[4] = messages kept, ARGV[5] = messages shown in an event, ARGV[6] = the status the job
--- must be in (stopped: Continue; awaiting_confirmation: Confirm), ARGV[7] = the message
+-- ARGV[4] = messages kept, ARGV[5] = the status the job must be in (stopped: Continue;
+-- awaiting_confirmation: Confirm), ARGV[6] = the message
 -- Puts a job that holds no worker back to running, as the same job: a stopped job goes on from
 -- where it stopped (its keys lose the expiry the stop gave them, its counters and cursor go on);
 -- an assessed one runs.
@@ -322,13 +349,13 @@ REOPEN = (
 local job = KEYS[1]
 local f = redis.call('HMGET', job, 'status', 'seq', 'cleaned')
 if not f[1] then return {'missing', '', 0} end
-if f[1] ~= ARGV[6] then return {'refused', f[1], f[2]} end
+if f[1] ~= ARGV[5] then return {'refused', f[1], f[2]} end
 if f[3] == '1' then return {'cleaned', f[1], f[2]} end
-redis.call('HSET', job, 'status', 'running', 'signal', '', 'lease_owner', '',
+hset(job, 'status', 'running', 'signal', '', 'lease_owner', '',
   'lease_until', ARGV[2], 'finished_at', '', 'skipped', 0, 'ending', '')
 for i = 1, #KEYS do redis.call('PERSIST', KEYS[i]) end
-apply(job, KEYS[2], {messages = {ARGV[7]}}, ARGV[1], ARGV[4])
-publish(job, KEYS[2], ARGV[3], tonumber(ARGV[5]))
+apply(job, KEYS[2], {messages = {ARGV[6]}}, ARGV[1], ARGV[4])
+publish(job, ARGV[3])
 return {'enqueue', 'running', f[2]}
 """
 )

@@ -274,13 +274,13 @@ class Store:
         """Yield the job's state now and after every commit, in commit order; None after
         ``timeout`` seconds of silence (see :func:`batchflow.events.follow`)."""
         read = functools.partial(self.snapshot, job_id)
-        yield from follow(self.events, self.keys.channel(job_id), read, timeout)
+        yield from follow(self.events, self.keys.channel(job_id), read, timeout, MESSAGES_SHOWN)
 
     # -- the step protocol ------------------------------------------------------------------
 
     def _argv(self, job_id: str, *head: str | int) -> list[str | int]:
-        """The ARGV of a script that adds messages: ``head``, the channel, messages kept, shown."""
-        return [*head, self.keys.channel(job_id), MESSAGES_KEPT, MESSAGES_SHOWN]
+        """The ARGV of a script that adds messages: ``head``, the channel, messages kept."""
+        return [*head, self.keys.channel(job_id), MESSAGES_KEPT]
 
     @translating
     def claim(self, job_id: str, seq: int, worker: str, now_ms: int, lease_ms: int) -> Claim:
@@ -288,7 +288,7 @@ class Store:
         k = self.keys
         reply = self._claim(
             keys=[k.job(job_id), k.items(job_id), k.errors(job_id)],
-            args=[seq, worker, now_ms, lease_ms],
+            args=[seq, worker, now_ms, lease_ms, k.channel(job_id)],
         )
         code = ClaimCode(reply[0])
         if code is not ClaimCode.OK:
