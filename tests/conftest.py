@@ -22,6 +22,9 @@ from batchflow.tasks import make_celery  # noqa: E402
 from tests.handlers import REDIS_URL, make_registry  # noqa: E402
 from tests.helpers import ListDispatcher, RedisServer, broker_options, make_config  # noqa: E402
 
+#: The RabbitMQ the tests use (each test process in a vhost of its own, see rabbitmq_vhost).
+AMQP_URL = os.environ.get("BATCHFLOW_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672")
+
 
 @pytest.fixture(scope="session")
 def redis_client() -> redis.Redis:
@@ -51,9 +54,37 @@ def files_dir(tmp_path: Any) -> str:
     return str(tmp_path / "files")
 
 
+@pytest.fixture(scope="session")
+def rabbitmq_vhost() -> Iterator[str]:
+    """A RabbitMQ vhost of this test process's own (``amqp://.../bft-<random>``), deleted with
+    everything in it at the end: tests on RabbitMQ touch nothing else of the shared server."""
+    import subprocess
+
+    vhost = f"bft-{uuid.uuid4().hex[:12]}"
+
+    def ctl(*args: str) -> None:
+        subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+    ctl("add_vhost", vhost)
+    try:
+        ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        yield f"{AMQP_URL}/{vhost}"
+    finally:
+        ctl("delete_vhost", vhost)
+
+
 @pytest.fixture
-def settings(prefix: str, files_dir: str) -> Settings:
-    return Settings.from_mapping(make_config(prefix, files_dir))
+def broker(request: pytest.FixtureRequest) -> str:
+    """The Celery broker URL of the test's jobs: the Redis (the default), or RabbitMQ where a
+    test is parametrized with ``broker="amqp"`` (``indirect``)."""
+    if getattr(request, "param", "redis") == "amqp":
+        return str(request.getfixturevalue("rabbitmq_vhost"))
+    return REDIS_URL
+
+
+@pytest.fixture
+def settings(prefix: str, files_dir: str, broker: str) -> Settings:
+    return Settings.from_mapping(make_config(prefix, files_dir, BATCHFLOW_BROKER_URL=broker))
 
 
 @pytest.fixture

@@ -175,7 +175,12 @@ class WorkerProcess:
         env["BFT_WORKER_NAME"] = self.name
         command = [sys.executable, "-m", "celery", "-A", app, "worker", "-P", pool]
         command += ["-c", str(concurrency), "-Q", config["BATCHFLOW_QUEUE"]]
-        command += ["-n", f"{self.name}@%h", "--loglevel", "WARNING"]
+        command += [
+            "-n",
+            f"{self.name}@%h",
+            "--loglevel",
+            os.environ.get("BFT_LOGLEVEL", "WARNING"),
+        ]
         command += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
         self.proc = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True)
 

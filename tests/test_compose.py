@@ -34,6 +34,26 @@ def test_compose_config_is_valid():
     assert result.returncode == 0, result.stderr
 
 
+def test_the_rabbitmq_variant_adds_the_broker_and_keeps_state_in_redis():
+    yaml = pytest.importorskip("yaml")
+    variant = os.path.join(ROOT, "docker-compose.rabbitmq.yml")
+    result = _compose("-f", variant, "config")
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    assert set(services) == {"redis", "rabbitmq", "web", "worker"}
+    assert services["rabbitmq"]["image"].startswith("rabbitmq:3")
+    assert "rabbitmq-diagnostics" in services["rabbitmq"]["healthcheck"]["test"]
+    for name in ("web", "worker"):
+        service = services[name]
+        env = service["environment"]
+        assert env["BATCHFLOW_BROKER_URL"].startswith("amqp://batchflow:")
+        assert env["BATCHFLOW_BROKER_URL"].endswith("@rabbitmq:5672//")
+        assert env["BATCHFLOW_REDIS_URL"] == "redis://redis:6379/0"  # job state stays in Redis
+        assert env["BATCHFLOW_FILES_DIR"] == "/data/files"  # the rest of the base file is kept
+        for needed in ("redis", "rabbitmq"):
+            assert service["depends_on"][needed]["condition"] == "service_healthy"
+
+
 @pytest.fixture
 def services() -> dict[str, Any]:
     yaml = pytest.importorskip("yaml")

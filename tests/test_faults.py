@@ -169,8 +169,8 @@ def fault_config(prefix: str, files_dir: str, **overrides: Any) -> dict[str, Any
 
 
 @pytest.fixture
-def config(prefix: str, files_dir: str) -> dict[str, Any]:
-    return fault_config(prefix, files_dir)
+def config(prefix: str, files_dir: str, broker: str) -> dict[str, Any]:
+    return fault_config(prefix, files_dir, BATCHFLOW_BROKER_URL=broker)
 
 
 def make_engine(config: dict[str, Any], prefix: str) -> Engine:
@@ -451,6 +451,35 @@ def test_sigkill_mid_step_a_second_worker_finishes_the_file_exactly(
     elapsed = recovered_at - killed_at
     measured(f"sigkill {pool} {point} {how}", elapsed)
     assert earliest - 0.2 < elapsed < RECOVERY_BOUND
+    assert rescuer.alive()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["written", "enqueue"])
+@pytest.mark.parametrize("broker", ["amqp"], indirect=True)
+def test_on_rabbitmq_a_killed_workers_step_runs_again_and_the_file_is_exact(
+    engine, workers, config, prefix, point
+):
+    """RabbitMQ as the broker: a worker SIGKILLed mid-step (its message goes back to the queue
+    as its connection closes, and is refused while the dead worker's lease holds; maintenance
+    sends the step again) or between its commit and the next step's enqueue. RabbitMQ tends to
+    hand a chain's steps to the worker that sent them, so the victim runs alone until it dies,
+    and the rescuer starts after. Threads, not solo: see README, Deployment."""
+    reference = uninterrupted_report(config, ROWS)
+    victim = workers.start(pool="threads")
+    arm(prefix, point, worker=victim.name, action="kill", left=1, min_seq=3)
+    job_id = engine.start("f-report", owner="a", params={"rows": ROWS, "prefix": prefix})
+    (hit,) = fired(prefix, point)
+    wait_for(lambda: not victim.alive(), timeout=10)
+    assert victim.proc.returncode == -signal.SIGKILL
+    rescuer = workers.start(pool="threads")
+    state = terminal(engine, job_id, timeout=90)
+    assert (state.status, state.count("processed")) == (Status.COMPLETED, ROWS)
+    assert read_file(state) == reference  # byte-identical to the uninterrupted run
+    cut = hit["seq"]
+    assert_one_chain(prefix, job_id, state, cut={cut} if point == "written" else set())
+    assert int(state.fields["recoveries"]) == (1 if point == "written" else 0)
+    measured(f"sigkill {point} on RabbitMQ", commit_time(prefix, job_id, cut + 1) - hit["t"])
     assert rescuer.alive()
 
 

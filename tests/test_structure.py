@@ -89,3 +89,15 @@ def test_the_benchmarks_still_import():
         [sys.executable, "bench/run.py", "--help"], cwd=root, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_the_scripts_that_publish_change_the_job_only_through_the_recording_helpers():
+    """An event carries the fields its script changed (``hset``/``hincrby`` record them): a
+    direct HSET or HINCRBY on the job hash would change a field no follower hears about."""
+    for name in ("CLAIM", "COMMIT", "RENEW", "SIGNAL", "REOPEN"):
+        text = getattr(scripts, name)
+        body = text[text.index("local function publish") :]
+        body = body.replace("redis.call('HINCRBY', job, 'events', 1)", "")  # the event's number
+        direct = re.findall(r"redis\.call\(\s*'(HSET|HINCRBY|HDEL)', job\b", body)
+        assert not direct, (name, direct)
+        assert "publish(job, ARGV[" in body, name

@@ -11,8 +11,23 @@ from batchflow.engine import Engine
 from tests.handlers import side
 from tests.helpers import WorkerProcess, make_config, wait_for, wait_terminal
 
+# Every test here runs on each broker: the Redis, and RabbitMQ (in the slow lane).
+pytestmark = pytest.mark.parametrize(
+    "broker", ["redis", pytest.param("amqp", marks=pytest.mark.slow)], indirect=True
+)
 
-def test_ten_thousand_units_exact_counters_ordered_messages_and_events(engine: Engine, worker):
+
+def pool_for(broker: str) -> str:
+    """The worker subprocesses' pool: solo, but threads on RabbitMQ, where Celery's solo pool
+    holds a task sent from inside a task for up to about 10 s (README, Deployment)."""
+    return "threads" if broker.startswith("amqp") else "solo"
+
+
+def test_ten_thousand_units_exact_counters_ordered_messages_and_events(
+    engine: Engine, worker, broker
+):
+    with worker.app.connection_for_write() as connection:  # the broker this test is on
+        assert connection.transport.driver_type == broker.split(":")[0]
     events: list = []
     job_id = engine.start("count", owner="alice", params={"n": 10_000})
     follower = threading.Thread(target=lambda: events.extend(s for s in engine.follow(job_id) if s))
@@ -79,8 +94,8 @@ def test_a_one_shot_job_reports_live_and_ends_with_results(engine, worker):
 
 
 @pytest.mark.slow
-def test_fifty_jobs_at_once_on_two_worker_processes(engine, prefix, files_dir, manual):
-    config = make_config(prefix, files_dir)
+def test_fifty_jobs_at_once_on_two_worker_processes(engine, prefix, files_dir, manual, broker):
+    config = make_config(prefix, files_dir, BATCHFLOW_BROKER_URL=broker)
     jobs = {}
     from batchflow.tasks import make_celery
     from tests.helpers import broker_options
@@ -89,7 +104,7 @@ def test_fifty_jobs_at_once_on_two_worker_processes(engine, prefix, files_dir, m
     for i in range(50):
         n = 200 + i * 10
         jobs[engine.start("count", owner=f"u{i % 5}", params={"n": n})] = n
-    workers = [WorkerProcess(config, name=f"w{i}") for i in range(2)]
+    workers = [WorkerProcess(config, name=f"w{i}", pool=pool_for(broker)) for i in range(2)]
     try:
         for job_id, n in jobs.items():
             state = wait_terminal(engine, job_id, timeout=120)
@@ -103,7 +118,7 @@ def test_fifty_jobs_at_once_on_two_worker_processes(engine, prefix, files_dir, m
 
 @pytest.mark.parametrize("freeze", ["true", "false"])
 def test_a_worker_freezes_what_it_holds_after_a_handlers_first_step_unless_told_not_to(
-    engine, prefix, files_dir, freeze
+    engine, prefix, files_dir, freeze, broker
 ):
     """A one-shot job's run (its second step) finds frozen what its worker subprocess held
     after the job's first step (Celery, the app, the handlers); with BATCHFLOW_GC_FREEZE off,
@@ -113,7 +128,9 @@ def test_a_worker_freezes_what_it_holds_after_a_handlers_first_step_unless_told_
 
     make_celery(engine, config=broker_options(prefix))  # the real broker, for enqueueing
     worker = WorkerProcess(
-        make_config(prefix, files_dir), extra_env={"BATCHFLOW_GC_FREEZE": freeze}
+        make_config(prefix, files_dir, BATCHFLOW_BROKER_URL=broker),
+        extra_env={"BATCHFLOW_GC_FREEZE": freeze},
+        pool=pool_for(broker),
     )
     try:
         for _ in range(2):
