@@ -58,10 +58,12 @@ class EventHub:
         """A new inbox for ``channel``'s events, once its subscription is live (or ``wait``)."""
         inbox: queue.Queue[Any] = queue.Queue()
         with self._lock:
+            if self._pid != os.getpid():  # a forked child: nothing of its parent's hub is its own
+                self._pid, self._thread = os.getpid(), None
+                self._inboxes, self._live, self._stale = {}, {}, set()
             self._inboxes.setdefault(channel, set()).add(inbox)
             live = self._live.setdefault(channel, threading.Event())
-            if self._thread is None or not self._thread.is_alive() or self._pid != os.getpid():
-                self._pid = os.getpid()
+            if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._run, name="batchflow-events", daemon=True
                 )

@@ -177,7 +177,10 @@ if kind == 'items' and phase ~= 'create' then
   end
 end
 -- A follower sees the job start, restart or turn to its undo at once (not at the next commit).
-if CHANGED.status or CHANGED.phase or CHANGED.restarted then publish(job, ARGV[5]) end
+if CHANGED.status or CHANGED.phase or CHANGED.restarted then
+  hset(job, 'updated_at', now / 1000)
+  publish(job, ARGV[5])
+end
 -- JSON, not arrays: one string is far cheaper for the client to read than hundreds of items.
 return {'ok', cjson.encode(redis.call('HGETALL', job)), cjson.encode(ids), flags}
 """

@@ -3,11 +3,13 @@
 
     python bench/run.py            # the full run (about 3 minutes on an idle 2-core machine)
     python bench/run.py --quick    # fewer items, steps, repetitions and kills (about 80 s)
-    python bench/run.py --only 2,3 # some benchmarks only (1-7)
+    python bench/run.py --only 2,3 # some benchmarks only (1-12)
 
 1. engine units/s in-process; 2-3. step overhead and Redis commands per step; 4. items
 throughput; 5. progress and stop latency; 6. scale; 7. work repeated per SIGKILL, with the default
-checkpoints against none (its peer is batchflow without checkpoints; see bench/crash.py).
+checkpoints against none (its peer is batchflow without checkpoints; see bench/crash.py); 8-11.
+sources, batch changes, imports, uploads (bench/sources.py); 12. event streams over two web
+processes (bench/streams.py).
 
 Needs a Redis at 127.0.0.1:6379 (``--redis-url`` for another). The RQ peer needs ``pip install rq``
 (3.0 or later, for ``RQ_KEY_PREFIX``); without it that peer is skipped with a note. Nothing is
@@ -54,6 +56,7 @@ from bench.harness import (  # noqa: E402
 )
 from bench.peers import CHAIN_TASK, ITEM_TASK  # noqa: E402
 from bench.sources import bench_batch, bench_export, bench_import, bench_upload  # noqa: E402
+from bench.streams import bench_streams  # noqa: E402
 
 # -- the report ---------------------------------------------------------------------------------
 
@@ -801,8 +804,8 @@ def bench_latency(ctx: Context, opts: argparse.Namespace, rep: Report) -> None:
         f"commit's updated_at (time.time() in the worker just before COMMIT): "
         f"{len(eng_lat)} events. Peer: the hand-written chain PUBLISHes "
         f'{{"t": time.time()}} after its writes; a raw redis-py subscriber parses it: '
-        f"{len(peer_lat)} events. batchflow's event carries the whole job hash and the "
-        f"last 20 messages, parsed into a JobState.",
+        f"{len(peer_lat)} events. batchflow's event carries the fields the commit changed and "
+        f"the messages it added, merged into the state the stream holds, as a JobState.",
     )
 
     # Stop: request stop at stratified points within a running step whose length is the step
@@ -1033,6 +1036,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--import-rows", type=int, help="CSV rows imported in benchmark 10 (default 1000000)"
     )
     parser.add_argument("--upload-mb", type=int, help="upload size in benchmark 11 (MiB, 1024)")
+    parser.add_argument("--streams", type=int, help="event streams in benchmark 12 (default 200)")
+    parser.add_argument(
+        "--stream-steps", type=int, help="steps of each job in benchmark 12 (default 10)"
+    )
     parser.add_argument(
         "--kills",
         type=int,
@@ -1040,8 +1047,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--only",
-        default="1,2,3,4,5,6,7,8,9,10,11",
-        help="comma-separated benchmarks to run (1-11; 2 and 3 run together)",
+        default="1,2,3,4,5,6,7,8,9,10,11,12",
+        help="comma-separated benchmarks to run (1-12; 2 and 3 run together)",
     )
     parser.add_argument(
         "--redis-url",
@@ -1067,6 +1074,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "batch_items": 20_000 if quick else 100_000,
         "import_rows": 100_000 if quick else 1_000_000,
         "upload_mb": 200 if quick else 1024,
+        "streams": 60 if quick else 200,
+        "stream_steps": 5 if quick else 10,
     }
     for name, value in defaults.items():
         if getattr(opts, name) is None:
@@ -1080,7 +1089,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 #: The benchmarks that run on the run's one shared worker (1 has none; 7 starts its own).
-SHARED_WORKER = {2, 3, 4, 5, 6, 8, 9, 10}
+SHARED_WORKER = {2, 3, 4, 5, 6, 8, 9, 10, 12}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1109,6 +1118,7 @@ def main(argv: list[str] | None = None) -> int:
         ({9}, "9. batch change", bench_batch),
         ({10}, "10. import memory", bench_import),
         ({11}, "11. upload memory", bench_upload),
+        ({12}, "12. event streams over two web processes", bench_streams),
     ]
     try:
         for numbers, title, bench in plan:

@@ -541,7 +541,7 @@ def test_demo_killed_outright_leaves_a_folder_the_next_start_removes(run_demo, t
     env = {"TMPDIR": str(tmp_path)}  # its own parent folder: no other test's demo clears it
     demo = run_demo("--port", "0", "--redis-url", "embedded", env=env)
     demo.wait_for_line(r"running at (http://\S+)")
-    folder = re.search(r"data\s+(\S+)", demo.output()).group(1)
+    folder = re.search(r"data\s+(/\S+)", demo.output()).group(1)  # not "data removed ..."
     runs = tmp_path / f"batchflow-demo-runs-{os.getuid()}"
     assert Path(folder).parent == runs and Path(folder).name.startswith(f"{demo.proc.pid}-")
     family = _family(demo.proc.pid)
@@ -646,7 +646,7 @@ def test_a_newcomer_runs_every_demo_job_in_a_browser(run_demo, browser, tmp_path
     commands = [_cmdline(pid) for pid in family]
     assert any("redis-server" in c for c in commands), commands
     assert any("celery" in c and "worker" in c for c in commands), commands
-    folder = re.search(r"data\s+(\S+)", demo.output()).group(1)
+    folder = re.search(r"data\s+(/\S+)", demo.output()).group(1)  # not "data removed ..."
     assert os.path.isdir(folder)
 
     context = browser.new_context(viewport={"width": 1100, "height": 860}, accept_downloads=True)

@@ -7,6 +7,7 @@ prefix: Celery's Redis broker cannot use a Cluster, which is the topology the RE
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -209,13 +210,14 @@ def test_jobs_finish_exactly_when_the_master_dies_and_sentinel_promotes_the_repl
     with _worker(engine, prefix):
         job_ids = _start_archives(engine, prefix, jobs, sleep=0.03)
         wait_for(lambda: _processing(engine, job_ids), timeout=30)
+        assert sentinel.master_port() == sentinel.master.port  # no failover before the kill
         sentinel.master.kill()
         sentinel.wait_failover()
         _assert_exact(engine, prefix, job_ids)
 
 
 def test_waiting_for_a_replica_holds_the_next_step_until_the_commit_is_on_it(
-    sentinel, prefix, files_dir
+    sentinel, prefix, files_dir, caplog
 ):
     """With BATCHFLOW_REDIS_WAIT_REPLICAS = 1, a commit no replica acknowledged is not followed
     by its next step: the job waits (maintenance sends the step after the deadline), and goes on
@@ -228,11 +230,14 @@ def test_waiting_for_a_replica_holds_the_next_step_until_the_commit_is_on_it(
         BATCHFLOW_REDIS_WAIT_TIMEOUT=0.3,
         BATCHFLOW_QUEUE_TIMEOUT=2,
     )
-    with _worker(engine, prefix):
+    with _worker(engine, prefix), caplog.at_level(logging.WARNING, logger="batchflow"):
         done = engine.start("count", owner="o", params={"n": 3})
-        assert wait_terminal(engine, done).status is Status.COMPLETED  # each commit on the replica
-        replica = sentinel.client(sentinel.replica)
-        assert replica.hgetall(engine.store.keys.job(done)) == engine.state(done).fields
+        assert wait_terminal(engine, done).status is Status.COMPLETED
+        unacknowledged = [r for r in caplog.records if "acknowledgement" in r.getMessage()]
+        assert unacknowledged == []  # the replica acknowledged every commit
+        replica, key = sentinel.client(sentinel.replica), engine.store.keys.job(done)
+        # (Notifications are written after the ending commit, without waiting: let them arrive.)
+        wait_for(lambda: replica.hgetall(key) == engine.state(done).fields, timeout=10)
         sentinel.replica.kill()
         held = engine.start("count", owner="o", params={"n": 3})
         wait_for(lambda: engine.state(held).status is Status.RUNNING, timeout=10)
@@ -241,3 +246,4 @@ def test_waiting_for_a_replica_holds_the_next_step_until_the_commit_is_on_it(
         assert state.count("processed") == 0 and state.fields[F.SEQ] == "1", state.fields
         sentinel.start_replica(sentinel.master.port)
         assert wait_terminal(engine, held, timeout=60).status is Status.COMPLETED
+        assert any("acknowledgement" in r.getMessage() for r in caplog.records)

@@ -11,8 +11,9 @@ from batchflow.engine import Engine
 from tests.handlers import side
 from tests.helpers import WorkerProcess, make_config, wait_for, wait_terminal
 
-# Every test here runs on each broker: the Redis, and RabbitMQ (in the slow lane).
-pytestmark = pytest.mark.parametrize(
+#: A test on each broker: the Redis, and RabbitMQ (in the slow lane). The tests of what does not
+#: touch the broker (a handler's error, the garbage collector's freeze) run on the Redis only.
+ON_BOTH_BROKERS = pytest.mark.parametrize(
     "broker", ["redis", pytest.param("amqp", marks=pytest.mark.slow)], indirect=True
 )
 
@@ -23,6 +24,7 @@ def pool_for(broker: str) -> str:
     return "threads" if broker.startswith("amqp") else "solo"
 
 
+@ON_BOTH_BROKERS
 def test_ten_thousand_units_exact_counters_ordered_messages_and_events(
     engine: Engine, worker, broker
 ):
@@ -58,6 +60,7 @@ def test_a_handler_error_fails_the_job_and_the_worker_goes_on(engine, worker, pr
     assert wait_terminal(engine, good).status is Status.COMPLETED
 
 
+@ON_BOTH_BROKERS
 def test_an_items_job_counts_good_and_bad_and_keeps_per_id_outcomes(engine, worker, prefix):
     ids = [str(i) for i in range(1, 2001)]
     job_id = engine.start("archive", owner="a", ids=ids, params={"prefix": prefix, "every": 7})
@@ -78,6 +81,7 @@ def test_an_items_job_counts_good_and_bad_and_keeps_per_id_outcomes(engine, work
     assert engine.store.client.hget(engine.store.keys.results(job_id), "8") == '{"archived": "8"}'
 
 
+@ON_BOTH_BROKERS
 def test_a_one_shot_job_reports_live_and_ends_with_results(engine, worker):
     job_id = engine.start("rebuild", owner="a", params={"n": 60, "sleep": 0.01})
     live = wait_for(
@@ -93,6 +97,7 @@ def test_a_one_shot_job_reports_live_and_ends_with_results(engine, worker):
     assert (d["status"], d["good"], d["bad"], d["results"]) == ("completed", 54, 6, {"rebuilt": 60})
 
 
+@ON_BOTH_BROKERS
 @pytest.mark.slow
 def test_fifty_jobs_at_once_on_two_worker_processes(engine, prefix, files_dir, manual, broker):
     config = make_config(prefix, files_dir, BATCHFLOW_BROKER_URL=broker)

@@ -180,7 +180,8 @@ class LocalCluster:
 
 class LocalSentinel:
     """A master, one replica, and three sentinels watching them as ``mymaster`` (quorum 2,
-    the master called down after 1 s without an answer).
+    the master called down after 3 s without an answer: less, and a loaded machine's slow
+    replies start a failover nobody asked for).
 
     The servers ask for a password of their own: after a failover this topology's sentinels
     go on calling the old master's address, and a server another test started there since
@@ -198,7 +199,7 @@ class LocalSentinel:
             self.replica = self.start_replica(self.master.port)
             config = (
                 f"sentinel monitor {self.MASTER} 127.0.0.1 {self.master.port} 2\n"
-                f"sentinel down-after-milliseconds {self.MASTER} 1000\n"
+                f"sentinel down-after-milliseconds {self.MASTER} 3000\n"
                 f"sentinel failover-timeout {self.MASTER} 5000\n"
                 f"sentinel parallel-syncs {self.MASTER} 1\n"
                 f"sentinel auth-pass {self.MASTER} {self.password}\n"
