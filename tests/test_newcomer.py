@@ -266,3 +266,47 @@ def test_other_error_pages_still_lead_back_to_the_jobs(prefix, files_dir):
     html = page.get_data(as_text=True)
     assert '<a class="bf-button" href="/jobs/">Back to my jobs</a>' in html
     assert '<a href="/jobs/">My jobs</a>' in html and "Try again" not in html
+
+
+def test_state_on_a_cluster_or_through_sentinel_needs_a_broker_of_its_own(prefix, files_dir):
+    for url in ("redis+cluster://127.0.0.1:7000", "redis+sentinel://127.0.0.1:26379/mymaster/0"):
+        with pytest.raises(ConfigurationError, match="set BATCHFLOW_BROKER_URL"):
+            BatchFlow(_flask(prefix, files_dir, BATCHFLOW_REDIS_URL=url), registry=make_registry())
+    broker = "redis+cluster://127.0.0.1:7000"
+    with pytest.raises(
+        ConfigurationError, match="Celery's Redis broker cannot use a Redis Cluster"
+    ):
+        BatchFlow(_flask(prefix, files_dir, BATCHFLOW_BROKER_URL=broker), registry=make_registry())
+
+
+def test_the_wait_for_replicas_must_fit_in_one_redis_command(prefix, files_dir):
+    app = _flask(
+        prefix,
+        files_dir,
+        BATCHFLOW_REDIS_WAIT_REPLICAS=1,
+        BATCHFLOW_REDIS_WAIT_TIMEOUT=2,
+        BATCHFLOW_REDIS_TIMEOUT=2,
+    )
+    with pytest.raises(ConfigurationError, match="WAIT_TIMEOUT must be shorter"):
+        BatchFlow(app, registry=make_registry())
+
+
+def test_cluster_and_sentinel_urls_are_read_as_documented():
+    from batchflow.redisurl import parse_redis_url
+
+    sentinel = parse_redis_url(
+        "rediss+sentinel://:s%40cret@a:26380,[::1],b/main/3?sentinel_password=x&max_connections=8"
+    )
+    assert (sentinel.kind, sentinel.master, sentinel.db, sentinel.tls) == (
+        "sentinel",
+        "main",
+        3,
+        True,
+    )
+    assert sentinel.nodes == (("a", 26380), ("::1", 26379), ("b", 26379))
+    assert (sentinel.password, sentinel.sentinel_password) == ("s@cret", "x")
+    assert sentinel.max_connections == 8
+    cluster = parse_redis_url("redis+cluster://user:pw@n1:7000,n2")
+    assert (cluster.kind, cluster.nodes) == ("cluster", (("n1", 7000), ("n2", 6379)))
+    assert (cluster.username, cluster.password, cluster.tls) == ("user", "pw", False)
+    assert parse_redis_url("redis://127.0.0.1:6379/0").kind == "server"
