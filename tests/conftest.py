@@ -26,6 +26,16 @@ from tests.helpers import ListDispatcher, RedisServer, broker_options, make_conf
 AMQP_URL = os.environ.get("BATCHFLOW_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672")
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: Any, call: Any) -> Iterator[None]:
+    """Keep the test's own outcome on it (``item.report_call``), for fixtures that explain a
+    failure at their teardown (the servers' logs of a topology)."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call":
+        item.report_call = report
+
+
 @pytest.fixture(scope="session")
 def redis_client() -> redis.Redis:
     client = redis.Redis.from_url(REDIS_URL, decode_responses=True)

@@ -191,12 +191,15 @@ def test_a_web_app_on_a_cluster_needs_a_broker_of_its_own_and_then_runs_jobs(
 
 
 @pytest.fixture
-def sentinel(tmp_path: Any) -> Iterator[LocalSentinel]:
+def sentinel(request, tmp_path: Any) -> Iterator[LocalSentinel]:
     topology = LocalSentinel(str(tmp_path / "sentinel"))
     try:
         yield topology
     finally:
         topology.stop()
+        report = getattr(request.node, "report_call", None)
+        if report is not None and report.failed:
+            print(topology.logs())  # shown with the failure, as the teardown's output
 
 
 def test_jobs_finish_exactly_when_the_master_dies_and_sentinel_promotes_the_replica(
@@ -211,7 +214,7 @@ def test_jobs_finish_exactly_when_the_master_dies_and_sentinel_promotes_the_repl
         job_ids = _start_archives(engine, prefix, jobs, sleep=0.03)
         wait_for(lambda: _processing(engine, job_ids), timeout=30)
         assert sentinel.master_port() == sentinel.master.port  # no failover before the kill
-        sentinel.master.kill()
+        sentinel.kill(sentinel.master)
         sentinel.wait_failover()
         _assert_exact(engine, prefix, job_ids)
 
@@ -238,7 +241,7 @@ def test_waiting_for_a_replica_holds_the_next_step_until_the_commit_is_on_it(
         replica, key = sentinel.client(sentinel.replica), engine.store.keys.job(done)
         # (Notifications are written after the ending commit, without waiting: let them arrive.)
         wait_for(lambda: replica.hgetall(key) == engine.state(done).fields, timeout=10)
-        sentinel.replica.kill()
+        sentinel.kill(sentinel.replica)
         held = engine.start("count", owner="o", params={"n": 3})
         wait_for(lambda: engine.state(held).status is Status.RUNNING, timeout=10)
         time.sleep(1.0)  # no replica: the create step committed, and nothing followed it

@@ -91,8 +91,9 @@ class Node:
         command += ["--port", str(port), "--bind", "127.0.0.1", "--dir", directory, *args]
         if password:
             command += ["--requirepass", password, "--masterauth", password]
+        self.log = os.path.join(directory, "server.log")
         self.proc = subprocess.Popen(
-            [*command, "--loglevel", "warning"],
+            [*command, "--loglevel", "notice", "--logfile", self.log],
             stdout=subprocess.DEVNULL,
             start_new_session=True,
         )
@@ -192,6 +193,7 @@ class LocalSentinel:
 
     def __init__(self, directory: str) -> None:
         self.dir, self.started, self.sentinels = directory, list[Node](), list[Node]()
+        self.tombstones: list[socket.socket] = []
         self.password = secrets.token_hex(12)
         try:
             # No delay before a full sync: a replica is in step at once, not after 5 s.
@@ -252,6 +254,32 @@ class LocalSentinel:
         wait_for(lambda: self.master_port() == self.replica.port, timeout=timeout)
         wait_for(lambda: self.replica_info().get("role") == "master", timeout=timeout)
 
+    def logs(self, lines: int = 60) -> str:
+        """The last lines of each server's and sentinel's log, to explain a failed test."""
+        parts = []
+        for node in self.started:
+            with open(node.log, errors="replace") as handle:
+                tail = handle.readlines()[-lines:]
+            parts.append(f"--- {os.path.basename(node.dir)} (port {node.port})\n{''.join(tail)}")
+        return "\n".join(parts)
+
+    def kill(self, node: Node) -> None:
+        """Kill ``node`` and keep its port taken (listening, never answering) until :meth:`stop`.
+
+        Clients and sentinels go on calling a dead server's address until the failover. A server
+        another test started there meanwhile (ports are reused) would answer them, and when it
+        has no password, redis-py goes on after the refused AUTH: a read there finds nothing (a
+        job "gone"), and a sentinel could make that server a replica.
+        """
+        node.kill()
+        tombstone = socket.socket()
+        tombstone.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        tombstone.bind(("127.0.0.1", node.port))
+        tombstone.listen(64)
+        self.tombstones.append(tombstone)
+
     def stop(self) -> None:
         for node in reversed(self.started):
             node.kill()
+        for tombstone in self.tombstones:
+            tombstone.close()
