@@ -226,7 +226,19 @@ class LocalSentinel:
             f"replica-{len(self.started)}", "--replicaof", "127.0.0.1", str(master_port), port=port
         )
         wait_for(lambda: self.replica_info().get("master_link_status") == "up", timeout=20)
+        # After a diskless sync the master streams writes to the replica only once the replica
+        # has acknowledged (it does every second): until then a WAIT is not answered.
+        wait_for(lambda: self._acknowledges(master_port), timeout=20)
         return self.replica
+
+    def _acknowledges(self, master_port: int) -> bool:
+        """Whether a write to the master reaches a replica, acknowledged, within 0.1 s."""
+        client = redis.Redis(port=master_port, password=self.password, socket_timeout=2)
+        try:
+            client.set("topology:probe", secrets.token_hex(4))
+            return bool(client.wait(1, 100))
+        finally:
+            client.close()
 
     def replica_info(self) -> dict[str, Any]:
         return dict(
