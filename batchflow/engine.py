@@ -31,12 +31,11 @@ from .exceptions import (
     refuse,
 )
 from .failures import describe_failure
-from .handlers import Handler, ItemsJob
 from .i18n import N_, shown
 from .i18n import gettext as _
-from .ids import check_ids
 from .job import Job, UserLoader
 from .keys import checked_job_id, new_job_id, valid_job_id
+from .lanes import lanes_for
 from .maintenance import Maintenance
 from .notify import Notifier, NotifyHooks
 from .registry import HandlerSpec, Registry
@@ -118,7 +117,7 @@ class Engine:
         self.maintenance = Maintenance(
             settings,
             store,
-            lambda job_id, seq: self._dispatch().enqueue_step(job_id, seq),
+            lambda job_id, seq, lane: self._dispatch().enqueue_step(job_id, seq, 0.0, lane),
             self._expire,
             lambda job_id: self._dispatch().enqueue_notify(job_id),
         )
@@ -141,12 +140,19 @@ class Engine:
         ids: Iterable[Any] | None = None,
         redirect_url: str | None = None,
         extra: dict[str, Any] | None = None,
+        lanes: int | None = None,
     ) -> str:
         """Create a job and enqueue its first step; returns the job's id (with a
         ``deduplicate`` handler, perhaps that of an identical job already active: see
         :meth:`submit`, which tells the two apart)."""
         return self.submit(
-            handler, owner=owner, params=params, ids=ids, redirect_url=redirect_url, extra=extra
+            handler,
+            owner=owner,
+            params=params,
+            ids=ids,
+            redirect_url=redirect_url,
+            extra=extra,
+            lanes=lanes,
         ).job_id
 
     def submit(
@@ -159,6 +165,7 @@ class Engine:
         redirect_url: str | None = None,
         extra: dict[str, Any] | None = None,
         job_id: str | None = None,
+        lanes: int | None = None,
     ) -> Started:
         """Create a job and enqueue its first step, unless the handler deduplicates and one of
         ``owner``'s active jobs has the same handler, parameters (as validated) and ids: then
@@ -170,6 +177,8 @@ class Engine:
         :param extra: more fields of the job hash (names from :class:`~batchflow.schema.F`).
         :param job_id: the new job's id, from :func:`new_job_id`, for a caller that puts
             something in the job's folder first (an import's upload); a fresh one by default.
+        :param lanes: how many lanes walk the job's ids at once, up to the handler's
+            ``max_lanes`` (see :mod:`batchflow.lanes`); by default the handler's ``lanes``.
         :raises UnknownHandler: no handler by that name.
         :raises InvalidParams: the handler refused the parameters, or the ids are not acceptable.
         :raises TooManyItems: more ids than ``BATCHFLOW_MAX_IDS``.
@@ -184,7 +193,8 @@ class Engine:
             params_json = json.dumps(params)
         except (TypeError, ValueError) as exc:
             raise InvalidParams(_("Job parameters must be JSON data: %(why)s", why=exc)) from None
-        id_list, source = self._check_ids(spec, instance, ids)
+        id_list, source = spec.items_source(ids, self.settings.max_ids)
+        lane_count = lanes_for(spec.handler_class, lanes, source)
         job_id = checked_job_id(job_id) if job_id is not None else new_job_id()
         now = time.time()
         existing = self._admit(spec, owner, job_id, fingerprint(spec.name, params, id_list), now)
@@ -206,7 +216,7 @@ class Engine:
             first_deadline_ms=ms(now + s.queue_timeout),
             redirect_url=redirect_url,
             now=now,
-            extra=extra,
+            extra={**(extra or {}), F.LANES: lane_count},
         )
         try:
             self.store.create(job_id, fields, id_list, ms(now))
@@ -258,23 +268,6 @@ class Engine:
                 details={"active_jobs": running},
             )
         return None
-
-    def _check_ids(
-        self, spec: HandlerSpec, handler: Handler, ids: Iterable[Any] | None
-    ) -> tuple[list[str] | None, str]:
-        if spec.kind is not Kind.ITEMS:
-            if ids is not None:
-                raise InvalidParams(_("Handler %(name)r does not take ids.", name=spec.name))
-            return None, "source" if handler.walks_source() else ""
-        if ids is None:
-            if handler.walks_source():
-                return None, "source"
-            if isinstance(handler, ItemsJob) and type(handler).items is not ItemsJob.items:
-                return None, "handler"
-            raise InvalidParams(
-                _("Handler %(name)r needs a list of ids to work on.", name=spec.name)
-            )
-        return check_ids(ids, self.settings.max_ids), "request"
 
     def retry_failed(self, job_id: str, owner: str) -> str:
         """Start a new job over only the ids that failed in ``job_id``; its id (see
@@ -440,15 +433,16 @@ class Engine:
 
     # -- running -------------------------------------------------------------------------------
 
-    def run_step(self, job_id: str, seq: int) -> StepOutcome:
-        """Run step ``seq`` of a job, if it is still due (the body of the Celery step task).
+    def run_step(self, job_id: str, seq: int, lane: int = 0) -> StepOutcome:
+        """Run step ``seq`` of a job (of one of its lanes, for a job in lanes), if it is still
+        due (the body of the Celery step task).
 
         Never raises for a handler's error: the job fails with the error's message and the
         traceback goes to the log.
         """
         if not valid_job_id(job_id):
             return StepOutcome(refused=ClaimCode.MISSING)
-        return self.steps.run(job_id, seq)
+        return self.steps.run(job_id, seq, lane)
 
     # -- cleanup and maintenance ---------------------------------------------------------------
 

@@ -195,6 +195,13 @@ class ItemsJob(Handler):
     preview: ClassVar[bool] = False
     #: How many items a preview keeps as its sample.
     sample_size: ClassVar[int] = 5
+    #: How many lanes walk a job's ids at once: its steps run on that many workers in parallel,
+    #: each lane over its own range, all counted in the one job (see :mod:`batchflow.lanes`).
+    #: 1 (the default) is one chain of steps. A job that walks a :meth:`~Handler.source` has one.
+    lanes: ClassVar[int] = 1
+    #: The most lanes a start may ask for (``Engine.start(..., lanes=n)``, a start request's
+    #: ``lanes``); None: ``lanes``. It bounds how many workers one job can take.
+    max_lanes: ClassVar[int | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

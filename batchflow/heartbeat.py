@@ -152,6 +152,7 @@ class Heartbeat:
                     now,
                     ms(now + self.lease_seconds),
                     drained[1] if drained else None,
+                    job.lane,
                 )
             except Exception:  # noqa: BLE001 - retried at the next beat (or sent with the commit)
                 log.warning("heartbeat for job %s failed", job.id, exc_info=True)

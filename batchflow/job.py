@@ -84,6 +84,7 @@ class Job:
         bad_flags: list[bool] | None = None,
         files_dir: str = "",
         load_user: UserLoader = None,
+        lane: int = 0,
     ) -> None:
         #: The step's report, committed when it returns.
         self.buffer = StepBuffer(fields)
@@ -101,6 +102,9 @@ class Job:
         self.data: dict[str, Any] = as_json(fields.get(F.DATA), {})
         #: This step's position in the job's chain; each commit moves it on by one.
         self.seq: int = as_int(fields.get(F.SEQ))
+        #: The lane this step walks, for a job in lanes (0: the job's own chain; see lanes.py).
+        #: A lane's step sees its lane's position and size as ``processed`` and ``total``.
+        self.lane = lane
         #: How many times this step has been claimed: more than 1 after a worker was lost.
         self.attempt: int = as_int(fields.get(F.ATTEMPTS), 1)
         #: The folder (``BATCHFLOW_FILES_DIR``) where a FileJob keeps its output.

@@ -69,6 +69,10 @@ class Keys:
     def messages(self, job_id: str) -> str:
         return self._job_key(job_id, "messages")
 
+    def lanes(self, job_id: str) -> str:
+        """A job in lanes: each lane's step fields, named ``<lane>:<field>``."""
+        return self._job_key(job_id, "lanes")
+
     def notifying(self, job_id: str) -> str:
         """The lock held while a process delivers the job's notifications (it expires)."""
         return self._job_key(job_id, "notifying")
@@ -85,6 +89,7 @@ class Keys:
             self.errors(job_id),
             self.undo_errors(job_id),
             self.messages(job_id),
+            self.lanes(job_id),
         ]
 
     @property

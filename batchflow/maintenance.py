@@ -20,8 +20,9 @@ from collections.abc import Callable
 
 from .config import Settings
 from .inbox import Deliveries
+from .records import ActiveJob
 from .schema import Signal, SignalCode, Status, is_terminal, ms
-from .store import ActiveJob, Store
+from .store import Store
 
 log = logging.getLogger("batchflow")
 
@@ -45,7 +46,7 @@ class Maintenance:
 
     :param settings: deployment settings.
     :param store: job state.
-    :param enqueue_step: sends step ``seq`` of a job to the workers.
+    :param enqueue_step: sends step ``seq`` of a job (of its lane ``lane``) to the workers.
     :param cleanup: runs an expired job's ``cleanup_job`` (once); returns the job's owner, or None
         if its state is gone.
     :param notify: sends an ended job's pending notifications to a worker.
@@ -55,7 +56,7 @@ class Maintenance:
         self,
         settings: Settings,
         store: Store,
-        enqueue_step: Callable[[str, int], None],
+        enqueue_step: Callable[[str, int, int], None],
         cleanup: Callable[[str], str | None],
         notify: Callable[[str], None],
     ) -> None:
@@ -100,10 +101,14 @@ class Maintenance:
             if job.deadline_ms > ms(now) and not holder_died:
                 continue  # the common case costs nothing more than the pipelined read
             recovered = self.store.recover(
-                job.id, ms(now), ms(now + s.queue_timeout), job.lease_owner if holder_died else ""
+                job.id,
+                ms(now),
+                ms(now + s.queue_timeout),
+                job.lease_owner if holder_died else "",
+                job.lane,
             )
             if recovered is not None:
-                self._requeue(job.id, *recovered, done)
+                self._requeue(job.id, *recovered, done, lane=job.lane)
 
     def _dead_workers(self, jobs: list[ActiveJob], now: float) -> set[str]:
         """Workers that hold a live lease but have given no sign of life for
@@ -143,12 +148,12 @@ class Maintenance:
             )
             self._requeue(job_id, seq, False, done)
 
-    def _requeue(self, job_id: str, seq: int, lost: bool, done: Done) -> None:
+    def _requeue(self, job_id: str, seq: int, lost: bool, done: Done, lane: int = 0) -> None:
         done.requeued += 1
         done.lost += lost
         why = "its worker was lost" if lost else "it was never claimed"
         try:
-            self.enqueue_step(job_id, seq)
+            self.enqueue_step(job_id, seq, lane)
         except Exception:  # noqa: BLE001 - overdue again after the fresh deadline
             log.exception(
                 "job %s: step %s is overdue (%s) and could not be re-enqueued; "

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
-from .exceptions import ConfigurationError, UnknownHandler
+from .exceptions import ConfigurationError, InvalidParams, UnknownHandler
 from .files import FileJob
 from .handlers import Handler, ItemsJob, TaskJob
+from .i18n import gettext as _
+from .ids import check_ids
 from .imports import ImportJob
 from .job import Job
 from .schema import Kind
@@ -51,6 +53,28 @@ class HandlerSpec:
 
     def create(self) -> Handler:
         return self.handler_class()
+
+    def items_source(self, ids: Iterable[Any] | None, max_ids: int) -> tuple[list[str] | None, str]:
+        """Where a new job of this handler gets its work: the ids posted with the start (checked,
+        at most ``max_ids``) and ``"request"``; else None and ``"handler"`` (its ``items()``),
+        ``"source"`` (it walks a source) or ``""``.
+
+        :raises InvalidParams: ids for a handler that takes none, or none for one that needs them.
+        """
+        cls = self.handler_class
+        if self.kind is not Kind.ITEMS:
+            if ids is not None:
+                raise InvalidParams(_("Handler %(name)r does not take ids.", name=self.name))
+            return None, "source" if cls.walks_source() else ""
+        if ids is None:
+            if cls.walks_source():
+                return None, "source"
+            if issubclass(cls, ItemsJob) and cls.items is not ItemsJob.items:
+                return None, "handler"
+            raise InvalidParams(
+                _("Handler %(name)r needs a list of ids to work on.", name=self.name)
+            )
+        return check_ids(ids, max_ids), "request"
 
 
 class Registry:
@@ -162,6 +186,7 @@ def _check_complete(cls: type[Handler]) -> None:
             )
         if cls.can_cancel and not _overrides(cls, ItemsJob, "undo"):
             raise ConfigurationError(f"{name} sets can_cancel but defines no undo(item_id, job).")
+        _check_lanes(cls)
     elif issubclass(cls, TaskJob):
         if not _overrides(cls, TaskJob, "run"):
             raise ConfigurationError(f"{name} must define run(job).")
@@ -175,6 +200,19 @@ def _check_complete(cls: type[Handler]) -> None:
             )
         if cls.can_cancel and not _overrides(cls, Handler, "undo_job"):
             raise ConfigurationError(f"{name} sets can_cancel but defines no undo_job().")
+
+
+def _check_lanes(cls: type[ItemsJob]) -> None:
+    name, lanes, most = cls.__qualname__, cls.lanes, cls.max_lanes
+    whole = [n for n in (lanes, most) if n is not None]
+    if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in whole):
+        raise ConfigurationError(f"{name}.lanes and .max_lanes must be whole numbers >= 1.")
+    if most is not None and most < lanes:
+        raise ConfigurationError(f"{name}.max_lanes ({most}) is less than its lanes ({lanes}).")
+    if cls.walks_source() and max(whole) > 1:
+        raise ConfigurationError(
+            f"{name} walks a source: its job runs in one chain of steps (lanes cut a job's ids)."
+        )
 
 
 #: The default registry that ``@registry.register(...)`` adds to.

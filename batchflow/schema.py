@@ -177,6 +177,13 @@ class F:
     RESTARTED = "restarted"  # "1": a one-shot job started again after its worker was lost
     CLEANED = "cleaned"  # "1": cleanup_job ran
     CHECKPOINTS = "checkpoints"  # the number of the last checkpoint applied (RENEW, COMMIT)
+    # A job in lanes (see lanes.py): how many, and how many have not ended; each lane's own step
+    # fields live in the job's lanes hash as "<lane>:<field>", with these three of its own.
+    LANES = "lanes"  # "" or 0 or 1: one chain of steps
+    LANES_OPEN = "lanes_open"
+    LANE_START = "lane_start"  # the index of the lane's first id in the job's ids
+    LANE_SIZE = "lane_size"  # how many ids the lane walks (its step sees it as the total)
+    LANE_STATE = "lane_state"  # "" while it runs, else the ending it reached
     # What the job shows.
     MESSAGE = "message"  # the latest message
     ERROR = "error"  # for everyone: a UserError's text, or a generic sentence with a reference
@@ -300,3 +307,12 @@ def as_json(value: str | None, default: Any) -> Any:
 def flat_pairs(flat: list[Any]) -> dict[str, str]:
     """A hash as Redis and the scripts return it, ``[k1, v1, k2, v2...]``, as a dict."""
     return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def lane_records(flat: Mapping[str, str]) -> dict[int, dict[str, str]]:
+    """A job's lanes hash (fields ``<lane>:<field>``) as ``{lane: {field: value}}``."""
+    lanes: dict[int, dict[str, str]] = {}
+    for name, value in flat.items():
+        lane, _, field = name.partition(":")
+        lanes.setdefault(int(lane), {})[field] = value
+    return lanes

@@ -6,89 +6,12 @@ hash of active jobs (ADMIT): one Redis Cluster slot each, every key declared; gl
 written by plain commands outside them. Events go out with PUBLISH, or SPUBLISH on a Cluster
 (:func:`sharded`), on the job's channel, which carries the job's hash tag. Field names are those of
 :class:`batchflow.schema.F`; the terminal statuses come from :class:`~batchflow.schema.Status`
-through ``TERMINAL`` below; return codes are :class:`~batchflow.schema.ClaimCode`,
-:class:`~batchflow.schema.SignalCode` and :class:`~batchflow.schema.AdmitCode`.
+through ``TERMINAL`` (see :mod:`batchflow.lua`, the Lua they share); return codes are
+:class:`~batchflow.schema.ClaimCode`, :class:`~batchflow.schema.SignalCode` and
+:class:`~batchflow.schema.AdmitCode`.
 """
 
-from .schema import LUA_TERMINAL
-
-# Every script starts with the terminal set, from the one Python definition.
-_PRELUDE = f"local TERMINAL = {LUA_TERMINAL}\n"
-
-# The status update shared by COMMIT, RENEW and SIGNAL. `p` is the decoded payload:
-#   incr: {field: delta}, set: {field: value}, messages: [text], results: [[id, json]],
-#   errors: [[id, message]], undo_errors: [[id, message]], walked: [id] (the ids a source job
-#   went through, appended to its items list so Cancel can undo them); checkpoint: its number
-#   (RENEW), or
-#   unconfirmed: a numbered checkpoint to apply once, and checkpoints: the number of the last
-#   checkpoint the step sent (COMMIT).
-_APPLY = (
-    _PRELUDE
-    + """
--- What this script changed in the job hash, and the messages it added: its event (see publish).
--- Every change to the job hash of a script that publishes goes through hset or hincrby.
-local CHANGED, ADDED = {}, {}
-
-local function hset(job, ...)
-  local args = {...}
-  for i = 1, #args, 2 do CHANGED[args[i]] = true end
-  return redis.call('HSET', job, ...)
-end
-
-local function hincrby(job, field, by)
-  CHANGED[field] = true
-  return redis.call('HINCRBY', job, field, by)
-end
-
-local function apply(job, msgs, p, now, cap)
-  if p.incr then for k, v in pairs(p.incr) do hincrby(job, k, v) end end
-  if p.set then for k, v in pairs(p.set) do hset(job, k, v) end end
-  if p.messages then
-    for _, text in ipairs(p.messages) do
-      local entry = cjson.encode({at = tonumber(now), text = text})
-      redis.call('RPUSH', msgs, entry)
-      ADDED[#ADDED + 1] = entry
-      hset(job, 'message', text)
-    end
-    redis.call('LTRIM', msgs, -tonumber(cap), -1)
-  end
-  hset(job, 'updated_at', now)
-end
-
--- Per-id outcomes into their hashes (results, errors, undo errors); a source's ids to the list.
-local function apply_outcomes(p, results, errors, undo_errors, items)
-  if p.results then for _, r in ipairs(p.results) do redis.call('HSET', results, r[1], r[2]) end end
-  if p.errors then for _, e in ipairs(p.errors) do redis.call('HSET', errors, e[1], e[2]) end end
-  if p.undo_errors then
-    for _, e in ipairs(p.undo_errors) do redis.call('HSET', undo_errors, e[1], e[2]) end
-  end
-  if p.walked then for _, id in ipairs(p.walked) do redis.call('RPUSH', items, id) end end
-end
-
--- How many of the checkpoints a step sent, up to number `n`, a job that has applied `have` (its
--- `checkpoints` field) lacks: 0 or less (applied, or sent again), 1 (`n` is the next one), more
--- (one it applied is gone: Redis restarted and lost writes it had acknowledged, so the step
--- cannot go on from what it holds).
-local function missing(have, n)
-  return (n or 0) - (tonumber(have) or 0)
-end
-
--- The job's event: the fields this script changed, with their values now, and the messages it
--- added, numbered by `events` so that a follower that missed one reads the job anew. Built only
--- when someone follows the job: a job nobody watches pays a count and a look at its channel.
-local function publish(job, channel)
-  local number = redis.call('HINCRBY', job, 'events', 1)
-  if redis.call('PUBSUB', 'NUMSUB', channel)[2] == 0 then return end
-  local fields, set = {}, {}
-  for field in pairs(CHANGED) do fields[#fields + 1] = field end
-  if #fields > 0 then
-    local values = redis.call('HMGET', job, unpack(fields))
-    for i, field in ipairs(fields) do set[field] = values[i] end
-  end
-  redis.call('PUBLISH', channel, cjson.encode({events = number, set = set, messages = ADDED}))
-end
-"""
-)
+from .lua import APPLY, LANE, PRELUDE
 
 
 def sharded(script: str) -> str:
@@ -100,29 +23,42 @@ def sharded(script: str) -> str:
 
 
 CLAIM = (
-    _APPLY
+    APPLY
+    + LANE
     + """
--- KEYS[1] = job hash, KEYS[2] = items list, KEYS[3] = errors hash
+-- KEYS[1] = job hash, KEYS[2] = items list, KEYS[3] = errors hash, KEYS[4] = lanes hash
 -- ARGV[1] = seq the step carries, ARGV[2] = worker id, ARGV[3] = now (ms), ARGV[4] = lease (ms),
--- ARGV[5] = event channel
--- Returns {code, job hash (flat, JSON), slice of ids (JSON), flags (1 = that id ended bad)};
--- code is one of
--- ok, missing, terminal, stale (seq moved on), busy (a live lease is held), paused.
+-- ARGV[5] = event channel, ARGV[6] = lane (0: the job's own chain)
+-- Returns {code, job hash (flat, JSON; a lane's step sees its lane's fields in place of the
+-- job's), slice of ids (JSON), flags (1 = that id ended bad)}; code is one of
+-- ok, missing, terminal, stale (seq moved on, or the lane has ended), busy (a live lease is held),
+-- paused.
 -- A step claimed again after its worker was lost takes one unit; so do the steps after it up to
 -- careful_until (the end of the lost claim's slice), which this script sets.
 local job = KEYS[1]
-local f = redis.call('HMGET', job, 'status', 'seq', 'lease_owner', 'lease_until', 'kind', 'phase')
-local status, seq, owner, lease_until, kind, phase = f[1], f[2], f[3], f[4], f[5], f[6]
+lane_of(job, KEYS[4], ARGV[6])
+local laned = LANE_PREFIX ~= ''
+local f = redis.call('HMGET', job, 'status', 'kind', 'phase', 'lanes')
+local status, kind, phase = f[1], f[2], f[3]
 if not status then return {'missing'} end
 if TERMINAL[status] then
   return {'terminal'}
 end
+local l = lmget('seq', 'lease_owner', 'lease_until', 'phase', 'lane_state')
+local seq, owner, lease_until = l[1], l[2], l[3]
+if laned then
+  if not seq then return {'missing'} end
+  if l[5] ~= '' then return {'stale'} end
+  phase = l[4]
+end
+-- The own chain of a job in lanes walks no ids in its run and undo: its lanes do.
+local coordinating = not laned and (tonumber(f[4]) or 0) > 1 and (phase == 'run' or phase == 'undo')
 if tonumber(seq) ~= tonumber(ARGV[1]) then return {'stale'} end
 local now = tonumber(ARGV[3])
 if owner ~= '' and tonumber(lease_until) > now then return {'busy'} end
 if status == 'paused' then return {'paused'} end
-local attempts = hincrby(job, 'attempts', 1)
-hset(job, 'lease_owner', ARGV[2], 'lease_until', now + tonumber(ARGV[4]))
+local attempts = lincr('attempts', 1)
+lset('lease_owner', ARGV[2], 'lease_until', now + tonumber(ARGV[4]))
 if status == 'pending' then
   hset(job, 'status', 'running', 'started_at', now / 1000)
 end
@@ -135,45 +71,47 @@ if kind == 'task' and phase == 'run' and attempts > 1 then
     hset(job, 'processed', 0, 'good', 0, 'bad', 0)
   end
 end
-local processed = tonumber(redis.call('HGET', job, 'processed'))
-local walking = phase == 'run' or phase == 'assess'
+local processed = tonumber(lget('processed'))
+local walking = (phase == 'run' or phase == 'assess') and not coordinating
 if kind ~= 'task' and walking and attempts > 1 then
   -- This step's last claim was lost with its worker. Go through that claim's whole slice one
   -- unit at a time (careful_until), so that a unit which kills its worker is met alone and
   -- given up after max attempts, not met again in batch after batch, each costing a lease.
-  local lost_until = processed + tonumber(redis.call('HGET', job, 'batch_size'))
-  if lost_until > (tonumber(redis.call('HGET', job, 'careful_until')) or 0) then
-    hset(job, 'careful_until', lost_until)
+  local lost_until = processed + tonumber(lget('batch_size'))
+  if lost_until > (tonumber(lget('careful_until')) or 0) then
+    lset('careful_until', lost_until)
   end
 end
-local careful = tonumber(redis.call('HGET', job, 'careful_until')) or 0
+local careful = tonumber(lget('careful_until')) or 0
 -- A stop or a cancel waits until the slice of a lost step is settled: its units, some of which the
 -- lost step may have changed, are done again one at a time, so that a stop counts them (rather
 -- than calling them never reached) and a cancel undoes them (the undo starts past them).
 local settling = kind ~= 'task' and walking and careful > processed
-if status == 'canceling' and phase ~= 'undo' and not settling then
+if status == 'canceling' and phase ~= 'undo' and not settling and not coordinating then
   -- A preview changed nothing: there is nothing to undo.
-  local done = phase == 'assess' and 0 or redis.call('HGET', job, 'processed')
-  hset(job, 'phase', 'undo', 'undo_cursor', done)
+  local done = phase == 'assess' and 0 or processed
+  lset('phase', 'undo', 'undo_cursor', done)
   phase = 'undo'
 end
 local ids, flags = {}, {}
-if kind == 'items' and phase ~= 'create' then
-  local size = tonumber(redis.call('HGET', job, 'batch_size'))
+if kind == 'items' and phase ~= 'create' and not coordinating then
+  local size = tonumber(lget('batch_size'))
+  local base = tonumber(lget('lane_start')) or 0
   if attempts > 1 or (phase ~= 'undo' and careful > processed) then size = 1 end
   if phase == 'undo' then
-    local stop = tonumber(redis.call('HGET', job, 'undo_cursor'))
+    local stop = tonumber(lget('undo_cursor'))
     local first = math.max(0, stop - size)
     if stop > 0 then
-      local slice = redis.call('LRANGE', KEYS[2], first, stop - 1)
+      local slice = redis.call('LRANGE', KEYS[2], base + first, base + stop - 1)
       for i = #slice, 1, -1 do
         ids[#ids + 1] = slice[i]
         flags[#flags + 1] = redis.call('HEXISTS', KEYS[3], slice[i])
       end
     end
   elseif status ~= 'stopping' or settling then
-    local start = tonumber(redis.call('HGET', job, 'processed'))
-    ids = redis.call('LRANGE', KEYS[2], start, start + size - 1)
+    local start = base + processed
+    if laned then size = math.min(size, tonumber(lget('lane_size')) - processed) end
+    if size > 0 then ids = redis.call('LRANGE', KEYS[2], start, start + size - 1) end
   end
 end
 -- A follower sees the job start, restart or turn to its undo at once (not at the next commit).
@@ -182,101 +120,166 @@ if CHANGED.status or CHANGED.phase or CHANGED.restarted then
   publish(job, ARGV[5])
 end
 -- JSON, not arrays: one string is far cheaper for the client to read than hundreds of items.
-return {'ok', cjson.encode(redis.call('HGETALL', job)), cjson.encode(ids), flags}
+local view = redis.call('HGETALL', job)
+if laned then
+  local own = lmget(unpack(LANE_VIEW))
+  for i, field in ipairs(LANE_VIEW) do
+    view[#view + 1] = field == 'lane_size' and 'total' or field
+    view[#view + 1] = own[i]
+  end
+end
+return {'ok', cjson.encode(view), cjson.encode(ids), flags}
 """
 )
 
 COMMIT = (
-    _APPLY
+    APPLY
+    + LANE
     + """
 -- KEYS[1] = job hash, KEYS[2] = items list, KEYS[3] = results hash, KEYS[4] = errors hash,
--- KEYS[5] = undo errors hash, KEYS[6] = messages list
+-- KEYS[5] = undo errors hash, KEYS[6] = messages list, KEYS[7] = lanes hash
 -- ARGV[1] = seq, ARGV[2] = worker id, ARGV[3] = now (s), ARGV[4] = payload (JSON),
 -- ARGV[5] = deadline for the next step to be claimed (ms),
--- ARGV[6] = TTL of a terminal job's keys (s), ARGV[7] = event channel, ARGV[8] = messages kept
--- Returns {'ok', new seq, status} or {'lost'} when the step's fence no longer holds. The same
--- commit sent again (its reply was lost) changes nothing and returns what the first one did.
+-- ARGV[6] = TTL of a terminal job's keys (s), ARGV[7] = event channel, ARGV[8] = messages kept,
+-- ARGV[9] = lane (0: the job's own chain)
+-- Returns {'ok', new seq, status, next} or {'lost'} when the step's fence no longer holds; next
+-- is the seq of the job's own chain when its step is due now (the last lane ended, or the job's
+-- own chain goes on), else ''. The same commit sent again (its reply was lost) changes nothing
+-- and returns what the first one did.
 local job = KEYS[1]
-local f = redis.call(
-  'HMGET', job, 'seq', 'lease_owner', 'status', 'signal', 'committed_by', 'checkpoints'
-)
+lane_of(job, KEYS[7], ARGV[9])
+local laned = LANE_PREFIX ~= ''
+local f = redis.call('HMGET', job, 'status', 'signal', 'lanes', 'phase')
+local l = lmget('seq', 'lease_owner', 'committed_by', 'checkpoints')
 local me = ARGV[1] .. ' ' .. ARGV[2]
-if f[1] and tonumber(f[1]) == tonumber(ARGV[1]) + 1 and f[5] == me then
-  return {'ok', tonumber(f[1]), f[3]}
+if l[1] and tonumber(l[1]) == tonumber(ARGV[1]) + 1 and l[3] == me then
+  return {'ok', tonumber(l[1]), f[1], ''}
 end
-if not f[1] or tonumber(f[1]) ~= tonumber(ARGV[1]) or f[2] ~= ARGV[2] then return {'lost'} end
+if not l[1] or tonumber(l[1]) ~= tonumber(ARGV[1]) or l[2] ~= ARGV[2] then return {'lost'} end
 local p = cjson.decode(ARGV[4])
-local lacking = missing(f[6], p.checkpoints)
+local lacking = missing(l[4], p.checkpoints)
 if lacking > 1 or (lacking == 1 and not p.unconfirmed) then return {'lost'} end
 local new_status = p.set and p.set.status
-if new_status and f[3] == 'canceling' and new_status ~= 'failed' and new_status ~= 'canceled' then
+if new_status and f[1] == 'canceling' and new_status ~= 'failed' and new_status ~= 'canceled' then
   -- A cancel that arrived mid-step wins over the step's own ending: its work is undone too.
   p.set.status = nil
   p.set.phase = nil
 end
-if new_status == 'paused' and f[3] == 'stopping' then
+if p.lane_end and f[1] == 'canceling' and p.lane_end ~= 'canceled' then
+  p.lane_end = nil  -- the same for a lane: it goes on to undo its range
+end
+if new_status == 'paused' and f[1] == 'stopping' then
   -- A stop that arrived mid-step wins over a pause; the next step stops the job.
   p.set.status = nil
 end
-if new_status == 'paused' and f[3] == 'running' and f[4] ~= 'pause' then
+if new_status == 'paused' and f[1] == 'running' and f[2] ~= 'pause' then
   -- A resume that arrived mid-step withdrew the pause this step answers: the job goes on.
   p.set.status = nil
   p.messages = nil
 end
+if laned and TERMINAL[f[1]] then
+  -- Another lane ended the job meanwhile (it failed): what this step did is counted, no more.
+  p.set, p.messages, p.lane_end = nil, nil, nil
+end
 if p.unconfirmed and lacking == 1 then
   -- A checkpoint the heartbeat sent without learning whether it was applied: apply it once.
-  hset(job, 'checkpoints', p.unconfirmed.checkpoint)
+  lset('checkpoints', p.unconfirmed.checkpoint)
+  to_lane(p.unconfirmed)
   apply(job, KEYS[6], p.unconfirmed, ARGV[3], ARGV[8])
   apply_outcomes(p.unconfirmed, KEYS[3], KEYS[4], KEYS[5], KEYS[2])
 end
+to_lane(p)
 apply(job, KEYS[6], p, ARGV[3], ARGV[8])
 apply_outcomes(p, KEYS[3], KEYS[4], KEYS[5], KEYS[2])
-local seq = hincrby(job, 'seq', 1)
-hset(job, 'attempts', 0, 'lease_owner', '', 'lease_until', ARGV[5], 'committed_by', me)
+local seq = lincr('seq', 1)
+lset('attempts', 0, 'lease_owner', '', 'lease_until', ARGV[5], 'committed_by', me)
 local status = redis.call('HGET', job, 'status')
-if TERMINAL[status] then
+local next = ''
+if p.make_lanes then
+  -- The job's own chain cuts the ids into lanes: [[first id, how many], ...], lanes 1 to n.
+  for n, range in ipairs(p.make_lanes) do
+    local k = n .. ':'
+    redis.call('HSET', KEYS[7], k .. 'seq', 0, k .. 'lane_start', range[1], k .. 'lane_size',
+      range[2], k .. 'processed', 0, k .. 'attempts', 0, k .. 'careful_until', 0,
+      k .. 'checkpoints', 0, k .. 'undo_cursor', 0, k .. 'batch_size', range[3],
+      k .. 'lease_owner', '', k .. 'lease_until', ARGV[5], k .. 'phase', 'run',
+      k .. 'lane_state', '')
+  end
+  hset(job, 'lanes_open', #p.make_lanes)
+end
+if p.reopen_lanes then
+  -- Lanes that ended stopped (Continue) or before a cancel (to undo their range) go on.
+  for _, n in ipairs(p.reopen_lanes) do
+    redis.call('HSET', KEYS[7], n .. ':lane_state', '', n .. ':lease_until', ARGV[5])
+  end
+  hincrby(job, 'lanes_open', #p.reopen_lanes)
+end
+if p.lane_end and not TERMINAL[status] then
+  lset('lane_state', p.lane_end)
+  if hincrby(job, 'lanes_open', -1) <= 0 then
+    -- The last lane ended: the job's own chain ends the job (its step is due now).
+    hset(job, 'lease_owner', '', 'lease_until', ARGV[5])
+    next = redis.call('HGET', job, 'seq')
+  end
+elseif not laned and (tonumber(f[3]) or 0) > 1 and not TERMINAL[status] then
+  local phase = redis.call('HGET', job, 'phase')
+  if phase == 'run' or phase == 'undo' then
+    if (tonumber(redis.call('HGET', job, 'lanes_open')) or 0) > 0 then
+      -- Its lanes run: the job's own chain waits for the last of them, which sends its step.
+      hset(job, 'lease_until', '9007199254740991')
+    else
+      next = seq
+    end
+  end
+end
+if TERMINAL[status] and not TERMINAL[f[1]] then
   hset(job, 'finished_at', ARGV[3], 'signal', '')
   -- A stopped job may be continued: it keeps its ids until it expires.
   if status ~= 'stopped' then redis.call('DEL', KEYS[2]) end
-  for i = 1, 6 do redis.call('EXPIRE', KEYS[i], ARGV[6]) end
+  for i = 1, 7 do redis.call('EXPIRE', KEYS[i], ARGV[6]) end
 end
 publish(job, ARGV[7])
-return {'ok', seq, status}
+return {'ok', seq, status, next}
 """
 )
 
 RENEW = (
-    _APPLY
+    APPLY
+    + LANE
     + """
 -- KEYS[1] = job hash, KEYS[2] = messages list, KEYS[3] = results hash, KEYS[4] = errors hash,
--- KEYS[5] = undo errors hash, KEYS[6] = items list
+-- KEYS[5] = undo errors hash, KEYS[6] = items list, KEYS[7] = lanes hash
 -- ARGV[1] = seq, ARGV[2] = worker id, ARGV[3] = now (s), ARGV[4] = payload (JSON, '' = none),
--- ARGV[5] = new lease expiry (ms), ARGV[6] = channel, ARGV[7] = messages kept
+-- ARGV[5] = new lease expiry (ms), ARGV[6] = channel, ARGV[7] = messages kept,
+-- ARGV[8] = lane (0: the job's own chain)
 -- Renews a running step's lease (the heartbeat), and applies what the step reported up to its
 -- last checkpoint (or a one-shot job's live progress), or marks it as the step that ends the job
 -- (`ending`): fenced like COMMIT, but `seq` stays, for the step goes on.
 -- Returns {'ok', status, signal} or {'lost'}.
 local job = KEYS[1]
-local f = redis.call('HMGET', job, 'seq', 'lease_owner', 'status', 'signal', 'checkpoints')
-if not f[1] or tonumber(f[1]) ~= tonumber(ARGV[1]) or f[2] ~= ARGV[2] then return {'lost'} end
+lane_of(job, KEYS[7], ARGV[8])
+local f = redis.call('HMGET', job, 'status', 'signal')
+local l = lmget('seq', 'lease_owner', 'checkpoints')
+if not l[1] or tonumber(l[1]) ~= tonumber(ARGV[1]) or l[2] ~= ARGV[2] then return {'lost'} end
 local p = ARGV[4] ~= '' and cjson.decode(ARGV[4]) or nil
-local lacking = (p and p.checkpoint) and missing(f[5], p.checkpoint) or 1
+local lacking = (p and p.checkpoint) and missing(l[3], p.checkpoint) or 1
 if lacking > 1 then return {'lost'} end
-hset(job, 'lease_until', ARGV[5])
+lset('lease_until', ARGV[5])
 if p then
   if lacking == 1 then
-    if p.checkpoint then hset(job, 'checkpoints', p.checkpoint) end
+    if p.checkpoint then lset('checkpoints', p.checkpoint) end
+    to_lane(p)
     apply(job, KEYS[2], p, ARGV[3], ARGV[7])
     apply_outcomes(p, KEYS[3], KEYS[4], KEYS[5], KEYS[6])
   end
   publish(job, ARGV[6])
 end
-return {'ok', f[3], f[4]}
+return {'ok', f[1], f[2]}
 """
 )
 
 SIGNAL = (
-    _APPLY
+    APPLY
     + """
 -- KEYS[1] = job hash, KEYS[2] = messages list
 -- ARGV[1] = stop | cancel | pause | resume, ARGV[2] = now (s), ARGV[3] = deadline for the step
@@ -338,7 +341,7 @@ return {code, redis.call('HGET', job, 'status'), seq}
 )
 
 REOPEN = (
-    _APPLY
+    APPLY
     + """
 -- KEYS[1] = job hash, KEYS[2] = messages list, KEYS[3..] = the job's other keys
 -- ARGV[1] = now (s), ARGV[2] = deadline for the step the caller enqueues (ms), ARGV[3] = channel,
@@ -364,32 +367,36 @@ return {'enqueue', 'running', f[2]}
 )
 
 RECOVER = (
-    _PRELUDE
+    PRELUDE
     + """
--- KEYS[1] = job hash
+-- KEYS[1] = job hash, KEYS[2] = lanes hash
 -- ARGV[1] = now (ms), ARGV[2] = deadline to set for the re-enqueued step (ms),
--- ARGV[3] = a worker known to be dead ('' for none)
+-- ARGV[3] = a worker known to be dead ('' for none), ARGV[4] = lane (0: the job's own chain)
 -- A job whose step deadline passed (its worker died holding the lease, or its next step never
 -- reached a worker), or whose lease the dead worker holds, gets a fresh deadline; the caller
--- re-enqueues step `seq`.
+-- re-enqueues step `seq`. A lane of a job in lanes is recovered alone, the same way.
 -- Returns {'requeue', seq, lost (1 if a claimed step was lost)} or {'skip'}.
-local f = redis.call('HMGET', KEYS[1], 'status', 'seq', 'lease_owner', 'lease_until')
-local status = f[1]
+local status = redis.call('HGET', KEYS[1], 'status')
 if not status or status == 'paused' or TERMINAL[status] then
   return {'skip'}
 end
-local held_by_the_dead = ARGV[3] ~= '' and f[3] == ARGV[3]
-if tonumber(f[4]) > tonumber(ARGV[1]) and not held_by_the_dead then return {'skip'} end
+local key, k = KEYS[1], ''
+if tonumber(ARGV[4]) > 0 then key, k = KEYS[2], ARGV[4] .. ':' end
+local f = redis.call('HMGET', key, k .. 'seq', k .. 'lease_owner', k .. 'lease_until',
+  k .. 'lane_state')
+if not f[1] or (k ~= '' and f[4] ~= '') then return {'skip'} end
+local held_by_the_dead = ARGV[3] ~= '' and f[2] == ARGV[3]
+if tonumber(f[3]) > tonumber(ARGV[1]) and not held_by_the_dead then return {'skip'} end
 local lost = 0
-if f[3] ~= '' then lost = 1 end
-redis.call('HSET', KEYS[1], 'lease_owner', '', 'lease_until', ARGV[2])
+if f[2] ~= '' then lost = 1 end
+redis.call('HSET', key, k .. 'lease_owner', '', k .. 'lease_until', ARGV[2])
 if lost == 1 then redis.call('HINCRBY', KEYS[1], 'recoveries', 1) end
-return {'requeue', f[2], lost}
+return {'requeue', f[1], lost}
 """
 )
 
 MARK_CLEANED = (
-    _PRELUDE
+    PRELUDE
     + """
 -- KEYS[1] = job hash
 -- Sets cleaned = 1 once, on a job that has ended; returns the job hash to the one caller that set

@@ -24,7 +24,6 @@ Guarantees, as users meet them:
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import time
@@ -38,11 +37,13 @@ from .handlers import Handler, StepResult, preview_ended
 from .heartbeat import Heartbeat, worker_id
 from .i18n import N_, Message, stored
 from .job import Job, StepResponse, UserLoader
+from .lanes import LanePlan, coordinate
 from .notify import Notifier
+from .records import Committed
 from .registry import HandlerSpec, Registry
-from .schema import ClaimCode, F, Kind, Phase, Status, as_json, is_terminal, ms
-from .sources import Entry, Source
-from .store import Committed, Store
+from .schema import ClaimCode, F, Kind, Phase, Status, as_int, is_terminal, ms
+from .store import Store
+from .work import feed, plan_work, settle_total
 
 log = logging.getLogger("batchflow")
 
@@ -54,8 +55,6 @@ CLEANUP_GRACE = 3600
 #: units reaches its step size in a few steps (from 10 units to 10,000 in five), while a unit that
 #: is slow after all costs at most a few times the target.
 GROWTH = 4
-#: The error of an id a retry looked up in the job's source and did not find.
-GONE = N_("This item no longer exists.")
 #: Seconds before a commit Redis did not answer is sent again, doubling up to the maximum.
 COMMIT_RETRY_FIRST, COMMIT_RETRY_MAX = 0.25, 2.0
 
@@ -63,7 +62,9 @@ COMMIT_RETRY_FIRST, COMMIT_RETRY_MAX = 0.25, 2.0
 class Dispatcher(Protocol):
     """How the engine reaches workers; the Celery layer provides it (tests provide their own)."""
 
-    def enqueue_step(self, job_id: str, seq: int, countdown: float = 0.0) -> None: ...
+    def enqueue_step(
+        self, job_id: str, seq: int, countdown: float = 0.0, lane: int = 0
+    ) -> None: ...
 
     def enqueue_cleanup(self, job_id: str) -> None: ...
 
@@ -127,8 +128,8 @@ class StepRunner:
         self.load_user = load_user
         self.heartbeat = Heartbeat(store, settings.lease_seconds, settings.worker_ttl)
 
-    def run(self, job_id: str, seq: int) -> StepOutcome:
-        """Run step ``seq`` of a job (a valid id), if it is still due.
+    def run(self, job_id: str, seq: int, lane: int = 0) -> StepOutcome:
+        """Run step ``seq`` of a job (a valid id) or of one of its lanes, if it is still due.
 
         Never raises for a handler's error: the job fails, showing a UserError's text or a
         generic message with a reference; the real message and traceback go to the log under
@@ -136,9 +137,9 @@ class StepRunner:
         """
         s = self.settings
         worker = worker_id()
-        claim = self.store.claim(job_id, seq, worker, ms(time.time()), ms(s.lease_seconds))
+        claim = self.store.claim(job_id, seq, worker, ms(time.time()), ms(s.lease_seconds), lane)
         if claim.code is not ClaimCode.OK:
-            log.debug("step %s/%s not run: %s", job_id, seq, claim.code.value)
+            log.debug("step %s/%s/%s not run: %s", job_id, lane, seq, claim.code.value)
             return StepOutcome(refused=claim.code)
         fields = claim.fields
         phase = fields.get(F.PHASE)
@@ -149,15 +150,20 @@ class StepRunner:
             bad_flags=claim.bad_flags,
             files_dir=s.files_dir,
             load_user=self.load_user,
+            lane=lane,
         )
         started = time.monotonic()
         interval = s.progress_interval if live else s.checkpoint_interval
         spec = self.registry.find(job.handler)
         # Read before the heartbeat commits checkpoints (they move `processed` on).
         batch = self._batch(job)
+        plan, coordinating = LanePlan(), lane == 0 and _coordinating(fields)
         with self.heartbeat.watch(job, worker, interval, live=live):
-            updates = self._advance(spec, job, batch)
-        if spec is not None and not job.ended:
+            if spec is not None and coordinating:
+                plan, updates = self._coordinate(spec, job)
+            else:
+                updates = self._advance(spec, job, batch)
+        if spec is not None and not job.ended and not coordinating:
             job.defer(spec.handler_class.step_delay)
             if phase != Phase.CREATE:
                 elapsed = time.monotonic() - started
@@ -172,14 +178,16 @@ class StepRunner:
         # Sent again up to that deadline: a commit Redis carries out late is still followed by
         # its next step (a preview sends none).
         patience = s.lease_seconds if awaiting else max(s.lease_seconds, deferred + wait)
-        payload = job.buffer.payload(job.data, updates)
-        committed = self._commit(
-            job_id, seq, worker, now, payload, ms(now + deferred + wait), patience=patience
-        )
+        lane_end = updates.pop(F.LANE_STATE, None)
+        payload = {**job.buffer.payload(job.data, updates), **plan.payload()}
+        if lane_end:
+            payload["lane_end"] = lane_end
+        deadline = ms(now + deferred + wait)
+        committed = self._commit(job, worker, now, payload, deadline, patience=patience)
         if committed is None:
             log.warning("step %s/%s lost its lease before committing; discarded", job_id, seq)
             return StepOutcome(lost=True, handler=job.handler)
-        new_seq, status = committed.seq, Status(committed.status)
+        status = Status(committed.status)
         if not committed.replicated:
             # A failover now could lose this commit: what follows it waits for maintenance
             # (after the deadline), by when the commit is on a replica or the step runs again.
@@ -190,15 +198,47 @@ class StepRunner:
                 seq,
             )
         elif status.terminal:
-            self._notify(job_id, now)
+            if is_terminal(updates.get(F.STATUS)):  # this step ended the job
+                self._notify(job_id, now)
         elif status not in (Status.PAUSED, Status.AWAITING):
-            try:
-                self.dispatcher().enqueue_step(job_id, new_seq, deferred)
-            except Exception:  # noqa: BLE001 - maintenance re-enqueues after the deadline
-                log.exception(
-                    "could not enqueue step %s/%s; maintenance will retry", job_id, new_seq
-                )
+            self._send_next(job, committed, deferred, plan, lane_end or coordinating)
         return StepOutcome(status=status, handler=job.handler)
+
+    def _send_next(
+        self, job: Job, committed: Committed, deferred: float, plan: LanePlan, waits: bool
+    ) -> None:
+        """Send what follows a commit: the chain's next step, unless it ``waits`` (a lane that
+        ended; the own chain of a job whose lanes run), the lanes ``plan`` wakes, and the own
+        chain's step when the commit says it is due (the last lane ended)."""
+        if not waits or (not job.lane and committed.main is not None):
+            self._send(job.id, committed.seq, deferred, job.lane)
+        for lane, seq in plan.wake:
+            self._send(job.id, seq, 0.0, lane)
+        if job.lane and committed.main is not None:
+            self._send(job.id, committed.main, 0.0, 0)
+
+    def _send(self, job_id: str, seq: int, countdown: float, lane: int) -> None:
+        try:
+            self.dispatcher().enqueue_step(job_id, seq, countdown, lane)
+        except Exception:  # noqa: BLE001 - maintenance re-enqueues after the deadline
+            log.exception(
+                "could not enqueue step %s/%s/%s; maintenance will retry", job_id, lane, seq
+            )
+
+    def _coordinate(self, spec: HandlerSpec, job: Job) -> tuple[LanePlan, dict[str, Any]]:
+        """The own chain's step of a job in lanes: make, open again or wake its lanes, or end
+        the job once every lane has ended (see :mod:`batchflow.lanes`)."""
+        b = job.buffer
+        plan = coordinate(
+            job.status,
+            as_int(b.committed(F.LANES)),
+            job.total or 0,
+            as_int(b.committed(F.BATCH_SIZE), 1),
+            self.store.lanes(job.id),
+        )
+        if plan.ending is None:
+            return plan, {}
+        return plan, self._end(spec.create(), job, plan.ending)
 
     def _notify(self, job_id: str, now: float) -> None:
         try:
@@ -207,15 +247,7 @@ class StepRunner:
             log.exception("job %s ended; its notifications wait for maintenance", job_id)
 
     def _commit(
-        self,
-        job_id: str,
-        seq: int,
-        worker: str,
-        now: float,
-        payload: Any,
-        deadline_ms: int,
-        *,
-        patience: float,
+        self, job: Job, worker: str, now: float, payload: Any, deadline_ms: int, *, patience: float
     ) -> Committed | None:
         """COMMIT, sent again while Redis does not answer, for ``patience`` seconds: up to the
         deadline the commit sets, after which maintenance would send the next step. A commit
@@ -226,12 +258,14 @@ class StepRunner:
         pause = COMMIT_RETRY_FIRST
         while True:
             try:
-                return self.store.commit(job_id, seq, worker, now, payload, deadline_ms, ttl)
+                return self.store.commit(
+                    job.id, job.seq, worker, now, payload, deadline_ms, ttl, job.lane
+                )
             except Unavailable:
                 if time.monotonic() + pause > give_up:
                     raise
                 log.warning(
-                    "step %s/%s: Redis did not take the commit; sending it again", job_id, seq
+                    "step %s/%s: Redis did not take the commit; sending it again", job.id, job.seq
                 )
                 time.sleep(pause)
                 pause = min(pause * 2, COMMIT_RETRY_MAX)
@@ -270,6 +304,8 @@ class StepRunner:
             return self._give_up(handler, job, phase)
         if status is not Status.CANCELING and (withdrawn := spec.withdrawn(job)):
             job.add_message(withdrawn)
+            if job.lane:  # every lane stops, then the job's own chain ends it
+                return {F.STATUS: Status.STOPPING.value}
             return self._end(handler, job, Status.STOPPED)
         if status is Status.CANCELING and not settling:
             if phase == Phase.UNDO and spec.kind is not Kind.TASK:
@@ -283,20 +319,20 @@ class StepRunner:
             if job.buffer.committed(F.ITEMS_SOURCE) == "handler":
                 self._load_items(handler, job)
             elif job.buffer.committed(F.ITEMS_SOURCE) == "source":
-                self._plan(handler, job)
+                plan_work(handler, job)
             self._respond(job, handler.create_job(job))
             previews = getattr(handler, "preview", False)
             updates[F.PHASE] = (Phase.ASSESS if previews else Phase.RUN).value
         elif phase == Phase.ASSESS:
-            self._feed(handler, job, batch, keep_ids=False)
+            feed(handler, job, batch, keep_ids=False)
             self._respond(job, handler.assess_job(job, batch))  # type: ignore[attr-defined]
             if job.buffer.ending is Status.COMPLETED and not job.lease_lost:
                 job.buffer.ending = None
                 updates.update(preview_ended(job))
         else:
-            self._feed(handler, job, batch, keep_ids=handler.can_cancel)
+            feed(handler, job, batch, keep_ids=handler.can_cancel)
             self._respond(job, handler.continue_job(job, batch))
-            self._settle_total(job)
+            settle_total(job)
         handler.after_step(job)
         if job.lease_lost:
             # Another worker holds the lease now: this step's ending is not the job's (its commit
@@ -347,46 +383,6 @@ class StepRunner:
         count = self.store.replace_items(job.id, (str(item) for item in produced or ()))
         job.set_total(count)
 
-    # -- a job's work: ids, or its source ----------------------------------------------------
-
-    def _plan(self, handler: Handler, job: Job) -> None:
-        """Ask the job's source what its walk covers, once, and keep that with the job."""
-        plan = _source_of(handler, job).plan()
-        job.buffer.set(F.SOURCE_PLAN, json.dumps(plan.state))
-        job.set_total(plan.total)
-
-    def _feed(self, handler: Handler, job: Job, batch: int, *, keep_ids: bool = False) -> None:
-        """Give the step its entries: the source's next ones after the committed cursor, or
-        the ids CLAIM sliced (looked up in the source, for a job that has one: a retry)."""
-        b = job.buffer
-        if b.committed(F.ITEMS_SOURCE) == "source":
-            state = as_json(b.committed(F.SOURCE_PLAN), {})
-            cursor = as_json(b.committed(F.CURSOR), None)
-            entries = _source_of(handler, job).read(state, cursor, batch)
-            job.load_entries(entries, last=len(entries) < batch, walking=True, keep_ids=keep_ids)
-        elif b.committed(F.KIND) == Kind.ITEMS:
-            last = not job.items or job.units_processed + len(job.items) >= (job.total or 0)
-            entries = job.entries
-            if handler.walks_source() and job.items:
-                found = {entry.id: entry for entry in _source_of(handler, job).fetch(job.items)}
-                entries = [found.get(item) or Entry(item, None, None, GONE) for item in job.items]
-            job.load_entries(entries, last=last)
-
-    def _settle_total(self, job: Job) -> None:
-        """When a source's walk completes, its total becomes what was met: entries removed while
-        the job ran were not found (said in a message), and the bar ends full."""
-        planned, met = job.total, job.units_processed
-        if job.buffer.ending is not Status.COMPLETED or job.buffer.value(F.SOURCE_PLAN) is None:
-            return
-        if planned is not None and met < planned:
-            gone = Message(
-                N_("%(gone)s of the %(counted)s counted at the start were gone when reached."),
-                gone=planned - met,
-                counted=planned,
-            )
-            job.add_message(gone)
-        job.set_total(met)
-
     def _give_up(self, handler: Handler, job: Job, phase: str) -> dict[str, Any]:
         lost = job.attempt - 1
         reason = Message(
@@ -398,7 +394,7 @@ class StepRunner:
             job.record_undone(1, 0, [[job.items[0], stored(reason)]])
             return {}
         if in_items and job.status is not Status.CANCELING:
-            self._feed(handler, job, 1)
+            feed(handler, job, 1)
             if job.entries:
                 job.record_error(job.entries[0].id, reason)
                 job.bad()
@@ -415,6 +411,9 @@ class StepRunner:
 
     def _end(self, handler: Handler | None, job: Job, status: Status) -> dict[str, Any]:
         """The fields that end a job, after its handler's callbacks (part of this last step)."""
+        if job.lane and status is not Status.FAILED:
+            # A lane's ending is its own: the job ends in its own chain once every lane has.
+            return {F.LANE_STATE: status.value}
         updates: dict[str, Any] = {F.STATUS: status.value}
         if handler is not None and status in CANCELABLE_ENDINGS and not self._seal(job):
             # A cancel came first: the commit turns this ending into the undo it asked for, so
@@ -480,11 +479,7 @@ class StepRunner:
         return seen.status != Status.CANCELING.value
 
 
-def _source_of(handler: Handler, job: Job) -> Source:
-    source = handler.source(job)
-    if not isinstance(source, Source):
-        raise TypeError(
-            f"{type(handler).__name__}.source(job) returned {type(source).__name__}, "
-            "not a batchflow Source."
-        )
-    return source
+def _coordinating(fields: dict[str, str]) -> bool:
+    """Whether a step of the job's own chain coordinates its lanes (in its run or its undo)."""
+    laned = as_int(fields.get(F.LANES)) > 1
+    return laned and fields.get(F.PHASE) in (Phase.RUN.value, Phase.UNDO.value)

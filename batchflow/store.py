@@ -17,7 +17,6 @@ already validated (:meth:`Engine <batchflow.engine.Engine>` checks them once, at
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import inspect
 import itertools
@@ -32,9 +31,20 @@ from .events import EventHub, Snapshot, follow
 from .exceptions import InvalidParams, JobNotFound, Unavailable
 from .keys import Keys
 from .paging import read_page
+from .records import ActiveJob, Claim, Committed, Seen
 from .redisconn import DOWN, connect, wait_for_replicas
 from .redisurl import CLUSTER, SERVER
-from .schema import ClaimCode, F, Signal, SignalCode, Status, flat_pairs
+from .schema import (
+    ClaimCode,
+    F,
+    Signal,
+    SignalCode,
+    Status,
+    as_int,
+    flat_pairs,
+    is_terminal,
+    lane_records,
+)
 from .scripts import CLAIM, COMMIT, MARK_CLEANED, RECOVER, RENEW, REOPEN, SIGNAL, sharded
 
 MESSAGES_KEPT = 100
@@ -69,46 +79,6 @@ def translating(method: Fn) -> Fn:
             raise Unavailable.redis(exc) from exc
 
     return cast(Fn, wrapper)
-
-
-@dataclasses.dataclass
-class Claim:
-    """What CLAIM returned: ``code`` and, when it is ``OK``, the job and this step's ids."""
-
-    code: ClaimCode
-    fields: dict[str, str] = dataclasses.field(default_factory=dict)
-    ids: list[str] = dataclasses.field(default_factory=list)
-    bad_flags: list[bool] = dataclasses.field(default_factory=list)
-
-
-@dataclasses.dataclass(frozen=True)
-class ActiveJob:
-    """A job maintenance watches: its status (None if its state is gone), the deadline of its
-    step (the lease's end while a worker holds it), and the worker holding it ("" if none)."""
-
-    id: str
-    status: str | None
-    deadline_ms: int
-    lease_owner: str
-    notify_due_ms: int = 0  # an ended job's notifications are pending, due from then (ms)
-
-
-@dataclasses.dataclass(frozen=True)
-class Committed:
-    """What COMMIT did: the job's new ``seq`` and ``status``; ``replicated`` is False when the
-    replicas the store waits for did not all acknowledge the commit in time."""
-
-    seq: int
-    status: str
-    replicated: bool = True
-
-
-@dataclasses.dataclass(frozen=True)
-class Seen:
-    """What a renewal of a step's lease saw of the job: its status and pending signal."""
-
-    status: str
-    signal: str
 
 
 class Store:
@@ -283,12 +253,14 @@ class Store:
         return [*head, self.keys.channel(job_id), MESSAGES_KEPT]
 
     @translating
-    def claim(self, job_id: str, seq: int, worker: str, now_ms: int, lease_ms: int) -> Claim:
-        """Take step ``seq``'s lease for ``worker`` if the step is due (see CLAIM)."""
+    def claim(
+        self, job_id: str, seq: int, worker: str, now_ms: int, lease_ms: int, lane: int = 0
+    ) -> Claim:
+        """Take step ``seq``'s lease (of ``lane``) for ``worker`` if the step is due (see CLAIM)."""
         k = self.keys
         reply = self._claim(
-            keys=[k.job(job_id), k.items(job_id), k.errors(job_id)],
-            args=[seq, worker, now_ms, lease_ms, k.channel(job_id)],
+            keys=[k.job(job_id), k.items(job_id), k.errors(job_id), k.lanes(job_id)],
+            args=[seq, worker, now_ms, lease_ms, k.channel(job_id), lane],
         )
         code = ClaimCode(reply[0])
         if code is not ClaimCode.OK:
@@ -306,6 +278,7 @@ class Store:
         payload: dict[str, Any],
         deadline_ms: int,
         ttl: int,
+        lane: int = 0,
     ) -> Committed | None:
         """Apply one step's buffer; what it committed, or None if the fence broke.
 
@@ -313,13 +286,18 @@ class Store:
         most the replica timeout; :attr:`Committed.replicated` says whether they all did.
         """
         k = self.keys
+        job_keys = [k.job(job_id), k.items(job_id), *self._outcomes(job_id), k.messages(job_id)]
         reply = self._commit(
-            keys=[k.job(job_id), k.items(job_id), *self._outcomes(job_id), k.messages(job_id)],
-            args=self._argv(job_id, seq, worker, repr(now), json.dumps(payload), deadline_ms, ttl),
+            keys=[*job_keys, k.lanes(job_id)],
+            args=[
+                *self._argv(job_id, seq, worker, repr(now), json.dumps(payload), deadline_ms, ttl),
+                lane,
+            ],
         )
         if reply[0] != "ok":
             return None
-        return Committed(int(reply[1]), reply[2], self._replicated(k.job(job_id)))
+        main = int(reply[3]) if reply[3] != "" else None
+        return Committed(int(reply[1]), reply[2], self._replicated(k.job(job_id)), main)
 
     def _replicated(self, key: str) -> bool:
         """Whether ``replicas`` replicas of the server holding ``key`` have all its writes."""
@@ -336,13 +314,15 @@ class Store:
         now: float,
         lease_until_ms: int,
         payload: dict[str, Any] | None = None,
+        lane: int = 0,
     ) -> Seen | None:
         """Renew a running step's lease, applying ``payload`` (live progress, or the mark that
         this step ends the job) with it; what it saw of the job, or None if the lease is lost."""
         k, update = self.keys, json.dumps(payload) if payload else ""
+        job_keys = [k.job(job_id), k.messages(job_id), *self._outcomes(job_id), k.items(job_id)]
         reply = self._renew(
-            keys=[k.job(job_id), k.messages(job_id), *self._outcomes(job_id), k.items(job_id)],
-            args=self._argv(job_id, seq, worker, repr(now), update, lease_until_ms),
+            keys=[*job_keys, k.lanes(job_id)],
+            args=[*self._argv(job_id, seq, worker, repr(now), update, lease_until_ms), lane],
         )
         if reply[0] != "ok":
             return None
@@ -368,7 +348,7 @@ class Store:
         running: ``(code, status, seq)`` (see REOPEN); on ``enqueue`` it is among the active jobs
         again and the caller enqueues step ``seq``."""
         k = self.keys
-        others = [k.items(job_id), *self._outcomes(job_id)]
+        others = [k.items(job_id), *self._outcomes(job_id), k.lanes(job_id)]
         code, status, seq = self._reopen(
             keys=[k.job(job_id), k.messages(job_id), *others],
             args=[
@@ -386,11 +366,14 @@ class Store:
 
     @translating
     def recover(
-        self, job_id: str, now_ms: int, deadline_ms: int, dead_worker: str = ""
+        self, job_id: str, now_ms: int, deadline_ms: int, dead_worker: str = "", lane: int = 0
     ) -> tuple[int, bool] | None:
-        """Give an overdue job (or one whose lease ``dead_worker`` holds) a fresh deadline:
-        ``(seq to enqueue, a claimed step was lost)``, or None if it is not overdue now."""
-        reply = self._recover(keys=[self.keys.job(job_id)], args=[now_ms, deadline_ms, dead_worker])
+        """Give an overdue job or lane (or one whose lease ``dead_worker`` holds) a fresh
+        deadline: ``(seq to enqueue, a claimed step was lost)``, or None if it is not overdue."""
+        k = self.keys
+        reply = self._recover(
+            keys=[k.job(job_id), k.lanes(job_id)], args=[now_ms, deadline_ms, dead_worker, lane]
+        )
         if reply[0] != "requeue":
             return None
         return int(reply[1]), bool(reply[2])
@@ -421,13 +404,36 @@ class Store:
             chunk = ids[start : start + page]
             with self.client.pipeline(transaction=False) as pipe:
                 for job_id in chunk:
-                    fields = (F.STATUS, F.LEASE_UNTIL, F.LEASE_OWNER, F.NOTIFY_DUE)
+                    fields = (F.STATUS, F.LEASE_UNTIL, F.LEASE_OWNER, F.NOTIFY_DUE, F.LANES_OPEN)
                     pipe.hmget(self.keys.job(job_id), *fields)
                 replies = pipe.execute()
-            for job_id, (status, until, owner, due) in zip(chunk, replies, strict=True):
+            laned = []
+            for job_id, (status, until, owner, due, lanes) in zip(chunk, replies, strict=True):
                 deadline, due_ms = int(float(until or 0)), int(float(due or 0))
                 found.append(ActiveJob(job_id, status, deadline, owner or "", due_ms))
+                if as_int(lanes) > 0 and not is_terminal(status):
+                    laned.append(found[-1])
+            found += self._open_lanes(laned)
         return found
+
+    def _open_lanes(self, jobs: list[ActiveJob]) -> list[ActiveJob]:
+        """The lanes of these jobs in lanes that have not ended, each as maintenance sees a job."""
+        with self.client.pipeline(transaction=False) as pipe:
+            for job in jobs:
+                pipe.hgetall(self.keys.lanes(job.id))
+            replies = pipe.execute() if jobs else []
+        found = []
+        for job, fields in zip(jobs, replies, strict=True):
+            for lane, record in sorted(lane_records(fields).items()):
+                if not record.get(F.LANE_STATE):
+                    until, owner = as_int(record.get(F.LEASE_UNTIL)), record.get(F.LEASE_OWNER)
+                    found.append(ActiveJob(job.id, job.status, until, owner or "", 0, lane))
+        return found
+
+    @translating
+    def lanes(self, job_id: str) -> dict[int, dict[str, str]]:
+        """Each lane's fields (``{lane: {field: value}}``), empty for a job in one chain."""
+        return lane_records(cast(dict[str, str], self.client.hgetall(self.keys.lanes(job_id))))
 
     @translating
     def mark_alive(self, worker: str, ttl: float) -> None:

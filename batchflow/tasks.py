@@ -42,10 +42,11 @@ class CeleryDispatcher:
         self.app = app
         self.queue = queue
 
-    def enqueue_step(self, job_id: str, seq: int, countdown: float = 0.0) -> None:
+    def enqueue_step(self, job_id: str, seq: int, countdown: float = 0.0, lane: int = 0) -> None:
         self.app.send_task(
             STEP_TASK,
-            args=(job_id, seq),
+            # A job in one chain keeps the two arguments every worker version understands.
+            args=(job_id, seq, lane) if lane else (job_id, seq),
             queue=self.queue,
             countdown=countdown or None,
             retry=True,
@@ -104,10 +105,11 @@ def make_celery(
     enter = context or contextlib.nullcontext
 
     @app.task(name=STEP_TASK, ignore_result=True, shared=False)  # type: ignore[untyped-decorator]
-    def step(job_id: str, seq: int) -> str:
-        """Run one step of a job (a duplicate or stale delivery does nothing)."""
+    def step(job_id: str, seq: int, lane: int = 0) -> str:
+        """Run one step of a job, or of one of its lanes (a duplicate or stale delivery does
+        nothing)."""
         with enter():
-            outcome = engine.run_step(job_id, int(seq))
+            outcome = engine.run_step(job_id, int(seq), int(lane))
         if outcome.handler and engine.settings.gc_freeze:
             freeze_after_first_step(outcome.handler)  # the step's objects are gone by now
         return str(outcome)

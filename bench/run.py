@@ -125,7 +125,7 @@ class InlineDispatcher:
     def __init__(self) -> None:
         self.steps: collections.deque[tuple[str, int]] = collections.deque()
 
-    def enqueue_step(self, job_id: str, seq: int, countdown: float = 0.0) -> None:
+    def enqueue_step(self, job_id: str, seq: int, countdown: float = 0.0, lane: int = 0) -> None:
         self.steps.append((job_id, seq))
 
     def enqueue_cleanup(self, job_id: str) -> None:

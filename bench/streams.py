@@ -70,7 +70,7 @@ class Held:
     def __init__(self, held: list[tuple[str, int]]) -> None:
         self.held = held
 
-    def enqueue_step(self, job_id: str, seq: int, countdown: float = 0.0) -> None:
+    def enqueue_step(self, job_id: str, seq: int, countdown: float = 0.0, lane: int = 0) -> None:
         self.held.append((job_id, seq))
 
 

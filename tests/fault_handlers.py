@@ -307,7 +307,7 @@ def instrument(engine: Engine, prefix: str) -> None:
             side.rpush(f"{prefix}:commits", json.dumps(record))
         return result
 
-    def enqueue_step(job_id: str, seq: int, countdown: float = 0.0) -> None:
+    def enqueue_step(job_id: str, seq: int, countdown: float = 0.0, lane: int = 0) -> None:
         stepping = getattr(_local, "step", None)
         source = "successor" if stepping == (job_id, seq - 1) else "other"
         if source == "successor":
@@ -316,15 +316,21 @@ def instrument(engine: Engine, prefix: str) -> None:
             f"{prefix}:enqueued",
             json.dumps({"job": job_id, "seq": seq, "source": source, "t": time.time()}),
         )
-        real_enqueue(job_id, seq, countdown)
+        real_enqueue(job_id, seq, countdown, lane)
 
-    def run_step(job_id: str, seq: int) -> StepOutcome:
+    def run_step(job_id: str, seq: int, lane: int = 0) -> StepOutcome:
         _local.step = (job_id, seq)
         try:
-            outcome = real_run_step(job_id, seq)
+            outcome = real_run_step(job_id, seq, lane)
         finally:
             _local.step = None
-        record = {"job": job_id, "seq": seq, "outcome": str(outcome), "pid": os.getpid()}
+        record = {
+            "job": job_id,
+            "seq": seq,
+            "lane": lane,
+            "outcome": str(outcome),
+            "pid": os.getpid(),
+        }
         side.rpush(f"{prefix}:outcomes", json.dumps(record))
         return outcome
 

@@ -94,16 +94,27 @@ def broker_options(prefix: str) -> dict[str, Any]:
     }
 
 
+class QueuedStep(tuple):  # type: ignore[type-arg]
+    """A step a ListDispatcher holds: ``(job_id, seq, countdown)``, and its ``lane``."""
+
+    lane: int
+
+    def __new__(cls, job_id: str, seq: int, countdown: float, lane: int = 0) -> QueuedStep:
+        step = super().__new__(cls, (job_id, seq, countdown))
+        step.lane = lane
+        return step
+
+
 class ListDispatcher:
     """The engine's Dispatcher interface backed by a list, to drive steps by hand."""
 
     def __init__(self) -> None:
-        self.steps: list[tuple[str, int, float]] = []
+        self.steps: list[QueuedStep] = []
         self.cleanups: list[str] = []
         self.notifies: list[str] = []
 
-    def enqueue_step(self, job_id: str, seq: int, countdown: float = 0.0) -> None:
-        self.steps.append((job_id, seq, countdown))
+    def enqueue_step(self, job_id: str, seq: int, countdown: float = 0.0, lane: int = 0) -> None:
+        self.steps.append(QueuedStep(job_id, seq, countdown, lane))
 
     def enqueue_cleanup(self, job_id: str) -> None:
         self.cleanups.append(job_id)
@@ -115,8 +126,8 @@ class ListDispatcher:
         """Run queued steps inline until none are left; returns how many ran."""
         ran = 0
         while self.steps and ran < limit:
-            job_id, seq, _ = self.steps.pop(0)
-            engine.run_step(job_id, seq)
+            step = self.steps.pop(0)
+            engine.run_step(step[0], step[1], step.lane)
             ran += 1
         return ran
 

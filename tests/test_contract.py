@@ -154,7 +154,36 @@ class TaskKind(TaskJob):
         note_cleanup(job)
 
 
-KINDS = {"handler": PlainKind, "file": FileKind, "items": ItemsKind, "task": TaskKind}
+class LanesKind(ItemsKind):
+    """The item kind in three lanes (four units each): three chains of steps, one job."""
+
+    lanes = 3
+
+
+KINDS = {
+    "handler": PlainKind,
+    "file": FileKind,
+    "items": ItemsKind,
+    "lanes": LanesKind,
+    "task": TaskKind,
+}
+#: The kinds whose jobs take ids.
+WITH_IDS = ("items", "lanes")
+
+
+def cut_at(kind: str) -> tuple[str, str]:
+    """Where a test cuts a job's second slice off: the unit whose first attempt kills the worker,
+    and the unit of the same slice changed before it. In one chain (slices of three) the slice
+    is units 3-5; in lanes (four units each, lane 1 first) lane 2's first slice, units 4-6."""
+    return ("5", "4") if kind == "lanes" else ("4", "3")
+
+
+def held(engine: Engine, job_id: str) -> bool:
+    """Whether a worker holds a lease of the job, or of one of its lanes."""
+    lanes = engine.store.lanes(job_id).values()
+    return bool(engine.state(job_id).fields[F.LEASE_OWNER] or any(r[F.LEASE_OWNER] for r in lanes))
+
+
 #: The same kinds doing all their units in one step (one slice), to see what a crash repeats.
 ONE_STEP = {
     f"{name}-one-step": type(f"OneStep{cls.__name__}", (cls,), {"batch_size": UNITS})
@@ -199,7 +228,7 @@ class TestEngineContract:
     """What every kind of job guarantees."""
 
     def start(self, engine: Engine, kind: str, prefix: str) -> str:
-        ids = [str(unit) for unit in range(UNITS)] if kind == "items" else None
+        ids = [str(unit) for unit in range(UNITS)] if kind in WITH_IDS else None
         return engine.start(kind, owner="contract", params={"prefix": prefix}, ids=ids)
 
     def marks(self, prefix: str) -> dict[str, int]:
@@ -214,14 +243,15 @@ class TestEngineContract:
         assert manual.drain(engine, limit=n) == n
 
     def first_steps(self, engine: Engine, manual: ListDispatcher, kind: str) -> None:
-        """Run up to a point between steps with work done (a one-shot job: before its run)."""
-        self.step(engine, manual, 1 if kind == "task" else 2)
+        """Run up to a point between steps with work done (a one-shot job: before its run; a
+        job in lanes: create, the step that makes its lanes, one lane's first step)."""
+        self.step(engine, manual, {"task": 1, "lanes": 3}.get(kind, 2))
 
     def assert_exact(self, engine: Engine, job_id: str, kind: str, prefix: str) -> None:
         state = engine.state(job_id)
         assert state.status is Status.COMPLETED
         assert state.count("processed") == state.total == UNITS
-        if kind in ("items", "task"):
+        if kind in (*WITH_IDS, "task"):
             assert state.count("good") == UNITS and state.count("bad") == 0
         if kind == "file":
             with open(state.fields[F.FILE_PATH], newline="") as handle:
@@ -264,11 +294,12 @@ class TestEngineContract:
 
     def test_a_lost_step_runs_again_and_commits_once(self, engine, manual, kind, prefix):
         job_id = self.start(engine, kind, prefix)
-        CRASH_AT[job_id] = "4"  # in the second slice of three (a one-shot job: mid-run)
+        crash = cut_at(kind)[0]
+        CRASH_AT[job_id] = crash  # in the second slice (a one-shot job: mid-run)
         with pytest.raises(Crash):
             manual.drain(engine)
         lost = engine.state(job_id)
-        assert lost.fields[F.LEASE_OWNER]  # the dead worker's lease is still held
+        assert held(engine, job_id)  # the dead worker's lease is still held
         lease = engine.settings.lease_seconds
         done = engine.maintain(time.time() + lease + 1, force=True)
         assert (done["requeued"], done["lost"]) == (1, 1)
@@ -279,7 +310,7 @@ class TestEngineContract:
         # Only the lost step's units ran twice (steps are at-least-once, commits exactly-once).
         repeated = {unit for unit, n in marks.items() if n > 1}
         committed_before = lost.count("processed")
-        assert all(committed_before <= int(unit) < 4 for unit in repeated), marks
+        assert all(committed_before <= int(unit) < int(crash) for unit in repeated), marks
         assert all(n <= 2 for n in marks.values()), marks
 
     @pytest.mark.parametrize("applied", [True, False], ids=["applied", "never-arrived"])
@@ -355,10 +386,10 @@ class TestEngineContract:
         self.assert_exact(engine, job_id, kind, prefix)
 
     def lose_a_step(self, engine: Engine, manual: ListDispatcher, kind: str, prefix: str) -> str:
-        """Start a job whose second slice (units 3-5) is cut off at unit 4 with unit 3 changed,
-        its lease already expired: the state a worker killed mid-step leaves."""
+        """Start a job whose second slice is cut off with a unit changed (:func:`cut_at`), its
+        lease already expired: the state a worker killed mid-step leaves."""
         job_id = self.start(engine, kind, prefix)
-        CRASH_AT[job_id] = "4"
+        CRASH_AT[job_id] = cut_at(kind)[0]
         with pytest.raises(Crash):
             manual.drain(engine)
         lease = engine.settings.lease_seconds
@@ -369,14 +400,17 @@ class TestEngineContract:
         job_id = self.lose_a_step(engine, manual, kind, prefix)
         if kind == "task":  # one call, started again from scratch: nothing to settle
             return
-        assert "3" in self.changed(prefix)
+        assert cut_at(kind)[1] in self.changed(prefix)
         engine.signal(job_id, "stop")
         manual.drain(engine)
         state = engine.state(job_id)
         assert state.status is Status.STOPPED
         processed = state.count("processed")
-        assert processed == 6  # the lost slice was settled before the stop: units 3, 4, 5
-        assert self.changed(prefix) == {str(unit) for unit in range(processed)}
+        assert processed == 6  # the lost slice was settled before the stop
+        # In one chain units 0-5; in lanes, lane 1's first slice and lane 2's lost one (lane 3
+        # had not begun).
+        settled = [0, 1, 2, 4, 5, 6] if kind == "lanes" else range(processed)
+        assert self.changed(prefix) == {str(unit) for unit in settled}
         assert state.count("skipped") == UNITS - processed  # only units really never reached
 
     def test_cancel_after_a_lost_step_undoes_the_units_it_changed(
@@ -385,13 +419,13 @@ class TestEngineContract:
         job_id = self.lose_a_step(engine, manual, kind, prefix)
         if "cancel" not in engine.state(job_id).capabilities:
             return
-        assert "3" in self.changed(prefix)
+        assert cut_at(kind)[1] in self.changed(prefix)
         engine.signal(job_id, "cancel")
         manual.drain(engine)
         state = engine.state(job_id)
         assert state.status is Status.CANCELED
         assert self.changed(prefix) == set()  # unit 3, changed by the lost step, undone too
-        if kind == "items":
+        if kind in WITH_IDS:
             assert state.count("undone") == state.count("processed") == 6
 
     def test_a_crash_repeats_only_the_work_after_the_last_checkpoint(
@@ -402,14 +436,14 @@ class TestEngineContract:
         again repeats only the units after the last checkpoint (about 0.1 s of work), not ten.
         A one-shot job that checkpoints resumes from its checkpoint, not from scratch."""
         assert engine.settings.checkpoint_interval == 0.1
-        ids = [str(unit) for unit in range(UNITS)] if kind == "items" else None
+        ids = [str(unit) for unit in range(UNITS)] if kind in WITH_IDS else None
         params = {"prefix": prefix, "sleep": 0.03}
         name = kind if kind == "task" else f"{kind}-one-step"  # a one-shot job is one step
         job_id = engine.start(name, owner="c", params=params, ids=ids)
         manual.drain(engine, limit=1)  # create_job
-        CRASH_AT[job_id] = "10"
+        CRASH_AT[job_id] = "10"  # in lanes: in lane 3's one step, after lanes 1 and 2
         with pytest.raises(Crash):
-            manual.drain(engine, limit=1)
+            manual.drain(engine)
         committed = engine.state(job_id).count("processed")
         assert 4 <= committed <= 10, committed  # checkpoints landed while the step ran
         lease = engine.settings.lease_seconds
@@ -433,26 +467,36 @@ class TestEngineContract:
         raw = raw_client(engine)
         keys = engine.store.keys.all_of
         params = {"prefix": prefix, "sleep": 0.03}
-        ids = [str(unit) for unit in range(UNITS)] if kind == "items" else None
+        ids = [str(unit) for unit in range(UNITS)] if kind in WITH_IDS else None
         name = kind if kind == "task" else f"{kind}-one-step"  # a one-shot job is one step
         job_id = engine.start(name, owner="c", params=params, ids=ids)
         manual.drain(engine, limit=1)  # create_job
         saved: dict[str, Any] = {}
 
+        def checkpoints() -> str | None:  # the step's chain's: the job's, or lane 1's
+            if kind == "lanes":
+                return engine.store.lanes(job_id)[1][F.CHECKPOINTS]
+            return engine.state(job_id).fields.get(F.CHECKPOINTS)
+
         def save() -> None:
             saved.update({key: raw.dump(key) for key in keys(job_id)})
-            saved["checkpoints"] = engine.state(job_id).fields.get(F.CHECKPOINTS)
+            saved["checkpoints"] = checkpoints()
 
         def lose() -> None:  # back to the saved keys, once a later checkpoint was applied
-            wait_for(lambda: engine.state(job_id).fields[F.CHECKPOINTS] != saved["checkpoints"])
+            wait_for(lambda: checkpoints() != saved["checkpoints"])
             for key in keys(job_id):
                 raw.delete(key)
                 if saved[key] is not None:
                     raw.restore(key, 0, saved[key])
 
-        AT_UNIT[(job_id, "3")] = save
-        AT_UNIT[(job_id, "9")] = lose
-        outcome = engine.run_step(job_id, 1)
+        if kind == "lanes":  # the same in lane 1's one step, over units 0-3
+            manual.drain(engine, limit=1)  # the step that makes the lanes
+            (saved_at, lost_at), step = ("1", "3"), (0, 1)
+        else:
+            (saved_at, lost_at), step = ("3", "9"), (1, 0)
+        AT_UNIT[(job_id, saved_at)] = save
+        AT_UNIT[(job_id, lost_at)] = lose
+        outcome = engine.run_step(job_id, *step)
         assert outcome.lost, outcome
         lease = engine.settings.lease_seconds
         assert engine.maintain(time.time() + lease + 1, force=True)["lost"] == 1

@@ -641,10 +641,10 @@ class RefusingDispatcher(ListDispatcher):
 
     refuse = False
 
-    def enqueue_step(self, job_id: str, seq: int, countdown: float = 0.0) -> None:
+    def enqueue_step(self, job_id: str, seq: int, countdown: float = 0.0, lane: int = 0) -> None:
         if self.refuse:
             raise ConnectionError("the broker is down")
-        super().enqueue_step(job_id, seq, countdown)
+        super().enqueue_step(job_id, seq, countdown, lane)
 
 
 @pytest.mark.slow

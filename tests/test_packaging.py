@@ -144,12 +144,12 @@ LAYERS = [
     {"__init__", "extension", "views", "intake", "pages", "cli", "context", "uploads", "importing"}
     | {"toasts"},
     {"tasks", "gcfreeze"},  # Celery
-    {"engine", "steps", "heartbeat", "maintenance", "notify"},  # engine
+    {"engine", "steps", "heartbeat", "maintenance", "notify", "lanes"},  # engine
     # handlers
-    {"registry", "imports", "files", "handlers", "failures", "job", "buffer", "state"}
+    {"registry", "imports", "files", "handlers", "failures", "job", "buffer", "state", "work"}
     | {"sources", "sql", "csvsource", "xlsx"},
     {"store", "admission", "streams", "inbox", "keys", "scripts", "events", "paging"}  # store
-    | {"redisconn"},
+    | {"redisconn", "records", "lua"},
     {"schema", "display", "formats", "config", "exceptions", "ids"}  # vocabulary
     | {"notices", "mail", "webhooks", "words", "i18n", "redisurl"},
 ]

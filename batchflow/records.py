@@ -1,0 +1,52 @@
+"""What the store's step protocol answers: a claim, a commit, a renewal's view of the job, and
+the jobs (and lanes) maintenance watches. Plain records; :mod:`batchflow.store` builds them."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from .schema import ClaimCode
+
+
+@dataclasses.dataclass
+class Claim:
+    """What CLAIM returned: ``code`` and, when it is ``OK``, the job and this step's ids."""
+
+    code: ClaimCode
+    fields: dict[str, str] = dataclasses.field(default_factory=dict)
+    ids: list[str] = dataclasses.field(default_factory=list)
+    bad_flags: list[bool] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
+class ActiveJob:
+    """A job maintenance watches: its status (None if its state is gone), the deadline of its
+    step (the lease's end while a worker holds it), and the worker holding it ("" if none)."""
+
+    id: str
+    status: str | None
+    deadline_ms: int
+    lease_owner: str
+    notify_due_ms: int = 0  # an ended job's notifications are pending, due from then (ms)
+    lane: int = 0  # one lane of a job in lanes (its deadline and holder); 0: the job's own chain
+
+
+@dataclasses.dataclass(frozen=True)
+class Committed:
+    """What COMMIT did: the step's chain's new ``seq`` and the job's ``status``; ``replicated`` is
+    False when the replicas the store waits for did not all acknowledge the commit in time.
+    ``main`` is the seq of the job's own chain when a job in lanes needs its step now (its last
+    lane ended, or its own chain goes on to make or wake its lanes), else None."""
+
+    seq: int
+    status: str
+    replicated: bool = True
+    main: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Seen:
+    """What a renewal of a step's lease saw of the job: its status and pending signal."""
+
+    status: str
+    signal: str
