@@ -268,6 +268,7 @@ def make_fault_registry() -> Registry:
     registry = make_registry()
     registry.add("f-report", FaultReport)
     registry.add("f-items", FaultItems)
+    registry.add("f-lanes", type("FaultLanes", (FaultItems,), {"lanes": 4}))
     registry.add("f-fixed", FixedItems)
     registry.add("f-count", FaultCount)
     registry.add("f-task", FaultTask)

@@ -525,6 +525,37 @@ def test_sigkill_mid_item_step_every_id_has_exactly_one_committed_outcome(engine
 
 
 @pytest.mark.slow
+def test_sigkill_mid_lane_that_lane_alone_is_recovered_and_each_id_counted_once(
+    engine, workers, prefix
+):
+    """A job in four lanes; the prefork child running lane 3 dies at one id. Maintenance takes
+    that lane over alone (the other lanes go on), and only ids of the step cut off in lane 3
+    run twice; the job completes once, every id with one committed outcome."""
+    ids = [f"i{n:05d}" for n in range(4_000)]  # lane 3: i02000 to i02999
+    workers.spawn(pool="prefork")
+    workers.start(pool="prefork")
+    arm(prefix, "change", action="kill", left=1, item="i02345")
+    job_id = engine.start("f-lanes", owner="a", ids=ids, params={"prefix": prefix})
+    fired(prefix, "change")
+    state = terminal(engine, job_id, timeout=90)
+    d = state.to_dict()
+    assert (d["status"], d["good"], d["bad"], d["processed"]) == ("completed", 4_000, 0, 4_000)
+    assert set(dict(engine.store.iter_hash(job_id, "results"))) == set(ids)
+    assert state.fields["recoveries"] == "1"  # one lane's step, nothing else
+    lanes = engine.store.lanes(job_id)
+    assert {n: r["processed"] for n, r in lanes.items()} == dict.fromkeys(range(1, 5), "1000")
+    changed = {k: int(v) for k, v in side.hgetall(f"{prefix}:changed").items()}
+    assert set(changed) == set(ids) and max(changed.values()) <= 2
+    twice = sorted(k for k, v in changed.items() if v == 2)
+    if twice:  # a run of lane 3's ids just before the one that killed
+        first, last = ids.index(twice[0]), ids.index(twice[-1])
+        assert twice == ids[first : last + 1] and 2_000 <= first and last < ids.index("i02345")
+    outcomes = [json.loads(r) for r in side.lrange(f"{prefix}:outcomes", 0, -1)]
+    ended = [o for o in outcomes if o["job"] == job_id and o["outcome"] == "completed"]
+    assert len(ended) == 1 and ended[0]["lane"] == 0  # the job ended once, in its own chain
+
+
+@pytest.mark.slow
 def test_a_sigkill_repeats_about_one_checkpoint_interval_of_work(workers, prefix, files_dir):
     """Ids that take 2 ms each, steps of 500 ids (about a second): a pool child killed 0.8 s
     into a step. The step's progress was committed every BATCHFLOW_CHECKPOINT_INTERVAL (0.1 s)
