@@ -88,12 +88,24 @@ class SlowIncrement(ItemsJob):
         time.sleep(float(job.params["sleep"]))
 
 
+class WaitingItems(ItemsJob):
+    """Each id waits ``params["wait"]`` seconds, as a change that calls an API does; up to eight
+    lanes (benchmark 13 starts it with ``lanes=1`` and ``lanes=8``)."""
+
+    labels = {"title": "Waiting on I/O (benchmark)"}
+    max_lanes = 8
+
+    def change(self, item_id: str, job: Job) -> None:
+        time.sleep(float(job.params["wait"]))
+
+
 def make_registry() -> Registry:
     registry = Registry()
     registry.add("units", Units)
     registry.add("steps", Steps)
     registry.add("increment", Increment)
     registry.add("slow-increment", SlowIncrement)
+    registry.add("waiting-items", WaitingItems)
     from bench.source_handlers import add_source_handlers  # imports this module's ``side``
 
     add_source_handlers(registry)

@@ -83,14 +83,21 @@ def wait_for(
 
 
 class Worker:
-    """A real ``celery worker`` subprocess (solo pool) on the run's prefix and queue.
+    """A real ``celery worker`` subprocess (solo pool, unless told) on the run's prefix and queue.
 
     Each worker also listens on a private queue, so that a readiness ping reaches that worker.
     ``settings`` are more ``BATCHFLOW_*`` values for this worker only, on top of the run's; the
     worker consumes the queue they name (``BATCHFLOW_QUEUE``, the run's queue unless set).
     """
 
-    def __init__(self, ctx: Context, name: str, settings: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        name: str,
+        settings: Mapping[str, Any] | None = None,
+        pool: str = "solo",
+        concurrency: int = 1,
+    ) -> None:
         self.ctx = ctx
         self.name = f"{name}-{uuid.uuid4().hex[:6]}"
         self.private_queue = f"{ctx.queue}.{self.name}"
@@ -110,9 +117,9 @@ class Worker:
                     "bench.workerapp",
                     "worker",
                     "-P",
-                    "solo",
+                    pool,
                     "-c",
-                    "1",
+                    str(concurrency),
                     "-Q",
                     f"{self.queue},{self.private_queue}",
                     "-n",
@@ -220,11 +227,16 @@ class Context:
         return ":".join((self.prefix, "bench", *parts))
 
     def start_worker(
-        self, name: str, settings: Mapping[str, Any] | None = None, wait: bool = True
+        self,
+        name: str,
+        settings: Mapping[str, Any] | None = None,
+        wait: bool = True,
+        **pool: Any,
     ) -> Worker:
-        """Start a worker (with ``settings`` on top of the run's); without ``wait``, the caller
-        calls ``wait_ready()`` later (several workers then start side by side)."""
-        worker = Worker(self, name, settings)
+        """Start a worker (with ``settings`` on top of the run's; ``pool=``, ``concurrency=``
+        for another pool than solo); without ``wait``, the caller calls ``wait_ready()`` later
+        (several workers then start side by side)."""
+        worker = Worker(self, name, settings, **pool)
         self.workers.append(worker)
         if wait:
             worker.wait_ready()

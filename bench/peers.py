@@ -5,6 +5,7 @@
   pretend work (``sleep``), a progress ``PUBLISH`` and a stop flag check, for the latency peers.
 - ``bench.item``: one Celery task per item, doing the item's ``HINCRBY``.
 - ``rq_increment``: the same per-item job for RQ.
+- ``bench.io``: one Celery task per item that waits on I/O (``time.sleep``), for benchmark 13.
 - ``bench.ping``: readiness probe for a fresh worker.
 
 They run on the same Celery app (same broker, settings, queue and worker) as batchflow's tasks.
@@ -23,6 +24,7 @@ from bench.handlers import side
 CHAIN_TASK = "bench.chain"
 ITEM_TASK = "bench.item"
 PING_TASK = "bench.ping"
+IO_TASK = "bench.io"
 
 
 def register_peer_tasks(app: Celery) -> None:
@@ -57,6 +59,12 @@ def register_peer_tasks(app: Celery) -> None:
     @app.task(name=ITEM_TASK, ignore_result=True, shared=False)
     def item(key: str) -> None:
         side.hincrby(key, "n", 1)
+
+    @app.task(name=IO_TASK, ignore_result=True, shared=False)
+    def io(key: str, wait: float) -> None:
+        """One item of benchmark 13: an I/O wait of ``wait`` seconds, then count it done."""
+        time.sleep(wait)
+        side.incr(key)
 
     @app.task(name=PING_TASK, ignore_result=True, shared=False)
     def ping(key: str) -> None:

@@ -54,6 +54,7 @@ from bench.harness import (  # noqa: E402
     percentile,
     wait_for,
 )
+from bench.lanes import bench_lanes  # noqa: E402
 from bench.peers import CHAIN_TASK, ITEM_TASK  # noqa: E402
 from bench.sources import bench_batch, bench_export, bench_import, bench_upload  # noqa: E402
 from bench.streams import bench_streams  # noqa: E402
@@ -1037,6 +1038,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--upload-mb", type=int, help="upload size in benchmark 11 (MiB, 1024)")
     parser.add_argument("--streams", type=int, help="event streams in benchmark 12 (default 200)")
+    parser.add_argument("--lane-items", type=int, help="ids of benchmark 13's job (default 20000)")
     parser.add_argument(
         "--stream-steps", type=int, help="steps of each job in benchmark 12 (default 10)"
     )
@@ -1047,8 +1049,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--only",
-        default="1,2,3,4,5,6,7,8,9,10,11,12",
-        help="comma-separated benchmarks to run (1-12; 2 and 3 run together)",
+        default="1,2,3,4,5,6,7,8,9,10,11,12,13",
+        help="comma-separated benchmarks to run (1-13; 2 and 3 run together)",
     )
     parser.add_argument(
         "--redis-url",
@@ -1076,6 +1078,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "upload_mb": 200 if quick else 1024,
         "streams": 60 if quick else 200,
         "stream_steps": 5 if quick else 10,
+        "lane_items": 4000 if quick else 20_000,
     }
     for name, value in defaults.items():
         if getattr(opts, name) is None:
@@ -1084,6 +1087,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     opts.item_reps = opts.reps + 1 if opts.reps > 1 else 1
     opts.scale_reps = opts.reps
     opts.peer_reps = max(1, opts.reps - 1)
+    opts.lane_reps = max(1, opts.reps - 1)
     opts.only = {int(x) for x in opts.only.split(",") if x.strip()}
     return opts
 
@@ -1119,6 +1123,7 @@ def main(argv: list[str] | None = None) -> int:
         ({10}, "10. import memory", bench_import),
         ({11}, "11. upload memory", bench_upload),
         ({12}, "12. event streams over two web processes", bench_streams),
+        ({13}, "13. one job in lanes", bench_lanes),
     ]
     try:
         for numbers, title, bench in plan:
