@@ -412,6 +412,7 @@ def _check_permission(handler: str, owner: str) -> None:
     "--ids-file", type=click.File("r"), help="Ids for an item job, one a line ('-': stdin)."
 )
 @click.option("--owner", default=CLI_OWNER, show_default=True, help="Who owns the job.")
+@click.option("--lanes", type=int, help="Lanes for an item job (up to its handler's max_lanes).")
 @click.option("--skip-permission", is_flag=True, help="Do not ask the handler's permission hook.")
 @click.option("--json", "as_json", is_flag=True, help='Print {"id": ..., "created": ...}.')
 @_reporting
@@ -422,6 +423,7 @@ def start(
     ids: tuple[str, ...],
     ids_file: Any,
     owner: str,
+    lanes: int | None,
     skip_permission: bool,
     as_json: bool,
 ) -> None:
@@ -440,7 +442,7 @@ def start(
         if form_class is not None:
             with current_app.test_request_context():  # Flask-WTF forms want a request
                 params = validate_form(form_class, params)
-        started = _engine().submit(handler, owner=owner, params=params, ids=id_list)
+        started = _engine().submit(handler, owner=owner, params=params, ids=id_list, lanes=lanes)
     except InvalidParams as exc:
         for field, messages in exc.errors.items():
             click.echo(f"  {field}: {' '.join(messages)}", err=True)

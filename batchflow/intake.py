@@ -18,7 +18,7 @@ from .i18n import locale
 from .schema import F
 
 #: Form fields that are not the handler's parameters.
-RESERVED_FIELDS = {"csrf_token", "ids", "ids[]", "redirect_url", "submit", "notify_email"}
+RESERVED_FIELDS = {"csrf_token", "ids", "ids[]", "redirect_url", "submit", "notify_email", "lanes"}
 
 
 def safe_redirect(url: str | None) -> str | None:
@@ -81,6 +81,20 @@ def start_fields() -> dict[str, str]:
         asked = request.form.get("notify_email", "") in ("1", "y", "on", "true")
     fields = {F.LOCALE: locale()}
     return {**fields, F.NOTIFY_EMAIL: "1"} if asked else fields
+
+
+def start_lanes() -> int | None:
+    """The lanes a start request asks for (``"lanes": 4`` in JSON, a ``lanes`` form field), or
+    None for the handler's own; the engine holds it to the handler's ``max_lanes``."""
+    if request.is_json:
+        body = request.get_json(silent=True)
+        asked = body.get("lanes") if isinstance(body, dict) else None
+    else:
+        text = request.form.get("lanes", "").strip()
+        asked = int(text) if text.isdigit() and len(text) < 10 else (text or None)
+    if asked is not None and (isinstance(asked, bool) or not isinstance(asked, int)):
+        raise InvalidParams(_("lanes must be a whole number."))
+    return asked
 
 
 #: How deep a start request's JSON may nest (params are settings, not documents).

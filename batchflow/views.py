@@ -46,7 +46,14 @@ from .i18n import gettext as _
 from .i18n import shown
 from .importing import protect_csrf, rejected_rows, start_import, takes_upload, upload_form
 from .imports import ImportJob
-from .intake import limit_body, read_start_request, safe_redirect, start_fields, validate_form
+from .intake import (
+    limit_body,
+    read_start_request,
+    safe_redirect,
+    start_fields,
+    start_lanes,
+    validate_form,
+)
 from .pages import catalogue_page, csv_report, results_page, wants_page
 from .registry import HandlerSpec
 from .schema import F, Status
@@ -324,6 +331,7 @@ def start(handler: str) -> Any:
                 ids=ids,
                 redirect_url=safe_redirect(redirect_url),
                 extra=start_fields(),
+                lanes=start_lanes(),
             )
     except InvalidParams as exc:
         if form_class is None or _wants_json():

@@ -284,6 +284,7 @@ def make_registry() -> Registry:
     registry.add("boom", Boom)
     registry.add("report", Report)
     registry.add("archive", Archive)
+    registry.add("archive-lanes", type("ArchiveLanes", (Archive,), {"lanes": 2, "max_lanes": 4}))
     registry.add("generated", Generated)
     registry.add("rebuild", Rebuild)
     registry.add("greeting", Greeting)

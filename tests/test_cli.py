@@ -343,11 +343,10 @@ def test_start_refuses_what_the_web_refuses(flask_batchflow, prefix, files_dir):
     code, stderr = refused("nosuch")
     assert code == 2 and stderr.startswith("Error: No job handler is registered as 'nosuch'.")
     assert stderr.endswith(
-        " Handlers this app knows: admin-only, archive, batch-archive, boom, count, count-up, "
-        "frozen-count, generated, greeting, hooked, import-contacts, leaky, leaky-items, "
-        "numbers-export, "
-        "people-export, preview-archive, preview-import, rebuild, report, touch-people, "
-        "walk-archive.\n"
+        " Handlers this app knows: admin-only, archive, archive-lanes, batch-archive, boom, "
+        "count, count-up, frozen-count, generated, greeting, hooked, import-contacts, leaky, "
+        "leaky-items, numbers-export, people-export, preview-archive, preview-import, rebuild, "
+        "report, touch-people, walk-archive.\n"
     )
     assert refused("archive") == (
         2,

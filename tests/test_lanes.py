@@ -13,7 +13,15 @@ from typing import Any
 import pytest
 from celery.contrib.testing.worker import start_worker
 
-from batchflow import ConfigurationError, InvalidParams, ItemsJob, Registry, Status, UserError
+from batchflow import (
+    BatchFlow,
+    ConfigurationError,
+    InvalidParams,
+    ItemsJob,
+    Registry,
+    Status,
+    UserError,
+)
 from batchflow.config import Settings
 from batchflow.engine import Engine
 from batchflow.job import Job
@@ -22,7 +30,8 @@ from batchflow.sources import CallableSource
 from batchflow.store import Store
 from batchflow.tasks import make_celery
 from tests.handlers import side
-from tests.helpers import broker_options, wait_for, wait_terminal
+from tests.helpers import broker_options, wait_for, wait_terminal, web_start
+from tests.webapp import create_app
 
 IDS = 240
 
@@ -230,3 +239,24 @@ def test_retry_of_a_job_in_lanes_runs_its_failed_ids(engine, workers, prefix):
     state = wait_terminal(engine, again)
     assert (state.status, state.total, state.count("bad")) == (Status.COMPLETED, 2, 2)
     assert sorted(engine.store.lanes(again)) == [1, 2]  # one id each
+
+
+def test_a_start_request_and_the_command_line_choose_lanes(prefix, files_dir):
+    """``"lanes": 3`` in a start request's JSON, a ``lanes`` form field, ``--lanes`` on the
+    command line: within the handler's bound (archive-lanes: 2, at most 4), else refused."""
+    app = create_app(prefix, files_dir)
+    engine = BatchFlow.state(app).engine
+    client = app.test_client()
+    reply = web_start(client, "archive-lanes", {"ids": ["a", "b", "c"], "lanes": 3})
+    assert reply.status_code == 202, reply.text
+    assert engine.state(reply.json["id"]).fields[F.LANES] == "3"
+    default = web_start(client, "archive-lanes", {"ids": ["a", "b", "c"]})
+    assert engine.state(default.json["id"]).fields[F.LANES] == "2"
+    for wrong, message in ((9, "from 1 to 4"), ("3", "whole number"), (True, "whole number")):
+        refused = web_start(client, "archive-lanes", {"ids": ["a"], "lanes": wrong})
+        assert refused.status_code == 400 and message in refused.text, refused.text
+    result = app.test_cli_runner().invoke(
+        args=["batchflow", "start", "archive-lanes", "--id", "a", "--id", "b", "--lanes", "4"]
+    )
+    assert result.exit_code == 0, result.output
+    assert engine.state(result.stdout.strip()).fields[F.LANES] == "4"
