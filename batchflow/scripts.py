@@ -38,13 +38,17 @@ CLAIM = (
 local job = KEYS[1]
 lane_of(job, KEYS[4], ARGV[6])
 local laned = LANE_PREFIX ~= ''
-local f = redis.call('HMGET', job, 'status', 'kind', 'phase', 'lanes')
+local f = redis.call(
+  'HMGET', job, 'status', 'kind', 'phase', 'lanes', 'seq', 'lease_owner', 'lease_until'
+)
 local status, kind, phase = f[1], f[2], f[3]
 if not status then return {'missing'} end
 if TERMINAL[status] then
   return {'terminal'}
 end
-local l = lmget('seq', 'lease_owner', 'lease_until', 'phase', 'lane_state')
+-- (The job's own chain reads its step fields with the job's: one command fewer per step.)
+local l = {f[5], f[6], f[7]}
+if laned then l = lmget('seq', 'lease_owner', 'lease_until', 'phase', 'lane_state') end
 local seq, owner, lease_until = l[1], l[2], l[3]
 if laned then
   if not seq then return {'missing'} end
@@ -149,8 +153,11 @@ COMMIT = (
 local job = KEYS[1]
 lane_of(job, KEYS[7], ARGV[9])
 local laned = LANE_PREFIX ~= ''
-local f = redis.call('HMGET', job, 'status', 'signal', 'lanes', 'phase')
-local l = lmget('seq', 'lease_owner', 'committed_by', 'checkpoints')
+local f = redis.call(
+  'HMGET', job, 'status', 'signal', 'lanes', 'seq', 'lease_owner', 'committed_by', 'checkpoints'
+)
+local l = {f[4], f[5], f[6], f[7]}
+if laned then l = lmget('seq', 'lease_owner', 'committed_by', 'checkpoints') end
 local me = ARGV[1] .. ' ' .. ARGV[2]
 if l[1] and tonumber(l[1]) == tonumber(ARGV[1]) + 1 and l[3] == me then
   return {'ok', tonumber(l[1]), f[1], ''}
@@ -258,8 +265,9 @@ RENEW = (
 -- Returns {'ok', status, signal} or {'lost'}.
 local job = KEYS[1]
 lane_of(job, KEYS[7], ARGV[8])
-local f = redis.call('HMGET', job, 'status', 'signal')
-local l = lmget('seq', 'lease_owner', 'checkpoints')
+local f = redis.call('HMGET', job, 'status', 'signal', 'seq', 'lease_owner', 'checkpoints')
+local l = {f[3], f[4], f[5]}
+if LANE_PREFIX ~= '' then l = lmget('seq', 'lease_owner', 'checkpoints') end
 if not l[1] or tonumber(l[1]) ~= tonumber(ARGV[1]) or l[2] ~= ARGV[2] then return {'lost'} end
 local p = ARGV[4] ~= '' and cjson.decode(ARGV[4]) or nil
 local lacking = (p and p.checkpoint) and missing(l[3], p.checkpoint) or 1

@@ -76,10 +76,17 @@ class Lanes(ItemsJob):
         side.hincrby(f"{job.params['prefix']}:callbacks", "finish", 1)
 
 
+class PreviewLanes(Lanes):
+    """A preview first (in the job's own chain), then the run in lanes."""
+
+    preview = True
+
+
 @pytest.fixture
 def engine(settings: Settings) -> Engine:
     registry = Registry()
     registry.add("lanes", Lanes)
+    registry.add("preview-lanes", PreviewLanes)
     return Engine(settings, Store.from_url(settings.redis_url, settings.key_prefix), registry)
 
 
@@ -260,3 +267,21 @@ def test_a_start_request_and_the_command_line_choose_lanes(prefix, files_dir):
     )
     assert result.exit_code == 0, result.output
     assert engine.state(result.stdout.strip()).fields[F.LANES] == "4"
+
+
+def test_a_preview_runs_in_the_jobs_own_chain_and_the_confirmed_run_in_lanes(
+    engine, workers, prefix
+):
+    work = ids(100)
+    job_id = engine.start("preview-lanes", owner="o", params={"prefix": prefix}, ids=work)
+    wait_for(lambda: engine.state(job_id).status is Status.AWAITING, timeout=30)
+    assert changed(prefix) == {} and engine.store.lanes(job_id) == {}  # nothing changed yet
+    engine.signal(job_id, "confirm")
+    state = wait_terminal(engine, job_id, timeout=60)
+    assert (state.status, state.count("processed"), state.count("good")) == (
+        Status.COMPLETED,
+        100,
+        100,
+    )
+    assert changed(prefix) == dict.fromkeys(work, 1)
+    assert sorted(engine.store.lanes(job_id)) == [1, 2, 3, 4]
