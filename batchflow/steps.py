@@ -201,7 +201,10 @@ class StepRunner:
             if is_terminal(updates.get(F.STATUS)):  # this step ended the job
                 self._notify(job_id, now)
         elif status not in (Status.PAUSED, Status.AWAITING):
-            self._send_next(job, committed, deferred, plan, lane_end or coordinating)
+            # A cancel that came during a lane's last step: COMMIT kept the lane open, to undo.
+            undoing = status is Status.CANCELING and lane_end != Status.CANCELED.value
+            ended = bool(lane_end) and not undoing
+            self._send_next(job, committed, deferred, plan, ended or coordinating)
         return StepOutcome(status=status, handler=job.handler)
 
     def _send_next(

@@ -34,6 +34,8 @@ from tests.helpers import broker_options, wait_for, wait_terminal, web_start
 from tests.webapp import create_app
 
 IDS = 240
+#: (job id, id) -> something that happens once, as that id's change begins.
+AT_ID: dict[tuple[str, str], Any] = {}
 
 
 class Lanes(ItemsJob):
@@ -52,6 +54,7 @@ class Lanes(ItemsJob):
 
     def change(self, item_id: str, job: Job) -> Any:
         prefix = job.params["prefix"]
+        AT_ID.pop((job.id, item_id), lambda: None)()
         running = side.incr(f"{prefix}:running")
         side.zadd(f"{prefix}:most", {"most": running}, gt=True)
         try:
@@ -285,3 +288,17 @@ def test_a_preview_runs_in_the_jobs_own_chain_and_the_confirmed_run_in_lanes(
     )
     assert changed(prefix) == dict.fromkeys(work, 1)
     assert sorted(engine.store.lanes(job_id)) == [1, 2, 3, 4]
+
+
+def test_a_cancel_during_a_lanes_last_step_sends_that_lane_on_to_undo(engine, manual, prefix):
+    """Each lane's range fits in one step; the cancel comes while lane 1's step runs. Its commit
+    does not end the lane (a cancel wins over an ending): the lane's next step is sent at once,
+    and undoes its range."""
+    job_id = start(engine, prefix, ids(8), lanes=2, sleep=0)
+    AT_ID[(job_id, "i0002")] = lambda: engine.signal(job_id, "cancel")
+    assert manual.drain(engine, limit=3) == 3  # create, the lanes made, lane 1's one step
+    assert [(step[0], step.lane) for step in manual.steps] == [(job_id, 2), (job_id, 1)]
+    manual.drain(engine)
+    state = engine.state(job_id)
+    assert state.status is Status.CANCELED and set(changed(prefix).values()) == {0}
+    assert state.count("undone") == state.count("processed") == 4  # lane 1's; lane 2 never ran
