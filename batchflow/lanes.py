@@ -55,11 +55,12 @@ def lanes_for(handler_class: type, asked: Any, items_source: str) -> int:
     """
     default = getattr(handler_class, "lanes", 1)
     most = getattr(handler_class, "max_lanes", None) or default
-    if asked is None:
-        return default if items_source in ("request", "handler") else 1
-    if isinstance(asked, bool) or not isinstance(asked, int) or not 1 <= asked <= most:
+    if asked is not None and (
+        isinstance(asked, bool) or not isinstance(asked, int) or not 1 <= asked <= most
+    ):
         raise InvalidParams(_("lanes must be a whole number from 1 to %(most)s.", most=most))
-    return asked if items_source in ("request", "handler") else 1
+    has_ids = items_source in ("request", "handler")
+    return (default if asked is None else asked) if has_ids else 1
 
 
 def partition(total: int, lanes: int, batch: int) -> list[list[int]]:

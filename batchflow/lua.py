@@ -124,5 +124,5 @@ local function to_lane(q)
   end
 end
 local LANE_VIEW = {'seq', 'attempts', 'batch_size', 'careful_until', 'processed', 'undo_cursor',
-  'phase', 'checkpoints', 'lease_owner', 'lease_until', 'lane_start', 'lane_size'}
+  'phase', 'checkpoints', 'lease_owner', 'lease_until', 'lane_size'}
 """

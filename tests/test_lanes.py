@@ -120,6 +120,13 @@ def start(engine: Engine, prefix: str, work: list[str], **kwargs: Any) -> str:
     return engine.start("lanes", owner="o", params=params, ids=work, **kwargs)
 
 
+def under_way(engine: Engine, prefix: str, done: int) -> str:
+    """A job of IDS ids of 10 ms, once ``done`` of them are committed."""
+    job_id = start(engine, prefix, ids(), sleep=0.01)
+    wait_for(lambda: engine.state(job_id).count("processed") >= done)
+    return job_id
+
+
 def test_a_job_in_lanes_changes_each_id_once_in_parallel_and_ends_once(engine, workers, prefix):
     work = ids()
     work[17], work[200] = "bad-17", "bad-200"
@@ -169,8 +176,7 @@ def test_the_handler_class_is_checked_when_it_is_registered():
 
 
 def test_pause_holds_every_lane_and_resume_finishes_exactly(engine, workers, prefix):
-    job_id = start(engine, prefix, ids(), sleep=0.01)
-    wait_for(lambda: engine.state(job_id).count("processed") >= 20)
+    job_id = under_way(engine, prefix, 20)
     engine.signal(job_id, "pause")
     wait_for(lambda: engine.state(job_id).status is Status.PAUSED, timeout=20)
     # The steps in flight when the pause was seen commit; then no lane holds a worker.
@@ -186,8 +192,7 @@ def test_pause_holds_every_lane_and_resume_finishes_exactly(engine, workers, pre
 
 
 def test_cancel_undoes_every_lanes_changes(engine, workers, prefix):
-    job_id = start(engine, prefix, ids(), sleep=0.01)
-    wait_for(lambda: engine.state(job_id).count("processed") >= 40)
+    job_id = under_way(engine, prefix, 40)
     engine.signal(job_id, "cancel")
     state = wait_terminal(engine, job_id, timeout=60)
     assert state.status is Status.CANCELED
@@ -211,8 +216,7 @@ def test_a_cancel_after_some_lanes_ended_undoes_theirs_too(engine, workers, pref
 
 
 def test_stop_then_continue_finishes_each_id_once(engine, workers, prefix):
-    job_id = start(engine, prefix, ids(), sleep=0.01)
-    wait_for(lambda: engine.state(job_id).count("processed") >= 40)
+    job_id = under_way(engine, prefix, 40)
     engine.signal(job_id, "stop")
     stopped = wait_terminal(engine, job_id, timeout=60)
     assert stopped.status is Status.STOPPED
