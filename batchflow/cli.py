@@ -39,6 +39,7 @@ from .exceptions import (
     UnknownHandler,
 )
 from .intake import validate_form
+from .operations import fleet_lines, fleet_report
 from .schema import Signal, Status
 from .state import JobState
 
@@ -455,6 +456,20 @@ def start(
 def maintain() -> None:
     """Recover overdue steps and clean expired jobs now (what workers do every few seconds)."""
     _maintain()
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the workers and the queue as JSON.")
+@_reporting
+def workers(as_json: bool) -> None:
+    """The workers seen (each announces itself every few seconds) and the queue: messages in
+    the broker, steps waiting for a worker."""
+    report = fleet_report(get_state())
+    if as_json:
+        _emit_json(report)
+        return
+    for line in fleet_lines(report):
+        click.echo(line)
 
 
 @cli.command("prune", hidden=True)

@@ -59,6 +59,7 @@ DEFAULTS: dict[str, Any] = {
     "BATCHFLOW_STREAMS_PER_USER": 4,
     "BATCHFLOW_FORGET_ANON_AT_LOGIN": False,
     "BATCHFLOW_GC_FREEZE": True,  # gc.freeze() after each handler's first step in a process
+    "BATCHFLOW_LOG_FORMAT": "text",  # or "json": batchflow's log lines as JSON, one per line
     # Notifications when a job ends (see notify.py): the app's address for absolute links, email
     # (SMTP with Flask-Mail's MAIL_* keys, or .eml files in an outbox folder), a signed webhook.
     "BATCHFLOW_BASE_URL": None,
@@ -88,6 +89,13 @@ MAIL_DEFAULTS: dict[str, Any] = {
 }
 
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def _log_format(value: Any) -> str:
+    chosen = str(value or "text").strip().lower()
+    if chosen not in ("text", "json"):
+        raise ConfigurationError(f"BATCHFLOW_LOG_FORMAT must be 'text' or 'json', not {value!r}.")
+    return chosen
 
 
 def check_redis_url(key: str, url: str) -> str:
@@ -192,6 +200,7 @@ class Settings:
     streams_per_user: int
     forget_anon_at_login: bool
     gc_freeze: bool
+    log_format: str
     content_security_policy: str
     base_url: str | None
     notify_email: bool
@@ -249,6 +258,7 @@ class Settings:
             streams_per_user=number("BATCHFLOW_STREAMS_PER_USER", int, 1),
             forget_anon_at_login=flag("BATCHFLOW_FORGET_ANON_AT_LOGIN"),
             gc_freeze=flag("BATCHFLOW_GC_FREEZE"),
+            log_format=_log_format(get("BATCHFLOW_LOG_FORMAT")),
             content_security_policy=str(get("BATCHFLOW_CONTENT_SECURITY_POLICY") or ""),
             base_url=base_url and check_http_url("BATCHFLOW_BASE_URL", base_url),
             notify_email=flag("BATCHFLOW_NOTIFY_EMAIL"),

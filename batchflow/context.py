@@ -21,6 +21,8 @@ from .exceptions import ConfigurationError, PermissionDenied
 from .i18n import connect
 from .i18n import gettext as _
 from .registry import Registry
+from .schema import WAITING_STATUSES
+from .state import JobState
 
 #: ``identity() -> str | None``: the current user's id, called in requests; None means "not
 #: allowed to use jobs".
@@ -186,3 +188,12 @@ def permission_subject() -> Any:
     """
     user = flask_login_user()
     return user if user is not None else current_identity()
+
+
+def nobody_works(state: JobState) -> bool:
+    """Whether ``state``'s job needs a worker while no worker consuming the app's queue is seen
+    (read at most every two seconds per process: see :meth:`Fleet.anyone_serves`)."""
+    if state.status.value not in WAITING_STATUSES:
+        return False
+    app = get_state()
+    return not app.engine.fleet.anyone_serves(app.settings.queue)

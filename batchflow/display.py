@@ -36,6 +36,7 @@ from .words import (
     FILE_STOPPED_NOTE,
     NO_WORKER,
     NO_WORKER_AFTER,
+    NO_WORKER_SEEN,
     PREVIEW_HINT,
     SIGNAL_ECHOES,
     STATE_WORDS,
@@ -173,6 +174,8 @@ def _label(s: Mapping[str, Any], labels: Mapping[str, str], state: str) -> str:
     """The state's sentence: the status line while the job runs, the outcome's title after."""
     default = _(DEFAULT_LABELS[state]) if state in DEFAULT_LABELS else None
     label = labels.get(state) or state_word(state)
+    if s.get("no_worker"):
+        return _(NO_WORKER_SEEN)
     if state == "pending" and (s.get("waiting_s") or 0) >= NO_WORKER_AFTER:
         return _(NO_WORKER)
     if state == "running" and s.get("pausing"):

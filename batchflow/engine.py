@@ -31,11 +31,13 @@ from .exceptions import (
     refuse,
 )
 from .failures import describe_failure
+from .fleet import Fleet
 from .i18n import N_, shown
 from .i18n import gettext as _
 from .job import Job, UserLoader
 from .keys import checked_job_id, new_job_id, valid_job_id
 from .lanes import lanes_for
+from .logs import about_job, configure
 from .maintenance import Maintenance
 from .notify import Notifier, NotifyHooks
 from .registry import HandlerSpec, Registry
@@ -106,9 +108,12 @@ class Engine:
         self.settings = settings
         self.store = store
         self.registry = registry
+        configure(settings.log_format)
         self.admission = Admission(store.client, store.keys)
         #: The open event streams of each identity, capped across web processes.
         self.streams = StreamSlots(store.client, store.keys)
+        #: The workers seen (each announces itself every maintenance interval).
+        self.fleet = Fleet(store.client, store.keys, 3 * settings.maintenance_interval)
         #: How steps reach workers: set by the Celery layer (``make_celery``), or by tests.
         self.dispatcher: Dispatcher | None = None
         #: Tells owners their jobs ended; ``notifier.inbox`` holds what they have not seen.
@@ -442,7 +447,8 @@ class Engine:
         """
         if not valid_job_id(job_id):
             return StepOutcome(refused=ClaimCode.MISSING)
-        return self.steps.run(job_id, seq, lane)
+        with about_job(job_id, step=seq, lane=lane):
+            return self.steps.run(job_id, seq, lane)
 
     # -- cleanup and maintenance ---------------------------------------------------------------
 

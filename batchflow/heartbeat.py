@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 
 from .job import Job
+from .logs import about_job
 from .schema import ms
 from .store import Store
 
@@ -155,7 +156,8 @@ class Heartbeat:
                     job.lane,
                 )
             except Exception:  # noqa: BLE001 - retried at the next beat (or sent with the commit)
-                log.warning("heartbeat for job %s failed", job.id, exc_info=True)
+                with about_job(job.id, handler=job.handler, step=job.seq, lane=job.lane):
+                    log.warning("heartbeat for job %s failed", job.id, exc_info=True)
                 return
             if seen is None:
                 job.lease.mark_lost()

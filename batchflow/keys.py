@@ -125,5 +125,14 @@ class Keys:
         """A worker process's sign of life: it exists while the process runs steps and lives."""
         return f"{self.prefix}:worker:{worker_id}"
 
+    @property
+    def fleet(self) -> str:
+        """The workers seen, scored by when each last announced itself (see :mod:`.fleet`)."""
+        return f"{self.prefix}:{{fleet}}:seen"
+
+    def fleet_worker(self, name: str) -> str:
+        """One worker's announcement (it expires); in the fleet index's slot."""
+        return f"{self.prefix}:{{fleet}}:worker:{_digest(name)}"
+
     def lock(self, name: str) -> str:
         return f"{self.prefix}:lock:{name}"

@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 from .config import Settings
 from .inbox import Deliveries
+from .logs import about_job
 from .records import ActiveJob
 from .schema import Signal, SignalCode, Status, is_terminal, ms
 from .store import Store
@@ -149,6 +150,10 @@ class Maintenance:
             self._requeue(job_id, seq, False, done)
 
     def _requeue(self, job_id: str, seq: int, lost: bool, done: Done, lane: int = 0) -> None:
+        with about_job(job_id, step=seq, lane=lane):
+            self._send_again(job_id, seq, lost, done, lane)
+
+    def _send_again(self, job_id: str, seq: int, lost: bool, done: Done, lane: int) -> None:
         done.requeued += 1
         done.lost += lost
         why = "its worker was lost" if lost else "it was never claimed"

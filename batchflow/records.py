@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .schema import ClaimCode
+from .schema import WAITING_STATUSES, ClaimCode
 
 
 @dataclasses.dataclass
@@ -29,6 +29,17 @@ class ActiveJob:
     lease_owner: str
     notify_due_ms: int = 0  # an ended job's notifications are pending, due from then (ms)
     lane: int = 0  # one lane of a job in lanes (its deadline and holder); 0: the job's own chain
+
+    def waiting_since(self, queue_timeout: float, now: float) -> float | None:
+        """When this step was sent to the workers if it waits for one now, else None: no
+        worker holds it, and its deadline is the one a step gets when it is sent
+        (``BATCHFLOW_QUEUE_TIMEOUT`` after it is due). A step not due yet (a countdown) or
+        held by a worker does not wait; nor do a paused job, a preview awaiting Confirm, an
+        ended job, or the own chain of a job in lanes (it waits for its lanes, not a worker)."""
+        if self.lease_owner or self.status not in WAITING_STATUSES:
+            return None
+        since = self.deadline_ms / 1000 - queue_timeout
+        return since if since <= now else None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -60,6 +60,10 @@ def is_terminal(status: str | None) -> bool:
 
 
 _TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
+#: The statuses in which a job needs a worker: its step runs, or waits in the queue for one.
+WAITING_STATUSES = frozenset(
+    s.value for s in (Status.PENDING, Status.RUNNING, Status.STOPPING, Status.CANCELING)
+)
 #: The same set as a Lua table constructor, for the scripts: ``TERMINAL[status]`` is true.
 LUA_TERMINAL = "{" + ", ".join(f"{s.value} = true" for s in sorted(TERMINAL)) + "}"
 

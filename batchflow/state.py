@@ -9,7 +9,7 @@ from typing import Any
 
 from .display import status_view
 from .i18n import shown
-from .schema import Status, as_float, as_int, as_json
+from .schema import WAITING_STATUSES, Status, as_float, as_int, as_json
 from .words import DEFAULT_LABELS
 
 
@@ -113,14 +113,16 @@ class JobState:
         pending = self.status in (Status.PENDING, Status.RUNNING)
         return pending and self.fields.get("signal") == "pause"
 
-    def to_dict(self, now: float | None = None) -> dict[str, Any]:
+    def to_dict(self, now: float | None = None, *, no_worker: bool = False) -> dict[str, Any]:
         """The status JSON of the HTTP API, without URLs (the web layer adds those).
 
         Its texts (messages, ``text``) are in the current locale (:mod:`batchflow.i18n`).
         Besides the job's fields it carries ``state``, ``bar`` and ``text``: what every view of
         the job shows, ready-made by :func:`batchflow.display.status_view`. ``message`` is the
         latest message unless it only repeats the status line (then None); ``waiting_s`` the
-        seconds a pending job has waited for a worker (None once one took it).
+        seconds a pending job has waited for a worker (None once one took it); ``no_worker``
+        whether the job waits for a worker while none is seen (the caller says: ``no_worker``
+        when no worker consuming the app's queue announced itself).
         """
         f = self.fields
         now = time.time() if now is None else now
@@ -187,6 +189,7 @@ class JobState:
         created = data["created_at"]
         pending = self.status is Status.PENDING and created
         data["waiting_s"] = round(max(0.0, now - created), 1) if pending else None
+        data["no_worker"] = no_worker and self.status.value in WAITING_STATUSES
         data.update(status_view(data))
         data["message"] = data["text"]["message"] or None
         return data

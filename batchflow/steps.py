@@ -38,6 +38,7 @@ from .heartbeat import Heartbeat, worker_id
 from .i18n import N_, Message, stored
 from .job import Job, StepResponse, UserLoader
 from .lanes import LanePlan, coordinate
+from .logs import name_handler
 from .notify import Notifier
 from .records import Committed
 from .registry import HandlerSpec, Registry
@@ -152,6 +153,7 @@ class StepRunner:
             load_user=self.load_user,
             lane=lane,
         )
+        name_handler(job.handler)
         started = time.monotonic()
         interval = s.progress_interval if live else s.checkpoint_interval
         spec = self.registry.find(job.handler)

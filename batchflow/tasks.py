@@ -2,24 +2,23 @@
 
 :func:`make_celery` builds a Celery app explicitly (no default app, no ``shared_task``), JSON only,
 with late acks and reject-on-worker-loss, and registers batchflow's tasks on it by name. Every
-worker also runs maintenance in a bootstep thread, so no separate beat process is needed.
+worker also announces itself and runs maintenance in a bootstep thread (:mod:`.workers`), so
+no separate beat process is needed.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
-import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
-from celery import Celery, bootsteps
+from celery import Celery
 
 from .engine import Engine
 from .gcfreeze import freeze_after_first_step
-
-log = logging.getLogger("batchflow")
+from .logs import about_job
+from .workers import worker_step
 
 STEP_TASK = "batchflow.step"
 CLEANUP_TASK = "batchflow.cleanup"
@@ -117,13 +116,13 @@ def make_celery(
     @app.task(name=CLEANUP_TASK, ignore_result=True, shared=False)  # type: ignore[untyped-decorator]
     def cleanup(job_id: str) -> bool:
         """Run a job's cleanup_job, once."""
-        with enter():
+        with enter(), about_job(job_id):
             return engine.cleanup(job_id)
 
     @app.task(name=NOTIFY_TASK, ignore_result=True, shared=False)  # type: ignore[untyped-decorator]
     def notify(job_id: str) -> bool:
         """Deliver an ended job's pending notifications (maintenance sends this task)."""
-        with enter():
+        with enter(), about_job(job_id):
             return engine.notify(job_id)
 
     @app.task(name=MAINTAIN_TASK, ignore_result=True, shared=False)  # type: ignore[untyped-decorator]
@@ -132,59 +131,6 @@ def make_celery(
         with enter():
             return engine.maintain()
 
-    app.steps["worker"].add(_maintenance_step(engine, enter))
+    app.steps["worker"].add(worker_step(engine, enter, STEP_TASK))
     engine.dispatcher = CeleryDispatcher(app, settings.queue)
     return app
-
-
-def announce_handlers(engine: Engine) -> None:
-    """Log, when a worker starts, the handlers it can run; an error if it has none (its app
-    imports no module that registers one: every job it receives would fail)."""
-    names = engine.registry.names()
-    if names:
-        log.info("batchflow worker ready; handlers registered: %s", ", ".join(names))
-        return
-    log.error(
-        "batchflow worker: no job handlers are registered in this worker, so every job it "
-        "receives will fail. Import the modules that register them (@registry.register(...)) "
-        "in the worker's app: the module `celery -A` loads, e.g. worker.py, calls create_app(), "
-        "which must import them (e.g. import myapp.jobs)."
-    )
-
-
-def _maintenance_step(
-    engine: Engine, enter: Callable[[], AbstractContextManager[Any]]
-) -> type[bootsteps.StartStopStep]:
-    """A worker bootstep that runs :meth:`Engine.maintain` every maintenance interval."""
-
-    class Maintenance(bootsteps.StartStopStep):  # type: ignore[misc]
-        label = "batchflow maintenance"
-
-        def __init__(self, parent: Any, **kwargs: Any) -> None:
-            super().__init__(parent, **kwargs)
-            self._stop = threading.Event()
-            self._thread: threading.Thread | None = None
-
-        def start(self, parent: Any) -> None:
-            announce_handlers(engine)
-            self._stop.clear()
-            self._thread = threading.Thread(
-                target=self._loop, name="batchflow-maintenance", daemon=True
-            )
-            self._thread.start()
-
-        def stop(self, parent: Any) -> None:
-            self._stop.set()
-            if self._thread is not None:
-                self._thread.join(timeout=5)
-
-        def _loop(self) -> None:
-            interval = engine.settings.maintenance_interval
-            while not self._stop.wait(interval):
-                try:
-                    with enter():
-                        engine.maintain()
-                except Exception:  # noqa: BLE001 - the next round tries again
-                    log.warning("batchflow maintenance failed", exc_info=True)
-
-    return Maintenance

@@ -31,7 +31,7 @@ from flask import (
 )
 from werkzeug.exceptions import HTTPException
 
-from .context import current_identity, get_state, is_admin, permission_subject
+from .context import current_identity, get_state, is_admin, nobody_works, permission_subject
 from .display import labels_for, register_template_filters
 from .exceptions import (
     BatchflowError,
@@ -124,7 +124,7 @@ def status_json(state: JobState, *, admin: bool | None = None) -> dict[str, Any]
     ``error_detail`` (the real messages behind the references in ``error`` and the messages) is
     there for an admin only; ``admin`` defaults to whether the current request's user is one.
     """
-    data = state.to_dict()
+    data = state.to_dict(no_worker=nobody_works(state))
     if admin is None:
         admin = _viewer_is_admin()
     if admin:

@@ -76,6 +76,13 @@ NO_WORKER = N_(
     "(celery -A worker worker) and that it uses the same Redis broker and queue as this app."
 )
 
+#: The status line of a job that needs a worker while no worker consuming its queue is seen.
+NO_WORKER_SEEN = N_(
+    "No worker is running for this job's queue, so it waits. Start one "
+    "(celery -A worker worker) that uses the same broker and queue as this app; "
+    "the job goes on where it was."
+)
+
 #: What a stopped export's outcome says about its file (the file is never trimmed to its last
 #: row, so it is not offered; maintenance deletes it when the job expires).
 FILE_STOPPED = N_("Stopped before the file was finished.")

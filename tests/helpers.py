@@ -173,6 +173,7 @@ class WorkerProcess:
         pool: str = "solo",
         name: str = "w",
         extra_env: dict[str, str] | None = None,
+        stderr: str | None = None,
     ) -> None:
         import subprocess
         import sys
@@ -193,7 +194,11 @@ class WorkerProcess:
             os.environ.get("BFT_LOGLEVEL", "WARNING"),
         ]
         command += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
-        self.proc = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True)
+        # ``stderr``: a file that receives the worker's log (its own file, closed here).
+        with open(stderr, "ab") if stderr else contextlib.nullcontext() as errors:
+            self.proc = subprocess.Popen(
+                command, cwd=ROOT, env=env, start_new_session=True, stderr=errors
+            )
 
     @property
     def pid(self) -> int:

@@ -7,11 +7,13 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 from typing import Any
 
 import pytest
 
 from batchflow import BatchFlow, display
+from batchflow.fleet import WorkerSeen
 from tests.handlers import HOOKS
 from tests.helpers import CHROMIUM, launch_chromium, live_server, wait_for
 from tests.webapp import create_app
@@ -259,9 +261,38 @@ def test_identical_step_messages_collapse_into_one_line(server, page):
     assert sum("Wrote a batch of rows" in item for item in items) == 1
 
 
-def test_a_job_no_worker_takes_says_so(idle_server, page, browser, monkeypatch):
+def test_a_job_no_worker_takes_says_so(idle_server, page, browser):
+    app, base = idle_server
+    job_id = start(page, base, "count", params={"n": 10})
+    page.goto(f"{base}/jobs/{job_id}")
+    line = page.locator('[data-bf="state"]')  # at once: no worker consuming the queue is seen
+    assert line.inner_text().startswith("No worker is running for this job's queue")
+    assert "celery -A worker worker" in line.inner_text()
+    shots(browser, page, "progress-no-worker")
+
+
+def test_the_no_worker_notice_gives_way_to_progress_when_a_worker_starts(idle_server, page):
+    from celery.contrib.testing.worker import start_worker
+
+    app, base = idle_server
+    job_id = start(page, base, "count", params={"n": 10})
+    page.goto(f"{base}/jobs/{job_id}")
+    line = page.locator('[data-bf="state"]')
+    assert line.inner_text().startswith("No worker is running")
+    celery = BatchFlow.state(app).celery
+    with start_worker(celery, pool="threads", concurrency=1, perform_ping_check=False):
+        page.locator('[data-bf="badge"]').get_by_text("Completed").wait_for(timeout=20_000)
+    assert "No worker" not in page.locator("main").inner_text()
+
+
+def test_a_job_no_seen_worker_takes_says_so_after_a_while(idle_server, page, monkeypatch):
     app, base = idle_server
     engine = BatchFlow.state(app).engine
+    # A worker of the queue announces itself but never takes the job (say, it reads another
+    # broker): the page cannot know, and says what to check after NO_WORKER_AFTER.
+    queue = engine.settings.queue
+    now = time.time()
+    engine.fleet.announce(WorkerSeen("elsewhere@h:1", "h", 1, 1, "solo", (queue,), "1", now, now))
     monkeypatch.setattr(display, "NO_WORKER_AFTER", 1.0)  # instead of waiting 30 s
     job_id = start(page, base, "count", params={"n": 10})
     wait_for(lambda: (engine.state(job_id).to_dict()["waiting_s"] or 0) > 1.0)
@@ -269,7 +300,6 @@ def test_a_job_no_worker_takes_says_so(idle_server, page, browser, monkeypatch):
     line = page.locator('[data-bf="state"]')
     assert line.inner_text().startswith("No worker has taken this job yet")
     assert "celery -A worker worker" in line.inner_text()
-    shots(browser, page, "progress-no-worker")
 
 
 def test_a_preview_shows_what_it_found_and_confirm_runs_it(browser, page, server, prefix):

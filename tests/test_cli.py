@@ -393,3 +393,40 @@ def test_redis_down_is_exit_4_not_a_traceback(prefix, files_dir):
     result = app.test_cli_runner().invoke(args=["batchflow", "list"])
     assert result.exit_code == 4, result.output
     assert result.stderr.startswith("Error: ") and "Traceback" not in result.output
+
+
+def test_workers_says_none_is_seen_and_counts_the_waiting_steps(flask_batchflow, jobs, prefix):
+    first = jobs.start("count", owner="alice", params={"n": 5})
+    jobs.start("count", owner="bob", params={"n": 5})
+    created = jobs.state(first).to_dict()["created_at"]
+    wait_for(lambda: time.time() - created > 1.2)
+    none, queue = flask_batchflow("workers").output.splitlines()
+    assert none == f"No worker seen: start one (celery -A worker worker -Q {prefix})."
+    assert queue.startswith(f"Queue {prefix}: 2 messages wait in the broker; 2 steps wait")
+    assert re.search(r"the oldest for [0-9.]+ s\.$", queue), queue
+    report = json.loads(flask_batchflow("workers", "--json").output)
+    assert report["workers"] == [] and report["broker"] == {
+        "ok": True,
+        "waiting": 2,
+        "consumers": None,
+    }
+    assert report["waiting_steps"] == 2 and report["oldest_wait_s"] >= 1.2
+
+
+def test_workers_lists_a_running_worker_and_the_steps_it_holds(flask_batchflow, jobs, running):
+    job_id = jobs.start("count", owner="alice", params={"n": 30, "sleep": 0.05})
+    report = wait_for(
+        lambda: (
+            (r := json.loads(flask_batchflow("workers", "--json").output))["workers"]
+            and r["workers"][0]["steps"]
+            and r
+        )
+    )
+    (worker,) = report["workers"]
+    assert worker["pool"] == "threads" and worker["concurrency"] == 2
+    assert worker["steps"][0]["job_id"] == job_id
+    header, row, queue = flask_batchflow("workers").output.splitlines()
+    assert header.split() == ["WORKER", "PID", "POOL", "QUEUES", "VERSION", "UP", "SEEN", "STEPS"]
+    assert row.split()[0] == worker["name"] and "threads x2" in row
+    assert queue.startswith("Queue ")
+    wait_terminal(jobs, job_id)

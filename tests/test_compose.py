@@ -80,6 +80,21 @@ def test_redis_web_and_worker_share_settings_and_files(services):
     assert web["command"][-1] == "batchflow_demo:create_app()"
 
 
+def test_the_web_healthcheck_asks_batchflow_health_for_redis_and_the_broker(
+    services, prefix, monkeypatch
+):
+    gunicorn = pytest.importorskip("gunicorn.util")
+    check = services["web"]["healthcheck"]
+    probe = check["test"][-1]
+    url = re.search(r"'(http://127\.0\.0\.1:8000(/[^']+))'", probe)
+    assert url and url.group(2) == "/jobs/health?check=redis,broker", probe
+    monkeypatch.setenv("BATCHFLOW_KEY_PREFIX", prefix)
+    app = gunicorn.import_app("batchflow_demo:create_app()")
+    answer = app.test_client().get(url.group(2))  # what the probe asks, of the app it serves
+    assert answer.status_code == 200, answer.text
+    assert set(answer.get_json()["checks"]) == {"redis", "broker"}
+
+
 def test_the_containers_entry_points_load(prefix, monkeypatch):
     # What `gunicorn 'batchflow_demo:create_app()'` and `celery -A worker worker` import.
     gunicorn = pytest.importorskip("gunicorn.util")

@@ -69,7 +69,8 @@ def test_a_worker_without_the_handler_logs_the_fix(web_engine, engine, prefix, c
     assert record.exc_info is None  # no traceback line that says "This job is not available."
     assert "create_app must import myapp.jobs" in message
     assert "@registry.register('onlyweb')" in message
-    assert message.endswith("This worker knows: " + ", ".join(engine.registry.names()) + ".")
+    knows = "This worker knows: " + ", ".join(engine.registry.names()) + "."
+    assert message.endswith(f"{knows} [job={job_id} handler=onlyweb step=0]")  # logs.py
 
 
 def test_a_failure_of_a_known_handler_is_not_blamed_on_imports(engine, prefix, caplog):

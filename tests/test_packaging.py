@@ -142,16 +142,16 @@ def test_the_layers_below_the_web_import_no_web_framework_and_no_web_module():
 #: The layers, top to bottom (docs/DESIGN.md): a module imports only from its own layer or below.
 LAYERS = [
     {"__init__", "extension", "views", "intake", "pages", "cli", "context", "uploads", "importing"}
-    | {"toasts"},
-    {"tasks", "gcfreeze"},  # Celery
+    | {"toasts", "operations"},
+    {"tasks", "gcfreeze", "workers"},  # Celery
     {"engine", "steps", "heartbeat", "maintenance", "notify", "lanes"},  # engine
     # handlers
     {"registry", "imports", "files", "handlers", "failures", "job", "buffer", "state", "work"}
     | {"sources", "sql", "csvsource", "xlsx"},
     {"store", "admission", "streams", "inbox", "keys", "scripts", "events", "paging"}  # store
-    | {"redisconn", "records", "lua"},
+    | {"redisconn", "records", "lua", "fleet"},
     {"schema", "display", "formats", "config", "exceptions", "ids"}  # vocabulary
-    | {"notices", "mail", "webhooks", "words", "i18n", "redisurl"},
+    | {"notices", "mail", "webhooks", "words", "i18n", "redisurl", "logs"},
 ]
 
 

@@ -14,7 +14,12 @@ from tests.helpers import ListDispatcher
 from tests.test_display import T0, parse, render
 
 
-def status_of(now: float = T0 + 200, messages: list[Any] | None = None, **fields: Any) -> Any:
+def status_of(
+    now: float = T0 + 200,
+    messages: list[Any] | None = None,
+    no_worker: bool = False,
+    **fields: Any,
+) -> Any:
     """The status JSON (with the URLs views.status_json adds) of a stored job."""
     stored = {
         "id": "j1",
@@ -31,7 +36,7 @@ def status_of(now: float = T0 + 200, messages: list[Any] | None = None, **fields
     if Status(stored.get("status", "pending")).terminal:
         stored.setdefault("finished_at", str(T0 + 200))
     raw = [json.dumps({"at": T0 + i, "text": text}) for i, text in enumerate(messages or [])]
-    data = JobState.from_stored(stored, raw).to_dict(now=now)
+    data = JobState.from_stored(stored, raw).to_dict(now=now, no_worker=no_worker)
     base = "/jobs/j1"
     data.update(
         url=base,
@@ -240,3 +245,16 @@ def test_a_job_no_worker_takes_says_so_and_what_to_check() -> None:
     assert line.startswith("No worker has taken this job yet")
     assert "celery -A worker worker" in line and "queue" in line
     assert status_of(now=T0 + 999, status="running", created_at=T0)["waiting_s"] is None
+
+
+def test_a_job_that_needs_a_worker_while_none_is_seen_says_so_at_once() -> None:
+    for status in ("pending", "running", "stopping", "canceling"):
+        s = status_of(now=T0 + 1, status=status, created_at=T0, no_worker=True)
+        assert s["no_worker"] is True
+        line = page_of(s).text("state")
+        assert line.startswith("No worker is running for this job's queue, so it waits."), status
+        assert "celery -A worker worker" in line
+    # A paused job, a preview awaiting Confirm and an ended job need no worker: nothing said.
+    for status in ("paused", "awaiting_confirmation", "completed"):
+        s = status_of(now=T0 + 1, status=status, created_at=T0, no_worker=True)
+        assert s["no_worker"] is False and "No worker" not in json.dumps(s["text"]), status
