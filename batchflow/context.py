@@ -190,10 +190,11 @@ def permission_subject() -> Any:
     return user if user is not None else current_identity()
 
 
-def nobody_works(state: JobState) -> bool:
+def nobody_works(state: JobState, *, wait: bool = False) -> bool:
     """Whether ``state``'s job needs a worker while no worker consuming the app's queue is seen
-    (read at most every two seconds per process: see :meth:`Fleet.anyone_serves`)."""
+    (read at most every two seconds per process; ``wait``: read now if older, else the answer
+    on hand: see :meth:`Fleet.anyone_serves`)."""
     if state.status.value not in WAITING_STATUSES:
         return False
     app = get_state()
-    return not app.engine.fleet.anyone_serves(app.settings.queue)
+    return not app.engine.fleet.anyone_serves(app.settings.queue, wait=wait)

@@ -10,6 +10,7 @@ from celery import Celery
 from flask import Flask
 from flask_wtf.csrf import CSRFProtect
 
+from .admin import admin  # noqa: F401 - the admin page joins the blueprint
 from .cli import cli
 from .config import DEFAULTS, Settings
 from .context import (

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import threading
 import time
 from typing import Any, cast
 
@@ -92,6 +93,7 @@ class Fleet:
         self.keys = keys
         self.ttl = max(MIN_TTL, ttl)
         self._served: dict[str, tuple[float, bool]] = {}
+        self._reading = threading.Lock()  # one background read at a time
 
     def announce(self, worker: WorkerSeen) -> None:
         """Record ``worker`` as seen now, for :attr:`ttl` seconds."""
@@ -126,12 +128,33 @@ class Fleet:
         """The workers seen that consume ``queue``."""
         return [w for w in self.seen(now) if w.serves(queue)]
 
-    def anyone_serves(self, queue: str, max_age: float = 2.0) -> bool:
+    def anyone_serves(self, queue: str, *, wait: bool = False, max_age: float = 2.0) -> bool:
         """Whether a worker consuming ``queue`` was seen, as this process read it at most
         ``max_age`` seconds ago (every status a page asks for wants to know; one read serves
-        them all)."""
-        read_at, served = self._served.get(queue, (-math.inf, False))
-        if time.monotonic() - read_at > max_age:
-            served = bool(self.serving(queue))
-            self._served[queue] = (time.monotonic(), served)
+        them all).
+
+        With ``wait``, an answer older than that is read again now. Without, the answer on hand
+        is given at once (True if this process never read one: no news is not bad news) and a
+        thread reads a fresh one for the next caller: a status poll stays one round trip.
+        """
+        read_at, served = self._served.get(queue, (-math.inf, True))
+        if time.monotonic() - read_at <= max_age:
+            return served
+        if wait:
+            return self._read(queue)
+        if self._reading.acquire(blocking=False):
+            threading.Thread(target=self._read_in_background, args=(queue,), daemon=True).start()
         return served
+
+    def _read(self, queue: str) -> bool:
+        served = bool(self.serving(queue))
+        self._served[queue] = (time.monotonic(), served)
+        return served
+
+    def _read_in_background(self, queue: str) -> None:
+        try:
+            self._read(queue)
+        except Exception:  # noqa: BLE001 - Redis is away: the next caller tries again
+            pass
+        finally:
+            self._reading.release()

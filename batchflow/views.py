@@ -87,7 +87,7 @@ _API_ENDPOINTS = {
 }
 
 
-def _wants_json() -> bool:
+def wants_json() -> bool:
     if request.args.get("format") == "json" or request.is_json:
         return True
     if request.endpoint in _API_ENDPOINTS:  # machine routes answer errors in JSON, always
@@ -118,13 +118,17 @@ def _viewer_is_admin() -> bool:
     return bool(g.batchflow_admin)
 
 
-def status_json(state: JobState, *, admin: bool | None = None) -> dict[str, Any]:
+def status_json(
+    state: JobState, *, admin: bool | None = None, page: bool = False
+) -> dict[str, Any]:
     """The status JSON of the HTTP API: the job's state plus the URLs a client needs.
 
     ``error_detail`` (the real messages behind the references in ``error`` and the messages) is
     there for an admin only; ``admin`` defaults to whether the current request's user is one.
+    ``page``: for a page's first paint, which reads whether a worker is seen if this process's
+    answer is old (a status poll takes the answer on hand: one Redis round trip).
     """
-    data = state.to_dict(no_worker=nobody_works(state))
+    data = state.to_dict(no_worker=nobody_works(state, wait=page))
     if admin is None:
         admin = _viewer_is_admin()
     if admin:
@@ -156,7 +160,7 @@ def _job_response(job_id: str, code: int = 202) -> Response:
     """Answer a request that started a job: 303 to its page, or ``code`` with its URLs (202 for
     a new job, 200 for an identical active job that a deduplicating handler answered with)."""
     page = url_for("batchflow.progress", job_id=job_id)
-    if not _wants_json():
+    if not wants_json():
         return redirect(page, code=303)  # type: ignore[return-value]
     body = {
         "id": job_id,
@@ -246,7 +250,7 @@ def batchflow_error(exc: BatchflowError) -> Any:
     if isinstance(exc, InvalidParams) and exc.errors:
         body["errors"] = exc.errors
     body.update(exc.details)
-    if _wants_json():
+    if wants_json():
         return jsonify(body), code, exc.headers
     page = render_template("batchflow/error.html", error=message, code=code)
     return page, code, exc.headers
@@ -256,7 +260,7 @@ def batchflow_error(exc: BatchflowError) -> Any:
 def http_error(exc: HTTPException) -> Any:
     code = exc.code or 500
     message = exc.description or exc.name
-    if _wants_json():
+    if wants_json():
         return jsonify({"error": message}), code
     return render_template("batchflow/error.html", error=message, code=code), code
 
@@ -280,7 +284,7 @@ def jobs() -> Any:
     )
     has_next = len(states) > per_page
     listed = [status_json(s) for s in states[:per_page]]
-    if _wants_json():
+    if wants_json():
         return jsonify({"jobs": listed, "page": page, "has_next": has_next})
     return render_template(
         "batchflow/jobs.html",
@@ -296,7 +300,7 @@ def jobs() -> Any:
 @blueprint.get("/catalogue")
 def catalogue() -> Any:
     """The jobs the current user may start (see :mod:`.pages`)."""
-    return catalogue_page(as_json=_wants_json())
+    return catalogue_page(as_json=wants_json())
 
 
 def _require_permission(handler: str) -> HandlerSpec:
@@ -334,7 +338,7 @@ def start(handler: str) -> Any:
                 lanes=start_lanes(),
             )
     except InvalidParams as exc:
-        if form_class is None or _wants_json():
+        if form_class is None or wants_json():
             raise
         form = form_class()  # bound to the posted form, so it re-renders with its CSRF token
         form.validate()
@@ -364,7 +368,7 @@ blueprint.add_url_rule("/notifications/seen", view_func=notifications_seen, meth
 def progress(job_id: str) -> Any:
     state = _visible(job_id)
     seen_on_open(state)
-    return render_template("batchflow/progress.html", job=status_json(state))
+    return render_template("batchflow/progress.html", job=status_json(state, page=True))
 
 
 @blueprint.get("/<job_id>/status")
@@ -443,7 +447,7 @@ def action(job_id: str, action: str) -> Any:
         new_state = engine.state(job_id)
     else:
         new_state = engine.signal(state.id, action)
-    if _wants_json():
+    if wants_json():
         return jsonify(status_json(new_state)), 202
     return redirect(url_for("batchflow.progress", job_id=job_id), code=303)
 

@@ -91,19 +91,23 @@ def worker_step(
             self.stop(parent)
 
         def _loop(self) -> None:
+            # Announced at once (the health check and the pages see a new worker within a
+            # round trip); the first round of maintenance after one interval, as ever.
+            self._announce()
             interval = engine.settings.maintenance_interval
-            while True:
-                try:
-                    engine.fleet.announce(self._describe())
-                except Exception:  # noqa: BLE001 - the next round tries again
-                    log.warning("could not announce worker %s", self._name, exc_info=True)
+            while not self._stop.wait(interval):
+                self._announce()
                 try:
                     with enter():
                         engine.maintain()
                 except Exception:  # noqa: BLE001 - the next round tries again
                     log.warning("batchflow maintenance failed", exc_info=True)
-                if self._stop.wait(interval):
-                    return
+
+        def _announce(self) -> None:
+            try:
+                engine.fleet.announce(self._describe())
+            except Exception:  # noqa: BLE001 - the next round tries again
+                log.warning("could not announce worker %s", self._name, exc_info=True)
 
         def _describe(self) -> WorkerSeen:
             worker = self._worker
