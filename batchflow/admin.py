@@ -20,6 +20,7 @@ from .census import Census
 from .context import State, get_state, is_admin
 from .display import display_state
 from .exceptions import BatchflowError
+from .history import summarize
 from .i18n import gettext as _
 from .operations import fleet_report
 from .registry import HandlerSpec
@@ -89,8 +90,18 @@ def overview(state: State, now: float | None = None) -> dict[str, Any]:
         "counts": _counts(rows),
         "counted": len(rows),
         "counted_all": not more,
-        "handlers": [_settings(state, spec) for spec in state.registry],
+        "handlers": _handlers(state, now),
     }
+
+
+def _handlers(state: State, now: float) -> list[dict[str, Any]]:
+    """Each registered handler's settings and the figures of its kept runs."""
+    specs = list(state.registry)
+    runs = state.engine.notifier.history.last_of([s.name for s in specs], now)
+    return [
+        {**_settings(state, spec), "history": summarize(runs[spec.name]).as_dict()}
+        for spec in specs
+    ]
 
 
 def _active(state: State, now: float) -> list[dict[str, Any]]:
@@ -222,3 +233,23 @@ def bulk() -> Any:
 def _active_states(state: State) -> list[JobState]:
     ids = sorted({j.id for j in state.engine.store.active_jobs() if j.status})
     return [JobState.from_stored(f, m) for f, m in state.engine.store.snapshots(ids)]
+
+
+@blueprint.get("/admin/handlers/<name>")
+def handler_runs(name: str) -> Any:
+    """One handler's settings and its last runs (kept after each job's own state expired)."""
+    state = _admin()
+    spec = state.registry.find(name)
+    history = state.engine.notifier.history
+    runs = history.last(name, now=time.time())
+    if spec is None and not runs:
+        abort(404)
+    data = {
+        "handler": _settings(state, spec) if spec else {"name": name},
+        "summary": summarize(runs).as_dict(),
+        "runs": [r.as_dict() for r in runs],
+        "kept": {"runs": history.runs, "days": history.days},
+    }
+    if wants_json():
+        return jsonify(data)
+    return render_template("batchflow/admin_handler.html", **data)

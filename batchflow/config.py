@@ -59,6 +59,8 @@ DEFAULTS: dict[str, Any] = {
     "BATCHFLOW_STREAMS_PER_USER": 4,
     "BATCHFLOW_FORGET_ANON_AT_LOGIN": False,
     "BATCHFLOW_GC_FREEZE": True,  # gc.freeze() after each handler's first step in a process
+    "BATCHFLOW_HISTORY_RUNS": 100,  # ended jobs kept per handler in its run history (0: none)
+    "BATCHFLOW_HISTORY_DAYS": 30.0,  # ... and none older than this
     "BATCHFLOW_LOG_FORMAT": "text",  # or "json": batchflow's log lines as JSON, one per line
     # Notifications when a job ends (see notify.py): the app's address for absolute links, email
     # (SMTP with Flask-Mail's MAIL_* keys, or .eml files in an outbox folder), a signed webhook.
@@ -201,6 +203,8 @@ class Settings:
     forget_anon_at_login: bool
     gc_freeze: bool
     log_format: str
+    history_runs: int
+    history_days: float
     content_security_policy: str
     base_url: str | None
     notify_email: bool
@@ -259,6 +263,8 @@ class Settings:
             forget_anon_at_login=flag("BATCHFLOW_FORGET_ANON_AT_LOGIN"),
             gc_freeze=flag("BATCHFLOW_GC_FREEZE"),
             log_format=_log_format(get("BATCHFLOW_LOG_FORMAT")),
+            history_runs=number("BATCHFLOW_HISTORY_RUNS", int, 0),
+            history_days=number("BATCHFLOW_HISTORY_DAYS", float, 0.001),
             content_security_policy=str(get("BATCHFLOW_CONTENT_SECURITY_POLICY") or ""),
             base_url=base_url and check_http_url("BATCHFLOW_BASE_URL", base_url),
             notify_email=flag("BATCHFLOW_NOTIFY_EMAIL"),

@@ -134,5 +134,14 @@ class Keys:
         """One worker's announcement (it expires); in the fleet index's slot."""
         return f"{self.prefix}:{{fleet}}:worker:{_digest(name)}"
 
+    def history(self, handler: str) -> str:
+        """A handler's run history (see :mod:`.history`), in one slot with the others."""
+        return f"{self.prefix}:{{history}}:runs:{_digest(handler)}"
+
+    @property
+    def history_handlers(self) -> str:
+        """The handlers that have a run history, scored by their last run's end."""
+        return f"{self.prefix}:{{history}}:handlers"
+
     def lock(self, name: str) -> str:
         return f"{self.prefix}:lock:{name}"

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 
 from .config import Settings
+from .history import History
 from .inbox import Deliveries
 from .logs import about_job
 from .records import ActiveJob
@@ -67,6 +68,11 @@ class Maintenance:
         self.cleanup = cleanup
         self.notify = notify
         self.deliveries = Deliveries(store.client, store.keys)
+        #: Each handler's last runs: maintenance keeps a job's record as the job leaves the
+        #: active index.
+        self.history = History(
+            store.client, store.keys, settings.history_runs, settings.history_days
+        )
 
     def run(self, now: float | None = None, *, force: bool = False) -> Done:
         """One round; unless ``force``, only the first caller per interval (across every worker)
@@ -89,6 +95,8 @@ class Maintenance:
                 self._notify(job.id, job.notify_due_ms, now, done)
                 continue
             if job.status is None or is_terminal(job.status):
+                if job.status is not None:
+                    self._keep_history(job.id, now)
                 self.store.finish(job.id, now if job.status is None else now + s.job_ttl)
                 done.finished += 1
                 continue
@@ -110,6 +118,12 @@ class Maintenance:
             )
             if recovered is not None:
                 self._requeue(job.id, *recovered, done, lane=job.lane)
+
+    def _keep_history(self, job_id: str, now: float) -> None:
+        try:
+            self.history.record(job_id, now)
+        except Exception:  # noqa: BLE001 - a run left out of the history stops nothing else
+            log.warning("job %s: could not keep its run history", job_id, exc_info=True)
 
     def _dead_workers(self, jobs: list[ActiveJob], now: float) -> set[str]:
         """Workers that hold a live lease but have given no sign of life for

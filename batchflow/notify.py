@@ -29,6 +29,7 @@ from typing import Any
 
 from .config import Settings
 from .exceptions import ConfigurationError, JobNotFound
+from .history import History
 from .i18n import using
 from .inbox import Deliveries, Inbox
 from .job import UserLoader
@@ -91,6 +92,10 @@ class Notifier:
         self.hooks = hooks or NotifyHooks()
         self.inbox = Inbox(store.client, store.keys)
         self.deliveries = Deliveries(store.client, store.keys)
+        #: Each handler's last runs: a job's run is kept as it leaves the active index.
+        self.history = History(
+            store.client, store.keys, settings.history_runs, settings.history_days
+        )
         self.check(registry)
 
     def check(self, registry: Registry) -> None:
@@ -153,8 +158,15 @@ class Notifier:
         due = min(waiting) if waiting else None
         self.deliveries.save(job_id, record, due)
         if due is None:
+            self._keep_history(fields, now)
             self.store.finish(job_id, now + self.settings.job_ttl)
         return due is None
+
+    def _keep_history(self, fields: dict[str, str], now: float) -> None:
+        try:
+            self.history.keep(fields, now)
+        except Exception:  # noqa: BLE001 - maintenance keeps it if the job stays active
+            log.warning("job %s: could not keep its run history", fields.get(F.ID), exc_info=True)
 
     def _attempt(
         self,

@@ -128,3 +128,22 @@ def test_someone_who_is_not_an_admin_finds_nothing_there(server, browser):
     page.goto(f"{base}/jobs/")
     assert page.get_by_role("link", name="Operations").count() == 0
     context.close()
+
+
+def test_a_handlers_page_lists_its_last_runs(server, browser):
+    app, base = server
+    engine = BatchFlow.state(app).engine
+    ids = [engine.start("count", owner=o, params={"n": 3}) for o in ("alice", "bob")]
+    for job_id in ids:
+        wait_terminal(engine, job_id)
+    history = engine.notifier.history
+    wait_for(lambda: len(history.last("count")) == 2)
+
+    page = admin_page(browser)
+    page.goto(f"{base}/jobs/admin/")
+    page.locator('[data-batchflow-handlers] tr[data-handler="count"] a').click()
+    assert page.url.endswith("/jobs/admin/handlers/count")
+    assert page.locator("[data-batchflow-runs] tbody tr").count() == 2
+    assert page.locator('[data-history="runs"]').inner_text() == "2"
+    assert page.errors == []
+    shots(browser, page.url, "admin-handler")

@@ -149,7 +149,7 @@ LAYERS = [
     {"registry", "imports", "files", "handlers", "failures", "job", "buffer", "state", "work"}
     | {"sources", "sql", "csvsource", "xlsx"},
     {"store", "admission", "streams", "inbox", "keys", "scripts", "events", "paging"}  # store
-    | {"redisconn", "records", "lua", "fleet", "census"},
+    | {"redisconn", "records", "lua", "fleet", "census", "history"},
     {"schema", "display", "formats", "config", "exceptions", "ids"}  # vocabulary
     | {"notices", "mail", "webhooks", "words", "i18n", "redisurl", "logs"},
 ]
