@@ -17,7 +17,7 @@ from typing import Any
 from flask import abort, flash, jsonify, redirect, render_template, request, url_for
 
 from .census import Census
-from .context import State, get_state, is_admin
+from .context import State, get_state, is_admin, unknown_page
 from .display import display_state
 from .exceptions import BatchflowError
 from .history import summarize
@@ -47,10 +47,7 @@ def _admin() -> State:
     state = get_state()
     user = state.identity()
     if not user or not is_admin(str(user)):
-        # The request forgets its route, so that batchflow's error page and headers, which a
-        # matched route gets, do not tell this 404 from that of a URL no route matches.
-        request.url_rule = None
-        abort(404)
+        unknown_page()
     return state
 
 

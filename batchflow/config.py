@@ -61,6 +61,7 @@ DEFAULTS: dict[str, Any] = {
     "BATCHFLOW_GC_FREEZE": True,  # gc.freeze() after each handler's first step in a process
     "BATCHFLOW_HISTORY_RUNS": 100,  # ended jobs kept per handler in its run history (0: none)
     "BATCHFLOW_HISTORY_DAYS": 30.0,  # ... and none older than this
+    "BATCHFLOW_METRICS_TOKEN": None,  # a scraper presents it as "Authorization: Bearer <token>"
     "BATCHFLOW_LOG_FORMAT": "text",  # or "json": batchflow's log lines as JSON, one per line
     # Notifications when a job ends (see notify.py): the app's address for absolute links, email
     # (SMTP with Flask-Mail's MAIL_* keys, or .eml files in an outbox folder), a signed webhook.
@@ -91,6 +92,15 @@ MAIL_DEFAULTS: dict[str, Any] = {
 }
 
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def _token(value: str | None) -> str | None:
+    if value is not None and len(value) < 16:
+        raise ConfigurationError(
+            "BATCHFLOW_METRICS_TOKEN must be at least 16 characters (random, kept out of the "
+            "code): a scraper presents it to read every job's figures."
+        )
+    return value
 
 
 def _log_format(value: Any) -> str:
@@ -204,6 +214,7 @@ class Settings:
     gc_freeze: bool
     log_format: str
     history_runs: int
+    metrics_token: str | None
     history_days: float
     content_security_policy: str
     base_url: str | None
@@ -264,6 +275,7 @@ class Settings:
             gc_freeze=flag("BATCHFLOW_GC_FREEZE"),
             log_format=_log_format(get("BATCHFLOW_LOG_FORMAT")),
             history_runs=number("BATCHFLOW_HISTORY_RUNS", int, 0),
+            metrics_token=_token(text("BATCHFLOW_METRICS_TOKEN")),
             history_days=number("BATCHFLOW_HISTORY_DAYS", float, 0.001),
             content_security_policy=str(get("BATCHFLOW_CONTENT_SECURITY_POLICY") or ""),
             base_url=base_url and check_http_url("BATCHFLOW_BASE_URL", base_url),

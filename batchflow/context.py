@@ -10,10 +10,18 @@ from __future__ import annotations
 import dataclasses
 import secrets
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from celery import Celery
-from flask import Flask, current_app, has_app_context, has_request_context, session
+from flask import (
+    Flask,
+    abort,
+    current_app,
+    has_app_context,
+    has_request_context,
+    request,
+    session,
+)
 
 from .config import Settings
 from .engine import Engine
@@ -198,3 +206,12 @@ def nobody_works(state: JobState, *, wait: bool = False) -> bool:
         return False
     app = get_state()
     return not app.engine.fleet.anyone_serves(app.settings.queue, wait=wait)
+
+
+def unknown_page() -> NoReturn:
+    """The 404 of a URL no route matches (the app's own 404 page, if it has one), for a page
+    that is not there for this user (the admin page, the metrics): the request forgets its
+    route, so that batchflow's error page and headers, which a matched route gets, do not tell
+    the two apart."""
+    request.url_rule = None
+    abort(404)

@@ -275,12 +275,7 @@ class Engine:
         return None
 
     def retry_failed(self, job_id: str, owner: str) -> str:
-        """Start a new job over only the ids that failed in ``job_id``; its id (see
-        :meth:`retry`).
-
-        :raises InvalidTransition: the job is not a finished item job with failed ids.
-        :raises LimitReached: ``owner`` has as many active jobs as their limit allows.
-        """
+        """:meth:`retry`, answering only the new job's id (it raises what that raises)."""
         return self.retry(job_id, owner).job_id
 
     def retry(self, job_id: str, owner: str) -> Started:
@@ -438,17 +433,20 @@ class Engine:
 
     # -- running -------------------------------------------------------------------------------
 
-    def run_step(self, job_id: str, seq: int, lane: int = 0) -> StepOutcome:
+    def run_step(
+        self, job_id: str, seq: int, lane: int = 0, *, due: float | None = None
+    ) -> StepOutcome:
         """Run step ``seq`` of a job (of one of its lanes, for a job in lanes), if it is still
         due (the body of the Celery step task).
 
         Never raises for a handler's error: the job fails with the error's message and the
-        traceback goes to the log.
+        traceback goes to the log. ``due``: when the step was due (its message says), to
+        measure its wait in the queue.
         """
         if not valid_job_id(job_id):
             return StepOutcome(refused=ClaimCode.MISSING)
         with about_job(job_id, step=seq, lane=lane):
-            return self.steps.run(job_id, seq, lane)
+            return self.steps.run(job_id, seq, lane, due=due)
 
     # -- cleanup and maintenance ---------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from .context import (
 from .engine import Engine
 from .exceptions import ConfigurationError
 from .job import UserLoader
+from .metrics import metrics  # noqa: F401 - GET /metrics joins the blueprint
 from .notify import EmailAddress, NotifyHooks, OnNotify, default_email_address
 from .operations import health  # noqa: F401 - the operators' routes join the blueprint
 from .redisurl import REDIS_URL_FORMS, shown_url

@@ -39,6 +39,19 @@ FIELDS = (
 )
 
 
+def outcome_of(fields: Mapping[str, str]) -> str | None:
+    """How the job whose hash is ``fields`` ended (its status, or ``completed_with_failures``,
+    ``stalled``); None if it has not."""
+    status = fields.get(F.STATUS, "")
+    if status not in {s.value for s in Status if s.terminal}:
+        return None
+    if status == Status.COMPLETED.value and as_int(fields.get(F.BAD)):
+        return "completed_with_failures"
+    if status == Status.FAILED.value and fields.get(F.STALLED) == "1":
+        return "stalled"
+    return status
+
+
 @dataclasses.dataclass(frozen=True)
 class Run:
     """One ended job, as its handler's history keeps it."""
@@ -70,15 +83,10 @@ class Run:
     @classmethod
     def from_fields(cls, fields: Mapping[str, str]) -> Run | None:
         """The record of a job from its hash's fields; None unless it has ended."""
-        status = fields.get(F.STATUS, "")
-        if status not in {s.value for s in Status if s.terminal}:
+        outcome = outcome_of(fields)
+        if outcome is None:
             return None
         bad = as_int(fields.get(F.BAD))
-        outcome = status
-        if status == Status.COMPLETED.value and bad:
-            outcome = "completed_with_failures"
-        elif status == Status.FAILED.value and fields.get(F.STALLED) == "1":
-            outcome = "stalled"
         total = fields.get(F.TOTAL)
         finished = as_float(fields.get(F.FINISHED_AT)) or as_float(fields.get(F.CREATED_AT))
         return cls(
@@ -150,13 +158,10 @@ class History:
         self.runs = runs
         self.days = days
 
-    def record(self, job_id: str, now: float) -> Run | None:
-        """Keep the record of an ended job (nothing for a job whose state is gone or that has
-        not ended): one HMGET, then :meth:`keep`."""
-        if self.runs <= 0:
-            return None
+    def fields_of(self, job_id: str) -> dict[str, str]:
+        """The fields of a job's hash that its record keeps (empty if its state is gone)."""
         values = cast(list[Any], self.client.hmget(self.keys.job(job_id), *FIELDS))
-        return self.keep({k: v for k, v in zip(FIELDS, values, strict=True) if v is not None}, now)
+        return {k: v for k, v in zip(FIELDS, values, strict=True) if v is not None}
 
     def keep(self, fields: Mapping[str, str], now: float) -> Run | None:
         """Keep the record of the ended job whose hash is ``fields``: one transaction."""

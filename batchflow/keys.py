@@ -80,6 +80,10 @@ class Keys:
     def channel(self, job_id: str) -> str:
         return self._job_key(job_id, "events")
 
+    def meter(self, job_id: str) -> str:
+        """The job's meter: its steps' counters, a BITFIELD string (see :mod:`.meter`)."""
+        return self._job_key(job_id, "meter")
+
     def all_of(self, job_id: str) -> list[str]:
         """Every key one job may own (the channel is not a key)."""
         return [
@@ -90,12 +94,19 @@ class Keys:
             self.undo_errors(job_id),
             self.messages(job_id),
             self.lanes(job_id),
+            self.meter(job_id),
         ]
 
     @property
     def active(self) -> str:
         """Jobs not yet terminal, scored by creation time: what maintenance watches."""
         return f"{self.prefix}:index:active"
+
+    @property
+    def meter_totals(self) -> str:
+        """The figures of the jobs that left the active index, by handler: a hash in the
+        index's own slot (its hash tag is the index's name; see :mod:`.meter`)."""
+        return f"{self.prefix}:meter:{{{self.active}}}"
 
     @property
     def expiring(self) -> str:

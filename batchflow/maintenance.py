@@ -22,6 +22,8 @@ from .config import Settings
 from .history import History
 from .inbox import Deliveries
 from .logs import about_job
+from .meter import Meter
+from .notify import retire
 from .records import ActiveJob
 from .schema import Signal, SignalCode, Status, is_terminal, ms
 from .store import Store
@@ -73,6 +75,7 @@ class Maintenance:
         self.history = History(
             store.client, store.keys, settings.history_runs, settings.history_days
         )
+        self.meter = Meter(store.client, store.keys)
 
     def run(self, now: float | None = None, *, force: bool = False) -> Done:
         """One round; unless ``force``, only the first caller per interval (across every worker)
@@ -96,7 +99,7 @@ class Maintenance:
                 continue
             if job.status is None or is_terminal(job.status):
                 if job.status is not None:
-                    self._keep_history(job.id, now)
+                    retire(self.history, self.meter, self.history.fields_of(job.id), now)
                 self.store.finish(job.id, now if job.status is None else now + s.job_ttl)
                 done.finished += 1
                 continue
@@ -118,12 +121,6 @@ class Maintenance:
             )
             if recovered is not None:
                 self._requeue(job.id, *recovered, done, lane=job.lane)
-
-    def _keep_history(self, job_id: str, now: float) -> None:
-        try:
-            self.history.record(job_id, now)
-        except Exception:  # noqa: BLE001 - a run left out of the history stops nothing else
-            log.warning("job %s: could not keep its run history", job_id, exc_info=True)
 
     def _dead_workers(self, jobs: list[ActiveJob], now: float) -> set[str]:
         """Workers that hold a live lease but have given no sign of life for
@@ -170,6 +167,8 @@ class Maintenance:
     def _send_again(self, job_id: str, seq: int, lost: bool, done: Done, lane: int) -> None:
         done.requeued += 1
         done.lost += lost
+        if lost:
+            self.meter.count_recovered()
         why = "its worker was lost" if lost else "it was never claimed"
         try:
             self.enqueue_step(job_id, seq, lane)

@@ -29,11 +29,12 @@ from typing import Any
 
 from .config import Settings
 from .exceptions import ConfigurationError, JobNotFound
-from .history import History
+from .history import History, outcome_of
 from .i18n import using
 from .inbox import Deliveries, Inbox
 from .job import UserLoader
 from .mail import build_email, send_email
+from .meter import Meter
 from .notices import Notice, notice_of
 from .registry import Registry
 from .schema import F, Status, ms
@@ -92,10 +93,12 @@ class Notifier:
         self.hooks = hooks or NotifyHooks()
         self.inbox = Inbox(store.client, store.keys)
         self.deliveries = Deliveries(store.client, store.keys)
-        #: Each handler's last runs: a job's run is kept as it leaves the active index.
+        #: Each handler's last runs, and the figures of /metrics: a job's run is kept, and its
+        #: figures are added to its handler's, as it leaves the active index (:func:`retire`).
         self.history = History(
             store.client, store.keys, settings.history_runs, settings.history_days
         )
+        self.meter = Meter(store.client, store.keys)
         self.check(registry)
 
     def check(self, registry: Registry) -> None:
@@ -158,15 +161,9 @@ class Notifier:
         due = min(waiting) if waiting else None
         self.deliveries.save(job_id, record, due)
         if due is None:
-            self._keep_history(fields, now)
+            retire(self.history, self.meter, fields, now)
             self.store.finish(job_id, now + self.settings.job_ttl)
         return due is None
-
-    def _keep_history(self, fields: dict[str, str], now: float) -> None:
-        try:
-            self.history.keep(fields, now)
-        except Exception:  # noqa: BLE001 - maintenance keeps it if the job stays active
-            log.warning("job %s: could not keep its run history", fields.get(F.ID), exc_info=True)
 
     def _attempt(
         self,
@@ -265,3 +262,20 @@ class Notifier:
         """Absolute URLs when ``BATCHFLOW_BASE_URL`` is set, else paths."""
         page = f"{self.settings.base_url or ''}{self.hooks.url_prefix.rstrip('/')}/{job_id}"
         return {"page": page, "download": f"{page}/download", "results": f"{page}/results"}
+
+
+def retire(history: History, meter: Meter, fields: dict[str, str], now: float) -> None:
+    """What happens once as an ended job leaves the active index: its run joins its handler's
+    history, and its figures its handler's totals (which takes it out of the index). Neither
+    stops the other, nor the caller: maintenance tries again while the job stays active."""
+    outcome = outcome_of(fields)
+    if outcome is None:
+        return
+    try:
+        history.keep(fields, now)
+    except Exception:  # noqa: BLE001 - a run missing from the history stops nothing
+        log.warning("job %s: could not keep its run history", fields.get(F.ID), exc_info=True)
+    try:
+        meter.fold(fields, outcome)
+    except Exception:  # noqa: BLE001 - the job stays in the index: maintenance folds it later
+        log.warning("job %s: could not add up its figures", fields.get(F.ID), exc_info=True)

@@ -141,11 +141,11 @@ COMMIT = (
     + LANE
     + """
 -- KEYS[1] = job hash, KEYS[2] = items list, KEYS[3] = results hash, KEYS[4] = errors hash,
--- KEYS[5] = undo errors hash, KEYS[6] = messages list, KEYS[7] = lanes hash
+-- KEYS[5] = undo errors hash, KEYS[6] = messages list, KEYS[7] = lanes hash, KEYS[8] = meter
 -- ARGV[1] = seq, ARGV[2] = worker id, ARGV[3] = now (s), ARGV[4] = payload (JSON),
 -- ARGV[5] = deadline for the next step to be claimed (ms),
 -- ARGV[6] = TTL of a terminal job's keys (s), ARGV[7] = event channel, ARGV[8] = messages kept,
--- ARGV[9] = lane (0: the job's own chain)
+-- ARGV[9] = lane (0: the job's own chain), ARGV[10] = the meter's counter type
 -- Returns {'ok', new seq, status, next} or {'lost'} when the step's fence no longer holds; next
 -- is the seq of the job's own chain when its step is due now (the last lane ended, or the job's
 -- own chain goes on), else ''. The same commit sent again (its reply was lost) changes nothing
@@ -198,6 +198,17 @@ end
 to_lane(p)
 apply(job, KEYS[6], p, ARGV[3], ARGV[8])
 apply_outcomes(p, KEYS[3], KEYS[4], KEYS[5], KEYS[2])
+if p.meter then
+  -- The step's figures for /metrics: its counters, each [counter, amount], in one command.
+  local ops = {'BITFIELD', KEYS[8], 'OVERFLOW', 'SAT'}
+  for i = 1, #p.meter, 2 do
+    table.insert(ops, 'INCRBY')
+    table.insert(ops, ARGV[10])
+    table.insert(ops, '#' .. p.meter[i])
+    table.insert(ops, p.meter[i + 1])
+  end
+  redis.call(unpack(ops))
+end
 local seq = lincr('seq', 1)
 lset('attempts', 0, 'lease_owner', '', 'lease_until', ARGV[5], 'committed_by', me)
 local status = redis.call('HGET', job, 'status')
@@ -243,7 +254,7 @@ if TERMINAL[status] and not TERMINAL[f[1]] then
   hset(job, 'finished_at', ARGV[3], 'signal', '')
   -- A stopped job may be continued: it keeps its ids until it expires.
   if status ~= 'stopped' then redis.call('DEL', KEYS[2]) end
-  for i = 1, 7 do redis.call('EXPIRE', KEYS[i], ARGV[6]) end
+  for i = 1, 8 do redis.call('EXPIRE', KEYS[i], ARGV[6]) end
 end
 publish(job, ARGV[7])
 return {'ok', seq, status, next}

@@ -39,6 +39,7 @@ from .i18n import N_, Message, stored
 from .job import Job, StepResponse, UserLoader
 from .lanes import LanePlan, coordinate
 from .logs import name_handler
+from .meter import step_figures
 from .notify import Notifier
 from .records import Committed
 from .registry import HandlerSpec, Registry
@@ -129,16 +130,16 @@ class StepRunner:
         self.load_user = load_user
         self.heartbeat = Heartbeat(store, settings.lease_seconds, settings.worker_ttl)
 
-    def run(self, job_id: str, seq: int, lane: int = 0) -> StepOutcome:
-        """Run step ``seq`` of a job (a valid id) or of one of its lanes, if it is still due.
-
-        Never raises for a handler's error: the job fails, showing a UserError's text or a
-        generic message with a reference; the real message and traceback go to the log under
-        that reference, and to the job's admin-only ``error_detail``.
-        """
+    def run(self, job_id: str, seq: int, lane: int = 0, due: float | None = None) -> StepOutcome:
+        """Run step ``seq`` of a job (a valid id) or of one of its lanes, if it is still due
+        (since ``due``, when its message says: its wait in the queue counts from then). Never
+        raises for a handler's error: the job fails, showing a UserError's text or a generic
+        message with a reference; the real message and traceback go to the log under that
+        reference, and to the job's admin-only ``error_detail``."""
         s = self.settings
         worker = worker_id()
-        claim = self.store.claim(job_id, seq, worker, ms(time.time()), ms(s.lease_seconds), lane)
+        claimed = time.time()
+        claim = self.store.claim(job_id, seq, worker, ms(claimed), ms(s.lease_seconds), lane)
         if claim.code is not ClaimCode.OK:
             log.debug("step %s/%s/%s not run: %s", job_id, lane, seq, claim.code.value)
             return StepOutcome(refused=claim.code)
@@ -182,6 +183,7 @@ class StepRunner:
         patience = s.lease_seconds if awaiting else max(s.lease_seconds, deferred + wait)
         lane_end = updates.pop(F.LANE_STATE, None)
         payload = {**job.buffer.payload(job.data, updates), **plan.payload()}
+        payload["meter"] = step_figures(now - claimed, None if due is None else claimed - due)
         if lane_end:
             payload["lane_end"] = lane_end
         deadline = ms(now + deferred + wait)

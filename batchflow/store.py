@@ -1,9 +1,6 @@
-"""All Redis access: key names, the Lua scripts' calls, atomic transitions, indexes.
-
-Nothing else in batchflow talks to Redis (events have their own connection, in :mod:`.events`).
-Every key of one job carries the job id as a hash tag (``prefix:{job_id}:job``), so every
-multi-key script touches one Cluster slot. Global indexes are sorted sets outside any job's slot
-and are only ever written by plain commands.
+"""A job's state in Redis: the Lua scripts' calls, atomic transitions, indexes. (The store layer's
+other modules keep their own keys: events, admission, streams, fleet, history, meter.) Every key
+of a job has its id as hash tag (``prefix:{job_id}:job``): each script touches one Cluster slot.
 
 The scripts implement the step protocol's fence: a step carries ``(job_id, seq)``; CLAIM takes a
 lease only if ``seq`` matches and no live lease is held; COMMIT applies a step's whole buffer only
@@ -30,6 +27,7 @@ from .config import DEFAULTS
 from .events import EventHub, Snapshot, follow
 from .exceptions import InvalidParams, JobNotFound, Unavailable
 from .keys import Keys
+from .meter import COUNTER
 from .paging import read_page
 from .records import ActiveJob, Claim, Committed, Seen
 from .redisconn import DOWN, connect, wait_for_replicas
@@ -288,10 +286,11 @@ class Store:
         k = self.keys
         job_keys = [k.job(job_id), k.items(job_id), *self._outcomes(job_id), k.messages(job_id)]
         reply = self._commit(
-            keys=[*job_keys, k.lanes(job_id)],
+            keys=[*job_keys, k.lanes(job_id), k.meter(job_id)],
             args=[
                 *self._argv(job_id, seq, worker, repr(now), json.dumps(payload), deadline_ms, ttl),
                 lane,
+                COUNTER,
             ],
         )
         if reply[0] != "ok":

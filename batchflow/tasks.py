@@ -9,6 +9,7 @@ no separate beat process is needed.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
@@ -24,6 +25,8 @@ STEP_TASK = "batchflow.step"
 CLEANUP_TASK = "batchflow.cleanup"
 MAINTAIN_TASK = "batchflow.maintain"
 NOTIFY_TASK = "batchflow.notify"
+#: The step message's header that says when the step is due (seconds since the epoch).
+DUE_HEADER = "batchflow_due"
 
 # Publishing to a broker that is down fails fast instead of hanging the request that starts a job.
 _PUBLISH_RETRY = {
@@ -50,6 +53,8 @@ class CeleryDispatcher:
             countdown=countdown or None,
             retry=True,
             retry_policy=_PUBLISH_RETRY,
+            # When the step is due: the worker measures its wait in the queue from it.
+            headers={DUE_HEADER: round(time.time() + countdown, 3)},
         )
 
     def enqueue_cleanup(self, job_id: str) -> None:
@@ -103,12 +108,15 @@ def make_celery(
         app.conf.update(config, broker_transport_options=transport)
     enter = context or contextlib.nullcontext
 
-    @app.task(name=STEP_TASK, ignore_result=True, shared=False)  # type: ignore[untyped-decorator]
-    def step(job_id: str, seq: int, lane: int = 0) -> str:
+    @app.task(name=STEP_TASK, ignore_result=True, shared=False, bind=True)  # type: ignore[untyped-decorator]
+    def step(task: Any, job_id: str, seq: int, lane: int = 0) -> str:
         """Run one step of a job, or of one of its lanes (a duplicate or stale delivery does
         nothing)."""
+        due = (task.request.headers or {}).get(DUE_HEADER)
         with enter():
-            outcome = engine.run_step(job_id, int(seq), int(lane))
+            outcome = engine.run_step(
+                job_id, int(seq), int(lane), due=due if isinstance(due, (int, float)) else None
+            )
         if outcome.handler and engine.settings.gc_freeze:
             freeze_after_first_step(outcome.handler)  # the step's objects are gone by now
         return str(outcome)

@@ -319,10 +319,10 @@ def instrument(engine: Engine, prefix: str) -> None:
         )
         real_enqueue(job_id, seq, countdown, lane)
 
-    def run_step(job_id: str, seq: int, lane: int = 0) -> StepOutcome:
+    def run_step(job_id: str, seq: int, lane: int = 0, **kwargs: Any) -> StepOutcome:
         _local.step = (job_id, seq)
         try:
-            outcome = real_run_step(job_id, seq, lane)
+            outcome = real_run_step(job_id, seq, lane, **kwargs)
         finally:
             _local.step = None
         record = {

@@ -142,14 +142,14 @@ def test_the_layers_below_the_web_import_no_web_framework_and_no_web_module():
 #: The layers, top to bottom (docs/DESIGN.md): a module imports only from its own layer or below.
 LAYERS = [
     {"__init__", "extension", "views", "intake", "pages", "cli", "context", "uploads", "importing"}
-    | {"toasts", "operations", "admin"},
+    | {"toasts", "operations", "admin", "metrics"},
     {"tasks", "gcfreeze", "workers"},  # Celery
     {"engine", "steps", "heartbeat", "maintenance", "notify", "lanes"},  # engine
     # handlers
     {"registry", "imports", "files", "handlers", "failures", "job", "buffer", "state", "work"}
     | {"sources", "sql", "csvsource", "xlsx"},
     {"store", "admission", "streams", "inbox", "keys", "scripts", "events", "paging"}  # store
-    | {"redisconn", "records", "lua", "fleet", "census", "history"},
+    | {"redisconn", "records", "lua", "fleet", "census", "history", "meter"},
     {"schema", "display", "formats", "config", "exceptions", "ids"}  # vocabulary
     | {"notices", "mail", "webhooks", "words", "i18n", "redisurl", "logs"},
 ]
