@@ -62,7 +62,7 @@ def load_engine(config: dict[str, Any]) -> Iterator[Engine]:
 
 # -- Redis memory of a finished job ---------------------------------------------------------------
 
-PARTS = ("job", "items", "results", "errors", "undo_errors", "messages", "lanes")
+PARTS = ("job", "items", "results", "errors", "undo_errors", "messages", "lanes", "meter")
 
 
 def job_memory(client: redis.Redis, engine: Engine, job_ids: list[str]) -> list[dict[str, int]]:
