@@ -78,17 +78,20 @@ def worker_step(
             )
             self._thread.start()
 
-        def stop(self, parent: Any) -> None:
+        def stop(self, parent: Any) -> None:  # a warm shutdown: the round in progress ends
+            self._halt(wait=True)
+
+        def terminate(self, parent: Any) -> None:  # a cold shutdown: nothing is waited for
+            self._halt(wait=False)
+
+        def _halt(self, *, wait: bool) -> None:
             self._stop.set()
-            if self._thread is not None:
+            if wait and self._thread is not None:
                 self._thread.join(timeout=5)
             try:
                 engine.fleet.withdraw(self._name)
             except Exception:  # noqa: BLE001 - its record expires by itself
                 log.warning("could not withdraw worker %s from the workers seen", self._name)
-
-        def terminate(self, parent: Any) -> None:  # a cold shutdown
-            self.stop(parent)
 
         def _loop(self) -> None:
             # Announced at once (the health check and the pages see a new worker within a
@@ -104,6 +107,8 @@ def worker_step(
                     log.warning("batchflow maintenance failed", exc_info=True)
 
         def _announce(self) -> None:
+            if self._stop.is_set():
+                return  # withdrawn, or about to be
             try:
                 engine.fleet.announce(self._describe())
             except Exception:  # noqa: BLE001 - the next round tries again

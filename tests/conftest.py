@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import redis
+from celery.contrib.testing.worker import TestWorkController
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -21,6 +22,17 @@ from batchflow.store import Store  # noqa: E402
 from batchflow.tasks import make_celery  # noqa: E402
 from tests.handlers import REDIS_URL, make_registry  # noqa: E402
 from tests.helpers import ListDispatcher, RedisServer, broker_options, make_config  # noqa: E402
+
+
+def _ensure_started_within(worker: Any, seconds: float = 60.0) -> None:
+    """Celery's in-process test worker waits for ever for a worker thread that died while it
+    started (Celery logs "Unrecoverable error" and stops it): fail the test instead, with the
+    log, rather than hang the whole run."""
+    if not worker._on_started.wait(seconds):
+        raise RuntimeError(f"the in-process Celery worker did not start within {seconds:g} s")
+
+
+TestWorkController.ensure_started = _ensure_started_within
 
 #: The RabbitMQ the tests use (each test process in a vhost of its own, see rabbitmq_vhost).
 AMQP_URL = os.environ.get("BATCHFLOW_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672")
