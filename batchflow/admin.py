@@ -18,11 +18,11 @@ from flask import abort, flash, jsonify, redirect, render_template, request, url
 
 from .census import Census
 from .context import State, get_state, is_admin, unknown_page
-from .display import display_state
 from .exceptions import BatchflowError
-from .history import summarize
+from .history import outcome_of, summarize
 from .i18n import gettext as _
 from .operations import fleet_report
+from .records import ActiveJob
 from .registry import HandlerSpec
 from .schema import Status, is_terminal
 from .state import JobState
@@ -78,11 +78,12 @@ def admin() -> Any:
 def overview(state: State, now: float | None = None) -> dict[str, Any]:
     """Everything the admin page shows, JSON-ready."""
     now = time.time() if now is None else now
-    report = fleet_report(state, now)
+    jobs = state.engine.store.active_jobs()
+    report = fleet_report(state, now, jobs)
     rows, more = Census(state.engine.store.client, state.engine.store.keys).newest(COUNTED)
     return {
         "fleet": report,
-        "active": _active(state, now),
+        "active": _active(state, jobs, now),
         "failed": [status_json(s) for s in _failed(state, rows)],
         "counts": _counts(rows),
         "counted": len(rows),
@@ -101,12 +102,12 @@ def _handlers(state: State, now: float) -> list[dict[str, Any]]:
     ]
 
 
-def _active(state: State, now: float) -> list[dict[str, Any]]:
+def _active(state: State, jobs: list[ActiveJob], now: float) -> list[dict[str, Any]]:
     """Every owner's active jobs as the status JSON, each with ``waiting_s`` (how long its
     step has waited for a worker, None when none waits) and ``attention`` (waits longer than
     :data:`NO_WORKER_AFTER`); those needing attention first, the longest wait first."""
     waited: dict[str, float | None] = {}
-    for job in state.engine.store.active_jobs():
+    for job in jobs:
         if job.status is None or is_terminal(job.status):
             continue
         since = job.waiting_since(state.settings.queue_timeout, now)
@@ -134,31 +135,12 @@ def _counts(rows: list[dict[str, str]]) -> list[dict[str, Any]]:
     """Per handler, how many of the counted jobs are active and how many ended each way."""
     per: dict[str, Counter[str]] = {}
     for row in rows:
-        status = row["status"]
-        if not is_terminal(status):
-            column = "active"
-        else:
-            column = display_state(
-                {
-                    "terminal": True,
-                    "status": status,
-                    "outcome": _outcome(row),
-                    "bad": int(row["bad"] or 0),
-                }
-            )
+        column = outcome_of(row) or "active"
         per.setdefault(row["handler"], Counter())[column] += 1
     return [
         {"handler": name, "total": sum(c.values()), **{k: c.get(k, 0) for k in COUNT_COLUMNS}}
         for name, c in sorted(per.items())
     ]
-
-
-def _outcome(row: dict[str, str]) -> str:
-    if row["status"] == Status.COMPLETED.value and int(row["bad"] or 0):
-        return "completed_with_failures"
-    if row["status"] == Status.FAILED.value and row["stalled"] == "1":
-        return "stalled"
-    return row["status"]
 
 
 def _settings(state: State, spec: HandlerSpec) -> dict[str, Any]:

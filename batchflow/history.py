@@ -2,8 +2,9 @@
 state expires, for the admin page (durations and failure rates over time, each handler's last
 runs).
 
-Maintenance writes a job's record once, when it moves the ended job out of the active index
-(a job's record is deterministic, so writing it twice keeps one). Each handler keeps its newest
+A job's record is written as the ended job leaves the active index (by the notifier once its
+notifications are out, or by maintenance: :func:`batchflow.notify.retire`); a record is
+deterministic, so writing it twice keeps one. Each handler keeps its newest
 ``BATCHFLOW_HISTORY_RUNS`` records, none older than ``BATCHFLOW_HISTORY_DAYS``: a sorted set
 per handler scored by the end, about 250 bytes a record. Every history key shares one hash
 tag, so one transaction writes a record, trims it and lists the handler.

@@ -24,7 +24,7 @@ from typing import Any, cast
 import redis
 
 from .keys import Keys
-from .schema import F, as_int
+from .schema import F, as_int, is_terminal
 
 #: Upper bounds (seconds) of the step duration histogram's buckets; the last is +Inf.
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
@@ -160,7 +160,8 @@ class Meter:
                 if handler is None:
                     continue  # its state is gone
                 figures.started[handler] += 1
-                figures.active[status or ""] += 1
+                if not is_terminal(status):  # an ended job stays in the index until it is told
+                    figures.active[status or ""] += 1
                 figures.items[(handler, "good")] += as_int(good)
                 figures.items[(handler, "bad")] += as_int(bad)
                 figures.add_meter(handler, raw)

@@ -25,6 +25,7 @@ from .context import State, get_state
 from .exceptions import InvalidParams
 from .formats import format_duration
 from .i18n import gettext as _
+from .records import ActiveJob
 from .views import blueprint
 from .workers import queue_depth
 
@@ -100,11 +101,14 @@ def _asked(check: str | None) -> tuple[str, ...]:
     return asked
 
 
-def fleet_report(state: State, now: float | None = None) -> dict[str, Any]:
+def fleet_report(
+    state: State, now: float | None = None, jobs: list[ActiveJob] | None = None
+) -> dict[str, Any]:
     """The workers seen and the queue: what the broker holds (``broker.waiting``, or
     ``broker.error`` when it does not answer), and the steps that wait for a worker according
     to the jobs' own state (``waiting_steps``, and ``oldest_wait_s``: how long the oldest has
-    waited since it was due). JSON-ready."""
+    waited since it was due). ``jobs``: the active jobs, if the caller read them already.
+    JSON-ready."""
     now = time.time() if now is None else now
     settings, engine = state.settings, state.engine
     broker: dict[str, Any]
@@ -116,7 +120,7 @@ def fleet_report(state: State, now: float | None = None) -> dict[str, Any]:
         broker = {"ok": False, "error": f"broker did not answer ({type(exc).__name__})"}
     since = [
         s
-        for job in engine.store.active_jobs()
+        for job in (engine.store.active_jobs() if jobs is None else jobs)
         if (s := job.waiting_since(settings.queue_timeout, now)) is not None
     ]
     return {

@@ -138,6 +138,19 @@ def worker(celery_app: Any) -> Iterator[Any]:
         yield w
 
 
+@pytest.fixture
+def web_worker(app: Any) -> Iterator[Any]:
+    """A real in-process worker (threads) of the Flask ``app`` fixture of the test's module."""
+    from celery.contrib.testing.worker import start_worker
+
+    from batchflow import BatchFlow
+
+    with start_worker(
+        BatchFlow.state(app).celery, pool="threads", concurrency=2, perform_ping_check=False
+    ) as w:
+        yield w
+
+
 @pytest.fixture(scope="session")
 def built_wheel(tmp_path_factory: Any) -> Any:
     """The wheel of this checkout, built once per run for the packaging tests: the first test

@@ -28,16 +28,6 @@ def engine(app):
     return BatchFlow.state(app).engine
 
 
-@pytest.fixture
-def web_worker(app):
-    from celery.contrib.testing.worker import start_worker
-
-    with start_worker(
-        BatchFlow.state(app).celery, pool="threads", concurrency=2, perform_ping_check=False
-    ) as w:
-        yield w
-
-
 def csrf(client, headers=ADMIN) -> str:
     page = client.get("/jobs/admin/", headers=headers)
     assert page.status_code == 200

@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from batchflow import BatchFlow, Status
+from batchflow import Status
 from batchflow.engine import Engine
 from batchflow.registry import Registry
 from batchflow.store import Store
@@ -34,16 +34,6 @@ def app(prefix, files_dir):
 @pytest.fixture
 def client(app):
     return app.test_client()
-
-
-@pytest.fixture
-def web_worker(app):
-    from celery.contrib.testing.worker import start_worker
-
-    with start_worker(
-        BatchFlow.state(app).celery, pool="threads", concurrency=2, perform_ping_check=False
-    ) as w:
-        yield w
 
 
 @pytest.fixture

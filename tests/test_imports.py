@@ -41,16 +41,6 @@ def client(app):
     return app.test_client()
 
 
-@pytest.fixture
-def web_worker(app):
-    from celery.contrib.testing.worker import start_worker
-
-    with start_worker(
-        BatchFlow.state(app).celery, pool="threads", concurrency=2, perform_ping_check=False
-    ) as w:
-        yield w
-
-
 def csrf(client) -> str:
     page = client.get("/jobs/start/import-contacts", headers=ALICE)
     assert page.status_code == 200

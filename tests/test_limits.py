@@ -61,16 +61,6 @@ def engine(app):
     return BatchFlow.state(app).engine
 
 
-@pytest.fixture
-def web_worker(app):
-    from celery.contrib.testing.worker import start_worker
-
-    with start_worker(
-        BatchFlow.state(app).celery, pool="threads", concurrency=2, perform_ping_check=False
-    ) as w:
-        yield w
-
-
 def _engine(prefix: str, files_dir: str, limit: int) -> tuple[Engine, ListDispatcher]:
     settings = Settings.from_mapping(
         make_config(prefix, files_dir, BATCHFLOW_MAX_ACTIVE_JOBS=limit)

@@ -31,16 +31,6 @@ def engine(app):
     return BatchFlow.state(app).engine
 
 
-@pytest.fixture
-def web_worker(app):
-    from celery.contrib.testing.worker import start_worker
-
-    with start_worker(
-        BatchFlow.state(app).celery, pool="threads", concurrency=2, perform_ping_check=False
-    ) as w:
-        yield w
-
-
 def scrape(app: Any, headers: dict[str, str] | None = None) -> dict[tuple[str, tuple], float]:
     answer = app.test_client().get("/jobs/metrics", headers=headers or ADMIN)
     assert answer.status_code == 200, answer.text

@@ -39,16 +39,6 @@ def engine(app):
 
 
 @pytest.fixture
-def web_worker(app):
-    from celery.contrib.testing.worker import start_worker
-
-    with start_worker(
-        BatchFlow.state(app).celery, pool="threads", concurrency=2, perform_ping_check=False
-    ) as w:
-        yield w
-
-
-@pytest.fixture
 def client(app):
     return app.test_client()
 
