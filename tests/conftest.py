@@ -146,7 +146,11 @@ def web_worker(app: Any) -> Iterator[Any]:
     from batchflow import BatchFlow
 
     with start_worker(
-        BatchFlow.state(app).celery, pool="threads", concurrency=2, perform_ping_check=False
+        BatchFlow.state(app).celery,
+        pool="threads",
+        concurrency=2,
+        perform_ping_check=False,
+        shutdown_timeout=20,  # as the worker fixture: a RabbitMQ worker took over 10 s to stop
     ) as w:
         yield w
 
